@@ -1,0 +1,585 @@
+"""The demo Graph server on the wire: paging, $select, casts, $count, errors, faults, $batch, delta.
+
+Plain HTTP (httpx, aiohttp) against a server running in a background thread; the SDK path is
+tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from devtools.demo_tenant import DemoGraphServer, Tenant, build_demo_tenants
+from devtools.demo_tenant import server as server_module
+
+EVENTUAL = {"ConsistencyLevel": "eventual"}
+
+
+@pytest.fixture
+def server() -> Iterator[DemoGraphServer]:
+    """A fresh server over fresh demo tenants (tests mutate tenants and knobs)."""
+    with DemoGraphServer(build_demo_tenants()) as running:
+        yield running
+
+
+@pytest.fixture
+def contoso(server: DemoGraphServer) -> Tenant:
+    """The default demo tenant, as served."""
+    return next(tenant for tenant in server.tenants().values() if tenant.display_name == "Contoso")
+
+
+@pytest.fixture
+def client(server: DemoGraphServer, contoso: Tenant) -> Iterator[httpx.Client]:
+    """An HTTP client authenticated for Contoso."""
+    headers = {"Authorization": f"Bearer {server.token_for(contoso.tenant_id)}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=10) as http:
+        yield http
+
+
+def follow(
+    client: httpx.Client,
+    url: str,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every page's body, following @odata.nextLink."""
+    pages = []
+    response = client.get(url, params=params, headers=headers)
+    while True:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.append(body)
+        next_link = body.get("@odata.nextLink")
+        if not next_link:
+            return pages
+        response = client.get(next_link, headers=headers)
+
+
+def assert_graph_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Check Graph's error shape and return the error object."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    inner = error["innerError"]
+    assert set(inner) == {"date", "request-id", "client-request-id"}
+    assert response.headers["request-id"] == inner["request-id"]
+    return error
+
+
+# ------------------------------------------------------------------------------------ paging
+
+
+def test_transitive_members_page_past_999_with_next_links(client: httpx.Client, contoso: Tenant) -> None:
+    big = contoso.landmarks.big_group_id
+    params = {"$select": "id,displayName", "$top": "999", "$count": "true"}
+    pages = follow(client, f"/groups/{big}/transitiveMembers/microsoft.graph.user", params, EVENTUAL)
+    assert len(pages) == 2
+    assert "$select=id,displayName" in pages[0]["@odata.nextLink"]
+    assert "$skiptoken=" in pages[0]["@odata.nextLink"]
+    ids = [user["id"] for page in pages for user in page["value"]]
+    assert len(ids) == len(set(ids)) == len(contoso.transitive_user_ids(big))
+    assert set(ids) == set(contoso.transitive_user_ids(big))
+    assert pages[0]["@odata.count"] == len(ids)
+    assert all(set(user) == {"id", "displayName"} for page in pages for user in page["value"])
+
+
+def test_users_default_page_is_100_and_top_over_999_is_refused(client: httpx.Client) -> None:
+    first = client.get("/users").json()
+    assert len(first["value"]) == 100
+    assert first["@odata.context"].endswith("/$metadata#users")
+    pages = follow(client, "/users", {"$top": "999", "$select": "id"})
+    assert [len(page["value"]) for page in pages] == [999, 999, 2]
+    assert len({user["id"] for page in pages for user in page["value"]}) == 2000
+    error = assert_graph_error(client.get("/users", params={"$top": "1000"}), 400, "Request_UnsupportedQuery")
+    assert "1000" in error["message"]
+
+
+# ----------------------------------------------------------------------- $select and casts
+
+
+def test_users_default_properties_leave_out_what_eligibility_needs(client: httpx.Client) -> None:
+    user = client.get("/users", params={"$top": "1"}).json()["value"][0]
+    assert set(user) == {
+        "businessPhones",
+        "displayName",
+        "givenName",
+        "jobTitle",
+        "mail",
+        "mobilePhone",
+        "officeLocation",
+        "preferredLanguage",
+        "surname",
+        "userPrincipalName",
+        "id",
+    }
+    selected = client.get(
+        "/users",
+        params={"$top": "1", "$select": "id,userType,AccountEnabled,assignedLicenses,employeeHireDate"},
+    )
+    user = selected.json()["value"][0]
+    assert set(user) == {"id", "userType", "accountEnabled", "assignedLicenses", "employeeHireDate"}
+    assert user["employeeHireDate"] is None
+    assert selected.json()["@odata.context"].endswith(
+        "#users(id,userType,accountEnabled,assignedLicenses,employeeHireDate)"
+    )
+
+
+def test_get_user_by_id_and_by_principal_name(client: httpx.Client, contoso: Tenant) -> None:
+    user = next(iter(contoso.users.values()))
+    by_id = client.get(f"/users/{user.id}", params={"$select": "id,userPrincipalName,department"}).json()
+    assert by_id["@odata.context"].endswith("#users(id,userPrincipalName,department)/$entity")
+    assert (by_id["userPrincipalName"], by_id["department"]) == (user.user_principal_name, user.department)
+    by_upn = client.get(f"/users/{user.user_principal_name}").json()
+    assert by_upn["id"] == user.id
+    assert_graph_error(client.get("/users/nobody@contoso.com"), 404, "Request_ResourceNotFound")
+
+
+def test_members_are_mixed_and_casts_keep_only_one_type(client: httpx.Client, contoso: Tenant) -> None:
+    mixed = contoso.landmarks.mixed_members_group_id
+    body = client.get(f"/groups/{mixed}/members").json()
+    assert body["@odata.context"].endswith("#directoryObjects")
+    types = {member["@odata.type"] for member in body["value"]}
+    assert types == {
+        "#microsoft.graph.user",
+        "#microsoft.graph.group",
+        "#microsoft.graph.device",
+        "#microsoft.graph.orgContact",
+        "#microsoft.graph.servicePrincipal",
+    }
+    expected_users = {mid for mid in contoso.direct_member_ids(mixed) if mid in contoso.users}
+    for cast in ("microsoft.graph.user", "graph.user"):
+        casted = client.get(
+            f"/groups/{mixed}/members/{cast}",
+            params={"$count": "true", "$select": "id,userType"},
+            headers=EVENTUAL,
+        )
+        assert casted.status_code == 200, casted.text
+        assert {user["id"] for user in casted.json()["value"]} == expected_users
+        assert casted.json()["@odata.count"] == len(expected_users)
+        assert casted.json()["@odata.context"].endswith("#users(id,userType)")
+    groups = client.get(
+        f"/groups/{mixed}/members/microsoft.graph.group", params={"$count": "true"}, headers=EVENTUAL
+    ).json()
+    assert [group["id"] for group in groups["value"]] == [contoso.landmarks.nested_chain[2]]
+
+
+def test_cast_without_advanced_query_parameters_is_refused(client: httpx.Client, contoso: Tenant) -> None:
+    big = contoso.landmarks.big_group_id
+    assert_graph_error(
+        client.get(f"/groups/{big}/transitiveMembers/microsoft.graph.user"), 400, "Request_UnsupportedQuery"
+    )
+
+
+def test_transitive_members_of_a_cycle_list_each_object_once(client: httpx.Client, contoso: Tenant) -> None:
+    core = contoso.landmarks.cycle_group_ids[0]
+    ids = [
+        member["id"]
+        for page in follow(client, f"/groups/{core}/transitiveMembers")
+        for member in page["value"]
+    ]
+    assert len(ids) == len(set(ids)) and core not in ids
+    assert set(ids) == set(contoso.transitive_member_ids(core))
+
+
+# --------------------------------------------------------------------------------- $count
+
+
+def test_count_segment_needs_consistency_level(client: httpx.Client, contoso: Tenant) -> None:
+    big = contoso.landmarks.big_group_id
+    url = f"/groups/{big}/transitiveMembers/microsoft.graph.user/$count"
+    assert_graph_error(client.get(url), 400, "Request_BadRequest")
+    counted = client.get(url, headers=EVENTUAL)
+    assert counted.status_code == 200
+    assert counted.headers["content-type"].startswith("text/plain")
+    assert int(counted.text) == len(contoso.transitive_user_ids(big))
+    assert int(client.get("/users/$count", headers=EVENTUAL).text) == 2000
+    assert int(client.get("/groups/$count", headers=EVENTUAL).text) == 60
+
+
+def test_count_query_option_is_ignored_without_consistency_level(client: httpx.Client) -> None:
+    plain = client.get("/groups", params={"$count": "true", "$select": "id"}).json()
+    assert "@odata.count" not in plain
+    advanced = client.get("/groups", params={"$count": "true", "$select": "id"}, headers=EVENTUAL).json()
+    assert advanced["@odata.count"] == 60
+
+
+# ------------------------------------------------------------------ $filter, $search, $orderby
+
+
+def test_group_filters(client: httpx.Client, contoso: Tenant) -> None:
+    wanted = list(contoso.groups)[:3]
+    quoted = ",".join(f"'{group_id}'" for group_id in wanted)
+    by_ids = client.get("/groups", params={"$filter": f"id in ({quoted})", "$select": "id"}).json()
+    assert [group["id"] for group in by_ids["value"]] == wanted
+    one = client.get("/groups", params={"$filter": f"id eq '{wanted[1]}'"}).json()["value"]
+    assert [group["id"] for group in one] == [wanted[1]]
+    departments = client.get(
+        "/groups", params={"$filter": "startswith(displayName,'DEPT - ')", "$select": "displayName"}
+    ).json()
+    assert len(departments["value"]) == len(contoso.landmarks.department_group_ids)
+    unified = client.get(
+        "/groups", params={"$filter": "groupTypes/any(c:c eq 'Unified')", "$top": "999"}
+    ).json()["value"]
+    assert unified and all(group["groupTypes"] == ["Unified"] for group in unified)
+    assert_graph_error(
+        client.get("/groups", params={"$filter": "colour eq 'red'"}), 400, "Request_UnsupportedQuery"
+    )
+    # "ne" is an advanced-query operator.
+    assert_graph_error(
+        client.get("/groups", params={"$filter": "mailEnabled ne true"}), 400, "Request_UnsupportedQuery"
+    )
+    advanced = client.get(
+        "/groups", params={"$filter": "mailEnabled ne true", "$count": "true"}, headers=EVENTUAL
+    )
+    assert advanced.status_code == 200 and advanced.json()["@odata.count"] > 0
+
+
+def test_search_needs_consistency_level_and_orderby_sorts(client: httpx.Client) -> None:
+    params = {"$search": '"displayName:phoenix"', "$select": "displayName"}
+    assert_graph_error(client.get("/groups", params=params), 400, "Request_UnsupportedQuery")
+    found = client.get("/groups", params=params, headers=EVENTUAL).json()["value"]
+    assert sorted(group["displayName"] for group in found) == [
+        "Project Phoenix - Core",
+        "Project Phoenix - Extended",
+        "Project Phoenix - Steering",
+    ]
+    ordered = client.get(
+        "/groups", params={"$orderby": "displayName", "$select": "displayName", "$top": "999"}
+    ).json()["value"]
+    names = [group["displayName"] for group in ordered]
+    assert names == sorted(names, key=str.lower)
+
+
+def test_users_filter_account_enabled(client: httpx.Client, contoso: Tenant) -> None:
+    pages = follow(
+        client,
+        "/users",
+        {"$filter": "accountEnabled eq false", "$select": "id,accountEnabled", "$top": "999"},
+    )
+    ids = {user["id"] for page in pages for user in page["value"]}
+    assert ids == {uid for uid, user in contoso.users.items() if not user.account_enabled}
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+def test_unknown_and_malformed_group_ids(client: httpx.Client, contoso: Tenant) -> None:
+    error = assert_graph_error(client.get(f"/groups/{contoso.tenant_id}"), 404, "Request_ResourceNotFound")
+    assert contoso.tenant_id in error["message"]
+    assert_graph_error(client.get("/groups/not-a-guid/members"), 400, "Request_BadRequest")
+    assert_graph_error(client.get("/widgets"), 400, "BadRequest")
+
+
+def test_forbidden_fault_uses_graph_shape(
+    client: httpx.Client, server: DemoGraphServer, contoso: Tenant
+) -> None:
+    server.add_fault(403, r"^/groups/[^/]+/transitiveMembers")
+    big = contoso.landmarks.big_group_id
+    error = assert_graph_error(
+        client.get(f"/groups/{big}/transitiveMembers"), 403, "Authorization_RequestDenied"
+    )
+    assert error["message"] == "Insufficient privileges to complete the operation."
+    assert client.get(f"/groups/{big}/members").status_code == 200
+
+
+def test_throttling_fault_returns_retry_after_then_succeeds(
+    client: httpx.Client, server: DemoGraphServer
+) -> None:
+    server.add_fault(429, r"^/users$", times=2, retry_after=1)
+    for _ in range(2):
+        throttled = client.get("/users", params={"$top": "1"})
+        assert_graph_error(throttled, 429, "TooManyRequests")
+        assert throttled.headers["Retry-After"] == "1"
+    assert client.get("/users", params={"$top": "1"}).status_code == 200
+    assert server.faults()[0]["fired"] == 2
+
+
+def test_fault_after_lets_the_first_requests_through_and_503_has_its_code(
+    client: httpx.Client, server: DemoGraphServer
+) -> None:
+    server.add_fault(503, r"^/groups$", after=1, times=1, retry_after=2)
+    assert client.get("/groups").status_code == 200
+    unavailable = client.get("/groups")
+    assert_graph_error(unavailable, 503, "serviceNotAvailable")
+    assert unavailable.headers["Retry-After"] == "2"
+    assert client.get("/groups").status_code == 200
+
+
+def test_fault_delay_makes_a_client_time_out(client: httpx.Client, server: DemoGraphServer) -> None:
+    server.add_fault(504, r"^/groups$", delay=1.0, times=1)
+    with pytest.raises(httpx.ReadTimeout):
+        client.get("/groups", timeout=0.2)
+
+
+def test_rate_limit_throttles_past_the_budget(client: httpx.Client, server: DemoGraphServer) -> None:
+    server.set_rate_limit(3, 60)
+    assert [client.get("/groups", params={"$top": "1"}).status_code for _ in range(3)] == [200, 200, 200]
+    throttled = client.get("/groups", params={"$top": "1"})
+    assert_graph_error(throttled, 429, "TooManyRequests")
+    assert int(throttled.headers["Retry-After"]) >= 1
+    server.clear_rate_limit()
+    assert client.get("/groups").status_code == 200
+
+
+# ------------------------------------------------------------------------------------ auth
+
+
+def test_bearer_token_picks_the_tenant(server: DemoGraphServer) -> None:
+    for tenant in server.tenants().values():
+        headers = {"Authorization": f"Bearer demo.{tenant.tenant_id}", **EVENTUAL}
+        counted = httpx.get(f"{server.base_url}/users/$count", headers=headers)
+        assert int(counted.text) == len(tenant.users)
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer demo.00000000-0000-0000-0000-000000000000", "Basic abc", "Bearer"]
+)
+def test_missing_or_unknown_token_is_401(server: DemoGraphServer, authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = httpx.get(f"{server.base_url}/users", headers=headers)
+    assert_graph_error(response, 401, "InvalidAuthenticationToken")
+
+
+# --------------------------------------------------------------------------- mailboxSettings
+
+
+def test_mailbox_settings_reveal_user_purpose(client: httpx.Client, contoso: Tenant) -> None:
+    landmarks = contoso.landmarks
+    shared = next(iter(landmarks.shared_mailbox_ids))
+    body = client.get(f"/users/{shared}/mailboxSettings", params={"$select": "userPurpose"}).json()
+    assert body["userPurpose"] == "shared"
+    assert body["@odata.context"].endswith("/mailboxSettings(userPurpose)")
+    room = next(iter(landmarks.room_ids))
+    assert client.get(f"/users/{room}/mailboxSettings/userPurpose").json()["value"] == "room"
+    normal = next(
+        uid
+        for uid in contoso.users
+        if uid not in landmarks.ineligible_ids and uid not in landmarks.no_mail_ids
+    )
+    assert client.get(f"/users/{normal}/mailboxSettings").json()["userPurpose"] == "user"
+    unlicensed = next(iter(landmarks.unlicensed_ids))
+    assert_graph_error(client.get(f"/users/{unlicensed}/mailboxSettings"), 404, "MailboxNotEnabledForRESTAPI")
+
+
+# ---------------------------------------------------------------------------------- $batch
+
+
+def test_batch_runs_items_with_their_own_statuses(
+    client: httpx.Client, server: DemoGraphServer, contoso: Tenant
+) -> None:
+    big = contoso.landmarks.big_group_id
+    server.add_fault(429, r"/members$", retry_after=3)
+    requests = [
+        {"id": "1", "method": "GET", "url": f"/groups/{big}?$select=id,displayName"},
+        {"id": "2", "method": "GET", "url": f"/groups/{contoso.tenant_id}"},
+        {
+            "id": "3",
+            "method": "GET",
+            "url": f"/groups/{big}/transitiveMembers/$count",
+            "headers": {"ConsistencyLevel": "eventual"},
+        },
+        {"id": "4", "method": "GET", "url": f"groups/{big}/members"},
+        {"id": "5", "method": "GET", "url": "/v1.0/users"},
+    ]
+    response = client.post("/$batch", json={"requests": requests})
+    assert response.status_code == 200
+    by_id = {item["id"]: item for item in response.json()["responses"]}
+    assert by_id["1"]["status"] == 200 and by_id["1"]["body"]["displayName"] == "All Staff"
+    assert by_id["2"]["status"] == 404 and by_id["2"]["body"]["error"]["code"] == "Request_ResourceNotFound"
+    assert by_id["3"]["status"] == 200 and by_id["3"]["headers"]["Content-Type"].startswith("text/plain")
+    assert int(base64.b64decode(by_id["3"]["body"])) == len(contoso.transitive_member_ids(big))
+    assert by_id["4"]["status"] == 429 and by_id["4"]["headers"]["Retry-After"] == "3"
+    assert by_id["4"]["body"]["error"]["code"] == "TooManyRequests"
+    assert by_id["5"]["status"] == 400
+    counts = server.request_counts(in_batch=True)
+    assert counts["groups.get"] == 2 and counts["groups.transitiveMembers.count"] == 1
+    assert server.request_counts(in_batch=False) == {"batch": 1}
+
+
+def test_batch_limits(client: httpx.Client) -> None:
+    def batch(requests: list[dict[str, Any]]) -> httpx.Response:
+        return client.post("/$batch", json={"requests": requests})
+
+    twenty_one = [{"id": str(n), "method": "GET", "url": "/users?$top=1"} for n in range(21)]
+    assert_graph_error(batch(twenty_one), 400, "BadRequest")
+    assert batch(twenty_one[:20]).status_code == 200
+    duplicate = [
+        {"id": "a", "method": "GET", "url": "/users"},
+        {"id": "A", "method": "GET", "url": "/groups"},
+    ]
+    assert_graph_error(batch(duplicate), 400, "BadRequest")
+    absolute = [{"id": "1", "method": "GET", "url": "https://graph.microsoft.com/v1.0/users"}]
+    assert_graph_error(batch(absolute), 400, "BadRequest")
+    assert_graph_error(client.post("/$batch", content=b"not json"), 400, "BadRequest")
+
+
+def test_batch_depends_on_fails_dependents_with_424(client: httpx.Client, contoso: Tenant) -> None:
+    requests = [
+        {"id": "1", "method": "GET", "url": f"/groups/{contoso.tenant_id}"},
+        {"id": "2", "method": "GET", "url": "/users?$top=1", "dependsOn": ["1"]},
+    ]
+    statuses = {
+        item["id"]: item["status"]
+        for item in client.post("/$batch", json={"requests": requests}).json()["responses"]
+    }
+    assert statuses == {"1": 404, "2": 424}
+
+
+# --------------------------------------------------------------------- log, mutations, knobs
+
+
+def test_request_log_counts_by_kind_and_reset(
+    client: httpx.Client, server: DemoGraphServer, contoso: Tenant
+) -> None:
+    big = contoso.landmarks.big_group_id
+    client.get("/groups")
+    client.get(f"/groups/{big}/transitiveMembers")
+    client.get(f"/groups/{big}/transitiveMembers")
+    client.get("/users", params={"$top": "5"})
+    assert server.request_counts() == {"groups.list": 1, "groups.transitiveMembers": 2, "users.list": 1}
+    record = server.request_log(kind="users.list")[0]
+    assert (record.method, record.path, record.status, record.tenant_id) == (
+        "GET",
+        "/users",
+        200,
+        contoso.tenant_id,
+    )
+    assert "top=5" in record.query
+    over_http = httpx.get(f"{server.root_url}/_demo/requests").json()
+    assert over_http["counts"] == server.request_counts() and over_http["total"] == 4
+    server.set_latency(0.01)
+    server.add_fault(500, ".*")
+    assert httpx.post(f"{server.root_url}/_demo/reset").status_code == 200
+    assert server.request_counts() == {} and server.faults() == [] and server.latency == 0
+
+
+def test_tenant_mutations_show_up_at_once(client: httpx.Client, contoso: Tenant) -> None:
+    top, _, bottom = contoso.landmarks.nested_chain
+    count_url = f"/groups/{top}/transitiveMembers/microsoft.graph.user/$count"
+    before = int(client.get(count_url, headers=EVENTUAL).text)
+    newcomer = next(uid for uid in contoso.users if uid not in contoso.transitive_member_ids(top))
+    contoso.add_member(bottom, newcomer)
+    assert int(client.get(count_url, headers=EVENTUAL).text) == before + 1
+    contoso.disable_user(newcomer)
+    assert (
+        client.get(f"/users/{newcomer}", params={"$select": "accountEnabled"}).json()["accountEnabled"]
+        is False
+    )
+    contoso.delete_group(bottom)
+    assert_graph_error(client.get(f"/groups/{bottom}"), 404, "Request_ResourceNotFound")
+
+
+def test_control_routes_manage_faults_and_membership(
+    client: httpx.Client, server: DemoGraphServer, contoso: Tenant
+) -> None:
+    root = server.root_url
+    created = httpx.post(
+        f"{root}/_demo/faults", json={"status": 503, "pathRegex": "^/groups$", "times": 1, "retryAfter": 1}
+    )
+    assert created.status_code == 201
+    assert client.get("/groups").status_code == 503
+    assert httpx.get(f"{root}/_demo/faults").json()["faults"][0]["fired"] == 1
+    empty = contoso.landmarks.empty_group_id
+    user_id = next(iter(contoso.users))
+    assert httpx.post(
+        f"{root}/_demo/tenants/{contoso.tenant_id}/groups/{empty}/members", json={"id": user_id}
+    ).json() == {"added": True}
+    assert [member["id"] for member in client.get(f"/groups/{empty}/members").json()["value"]] == [user_id]
+    patched = httpx.patch(
+        f"{root}/_demo/tenants/{contoso.tenant_id}/users/{user_id}", json={"accountEnabled": False}
+    )
+    assert patched.status_code == 200 and contoso.users[user_id].account_enabled is False
+    tenants = httpx.get(f"{root}/_demo/tenants").json()["tenants"]
+    assert {tenant["displayName"] for tenant in tenants} == {"Contoso", "Fabrikam"}
+
+
+@pytest.mark.asyncio
+async def test_latency_is_per_request_and_requests_overlap(server: DemoGraphServer, contoso: Tenant) -> None:
+    server.set_latency(0.3)
+    headers = {"Authorization": f"Bearer {server.token_for(contoso.tenant_id)}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def fetch() -> int:
+            async with session.get(f"{server.base_url}/groups") as response:
+                await response.read()
+                return response.status
+
+        started = time.perf_counter()
+        statuses = await asyncio.gather(*(fetch() for _ in range(5)))
+        elapsed = time.perf_counter() - started
+    assert statuses == [200] * 5
+    assert 0.3 <= elapsed < 1.2
+
+
+# ----------------------------------------------------------------------------------- delta
+
+
+def test_users_delta_round_then_changes(client: httpx.Client, contoso: Tenant) -> None:
+    pages = follow(client, "/users/delta", {"$select": "id,accountEnabled"})
+    assert sum(len(page["value"]) for page in pages) == 2000
+    assert all("$skiptoken=" in page["@odata.nextLink"] for page in pages[:-1])
+    delta_link = pages[-1]["@odata.deltaLink"]
+    assert "$deltatoken=" in delta_link
+    nothing = client.get(delta_link).json()
+    assert nothing["value"] == [] and "@odata.deltaLink" in nothing
+    disabled, deleted = list(contoso.users)[:2]
+    contoso.disable_user(disabled)
+    contoso.delete_user(deleted)
+    changes = client.get(delta_link).json()
+    by_id = {entry["id"]: entry for entry in changes["value"]}
+    assert by_id[disabled]["accountEnabled"] is False
+    assert by_id[deleted]["@removed"] == {"reason": "changed"}
+    assert len(by_id) == 2
+
+
+def test_groups_delta_tracks_membership(client: httpx.Client, contoso: Tenant) -> None:
+    pages = follow(client, "/groups/delta", {"$select": "displayName,members"})
+    entries = [entry for page in pages for entry in page["value"]]
+    big = contoso.landmarks.big_group_id
+    big_entry = next(entry for entry in entries if entry["id"] == big)
+    assert {ref["id"] for ref in big_entry["members@delta"]} == set(contoso.direct_member_ids(big))
+    empty_entry = next(entry for entry in entries if entry["id"] == contoso.landmarks.empty_group_id)
+    assert "members@delta" not in empty_entry
+    delta_link = pages[-1]["@odata.deltaLink"]
+    team = contoso.landmarks.nested_chain[2]
+    leaving = contoso.direct_member_ids(team)[0]
+    joining = next(uid for uid in contoso.users if uid not in contoso.direct_member_ids(team))
+    contoso.remove_member(team, leaving)
+    contoso.add_member(team, joining)
+    changes = client.get(delta_link).json()["value"]
+    assert [entry["id"] for entry in changes] == [team]
+    refs = {ref["id"]: ref for ref in changes[0]["members@delta"]}
+    assert refs[leaving]["@removed"] == {"reason": "deleted"}
+    assert refs[joining] == {"@odata.type": "#microsoft.graph.user", "id": joining}
+
+
+def test_large_group_members_are_split_over_several_delta_entries(
+    client: httpx.Client, contoso: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "DELTA_MEMBERS_PER_ENTRY", 100)
+    entries = [entry for page in follow(client, "/groups/delta") for entry in page["value"]]
+    office = contoso.direct_member_ids(contoso.landmarks.big_group_id)[0]  # "Office - Redmond", ~770 members
+    chunks = [entry for entry in entries if entry["id"] == office]
+    assert len(chunks) > 1
+    assert all(chunk["displayName"] == "Office - Redmond" for chunk in chunks)
+    refs = [ref["id"] for chunk in chunks for ref in chunk["members@delta"]]
+    assert refs == contoso.direct_member_ids(office)
+
+
+def test_member_of_lists_direct_and_transitive_groups(client: httpx.Client, contoso: Tenant) -> None:
+    top, middle, bottom = contoso.landmarks.nested_chain
+    user_id = next(uid for uid in contoso.direct_member_ids(bottom) if uid in contoso.users)
+    direct = {group["id"] for group in client.get(f"/users/{user_id}/memberOf").json()["value"]}
+    assert bottom in direct and top not in direct
+    pages = follow(client, f"/users/{user_id}/transitiveMemberOf")
+    transitive = {group["id"] for page in pages for group in page["value"]}
+    assert {top, middle, bottom} <= transitive
+    assert all(group["@odata.type"] == "#microsoft.graph.group" for page in pages for group in page["value"])
