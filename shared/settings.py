@@ -1,0 +1,144 @@
+"""Every app setting, named once and read once.
+
+Environment variables win; when `local.settings.json` exists in the working directory
+its `Values` fill in what the environment leaves out (the same file `func start` reads).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+class GraphAuthMode(enum.StrEnum):
+    """How the app obtains Microsoft Graph tokens."""
+
+    MANAGED_IDENTITY = "managed-identity"  # the app's identity in its home tenant
+    FEDERATED = "federated"  # managed identity as federated credential of a multi-tenant app
+    DEFAULT = "default"  # DefaultAzureCredential: a developer against a real tenant
+    DEMO = "demo"  # the demo tenant in devtools/
+
+
+DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageSettings:
+    """Where the app keeps its tables and its refresh queue."""
+
+    connection_string: str | None = None
+    table_service_uri: str | None = None
+    queue_service_uri: str | None = None
+    client_id: str | None = None  # user-assigned identity for identity-based access
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The app's configuration, read from the environment (see README, "Settings")."""
+
+    storage: StorageSettings
+    graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    graph_auth: GraphAuthMode = GraphAuthMode.MANAGED_IDENTITY
+    graph_app_client_id: str | None = None
+    azure_client_id: str | None = None
+    queue_name: str = "sync-refresh"
+    schedule: str = "0 0 2 * * *"
+    removal_grace_days: int = 7
+    removal_guard_percent: float = 10.0
+    removal_guard_min_users: int = 20
+
+
+def _read_local_settings(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SettingsError(f"{path} is not valid local.settings.json: {exc}") from exc
+    return {str(k): str(v) for k, v in values.items() if v is not None}
+
+
+def _number(values: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if number < minimum:
+        raise SettingsError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return number
+
+
+LOCAL_SETTINGS_FILE = Path("local.settings.json")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, local_settings: Path | None = LOCAL_SETTINGS_FILE
+) -> Settings:
+    """Read every setting once: environment first, then local.settings.json Values.
+
+    `local_settings=None` reads the environment alone (tests, benchmarks).
+    """
+    env = os.environ if environ is None else environ
+    from_file = _read_local_settings(local_settings) if local_settings is not None else {}
+    values = {**from_file, **{k: v for k, v in env.items() if v != ""}}
+
+    storage = StorageSettings(
+        connection_string=values.get("SYNC_STORAGE"),
+        table_service_uri=values.get("SYNC_STORAGE__tableServiceUri"),
+        queue_service_uri=values.get("SYNC_STORAGE__queueServiceUri"),
+        client_id=values.get("SYNC_STORAGE__clientId"),
+    )
+    if not storage.connection_string and not (storage.table_service_uri and storage.queue_service_uri):
+        raise SettingsError(
+            "SYNC_STORAGE is not set: give a connection string (locally "
+            "'UseDevelopmentStorage=true') or SYNC_STORAGE__tableServiceUri and "
+            "SYNC_STORAGE__queueServiceUri for identity-based access"
+        )
+    auth_raw = values.get("GRAPH_AUTH", GraphAuthMode.MANAGED_IDENTITY.value)
+    try:
+        auth = GraphAuthMode(auth_raw)
+    except ValueError:
+        choices = ", ".join(m.value for m in GraphAuthMode)
+        raise SettingsError(f"GRAPH_AUTH must be one of {choices}; got {auth_raw!r}") from None
+    if auth is GraphAuthMode.FEDERATED and not values.get("GRAPH_APP_CLIENT_ID"):
+        raise SettingsError("GRAPH_AUTH=federated needs GRAPH_APP_CLIENT_ID (the multi-tenant app id)")
+    return Settings(
+        storage=storage,
+        graph_base_url=values.get("GRAPH_BASE_URL", DEFAULT_GRAPH_BASE_URL).rstrip("/"),
+        graph_auth=auth,
+        graph_app_client_id=values.get("GRAPH_APP_CLIENT_ID"),
+        azure_client_id=values.get("AZURE_CLIENT_ID"),
+        queue_name=values.get("SYNC_QUEUE", "sync-refresh"),
+        schedule=values.get("SYNC_SCHEDULE", "0 0 2 * * *"),
+        removal_grace_days=int(_number(values, "REMOVAL_GRACE_DAYS", 7, minimum=0)),
+        removal_guard_percent=_number(values, "REMOVAL_GUARD_PERCENT", 10.0, minimum=0),
+        removal_guard_min_users=int(_number(values, "REMOVAL_GUARD_MIN_USERS", 20, minimum=0)),
+    )
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read on first use and kept (app settings change only on restart)."""
+    global _cached
+    if _cached is None:
+        _cached = load_settings()
+    return _cached
+
+
+def reset_settings_cache() -> None:
+    """Forget the kept settings (tests that change the environment)."""
+    global _cached
+    _cached = None

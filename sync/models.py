@@ -1,0 +1,227 @@
+"""Records that travel between the layers: directory reads, roster entries, plans and runs.
+
+Everything here is a frozen msgspec Struct: cheap to build by the hundred thousand,
+and encodable to JSON without hand-written serializers.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class GroupKind(enum.StrEnum):
+    """How Microsoft 365 presents a group (groupTypes / mailEnabled / securityEnabled)."""
+
+    MICROSOFT365 = "microsoft365"
+    SECURITY = "security"
+    MAIL_ENABLED_SECURITY = "mailEnabledSecurity"
+    DISTRIBUTION = "distribution"
+
+
+class Group(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A group as the selection page shows it."""
+
+    id: str
+    display_name: str
+    kind: GroupKind
+    description: str | None = None
+    mail: str | None = None
+    member_count: int | None = None  # transitive user members; None when not counted
+
+
+class GroupPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One page of the group list with an opaque cursor for the next page."""
+
+    value: list[Group]
+    next_cursor: str | None = None
+
+
+class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A user as Entra ID reports them, with just the attributes the eligibility rules need."""
+
+    id: str
+    user_principal_name: str
+    display_name: str | None = None
+    given_name: str | None = None
+    surname: str | None = None
+    mail: str | None = None
+    department: str | None = None
+    job_title: str | None = None
+    user_type: str | None = None  # "Member" | "Guest" | None (not returned)
+    account_enabled: bool | None = None
+    license_count: int = 0  # len(assignedLicenses)
+
+
+class GroupMembers(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The user members of a set of groups, nested groups expanded (transitive).
+
+    `users` holds each user once; `groups_of_user` maps a user id to the ids of the
+    requested groups they belong to, in request order.
+    """
+
+    users: dict[str, DirectoryUser]
+    groups_of_user: dict[str, tuple[str, ...]]
+    members_per_group: dict[str, int]  # transitive user members of each requested group
+
+
+class RosterStatus(enum.StrEnum):
+    """Whether a user is on the platform, or removed and restorable within the grace period."""
+
+    ACTIVE = "active"
+    REMOVED = "removed"
+
+
+class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A user as the platform's roster holds them (one row of the `users` table)."""
+
+    id: str  # Entra object id
+    user_principal_name: str
+    display_name: str | None = None
+    mail: str | None = None
+    department: str | None = None
+    job_title: str | None = None
+    groups: tuple[str, ...] = ()  # ids of the selected groups the user came through
+    status: RosterStatus = RosterStatus.ACTIVE
+    added_at: str | None = None  # ISO 8601 UTC
+    updated_at: str | None = None
+    removed_at: str | None = None
+
+
+class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A user who should be on the platform after this run, with the selected groups they came through."""
+
+    id: str
+    user_principal_name: str
+    display_name: str | None = None
+    mail: str | None = None
+    department: str | None = None
+    job_title: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+class SelectionMode(enum.StrEnum):
+    """`all`: every eligible user of the tenant; `groups`: eligible members of the chosen groups."""
+
+    ALL = "all"
+    GROUPS = "groups"
+
+
+class SelectedGroup(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A chosen group, with the name it had when it was chosen."""
+
+    id: str
+    display_name: str
+
+
+class Selection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The groups a tenant's admin chose on the "Sync by O365 Groups" page."""
+
+    mode: SelectionMode = SelectionMode.ALL
+    groups: tuple[SelectedGroup, ...] = ()
+    version: int = 0  # 0: never saved
+    updated_at: str | None = None
+    updated_by: str | None = None
+
+
+class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A customer tenant registered for sync."""
+
+    id: str  # Entra tenant GUID
+    display_name: str
+    enabled: bool = True
+    created_at: str | None = None
+    exclusion_rules: str = "{}"  # JSON of sync.eligibility.ExclusionRules
+    guard_percent: float | None = None  # None: REMOVAL_GUARD_PERCENT
+    guard_min_users: int | None = None  # None: REMOVAL_GUARD_MIN_USERS
+    last_run_id: str | None = None
+    last_run_status: str | None = None
+    last_run_at: str | None = None
+
+
+class RunStatus(enum.StrEnum):
+    """Where a refresh run is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    HELD = "held"  # the removal guard stopped it; approve to apply
+    SUPERSEDED = "superseded"  # a newer refresh of the same tenant covered it
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run will not change any more (held runs wait for a new, approved run)."""
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.HELD, RunStatus.SUPERSEDED)
+
+
+class ExcludedCounts(msgspec.Struct, kw_only=True, rename="camel"):
+    """Users of the selected groups kept off the platform, by their first reason."""
+
+    guest: int = 0
+    disabled: int = 0
+    unlicensed: int = 0
+    shared_mailbox: int = 0  # the API's key
+    service_account: int = 0
+    rule: int = 0
+
+
+class RunCounts(msgspec.Struct, kw_only=True, rename="camel"):
+    """What a run found and changed."""
+
+    members: int = 0  # distinct users in the selection (or tenant, mode all)
+    eligible: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    restored: int = 0
+    unchanged: int = 0
+    excluded: ExcludedCounts = msgspec.field(default_factory=ExcludedCounts)
+
+
+class RunGroup(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Per-group numbers of a run, to explain counts that differ from the admin center."""
+
+    id: str
+    display_name: str
+    members: int
+    eligible: int
+
+
+class Run(msgspec.Struct, kw_only=True, rename="camel"):
+    """One refresh of one tenant: the API's run resource and the `runs` table row."""
+
+    id: str
+    tenant_id: str
+    status: RunStatus
+    reason: str
+    dry_run: bool = False
+    requested_at: str
+    requested_by: str | None = None
+    allow_removals: int | None = None  # approved removal ceiling, from a held run
+    approved_run: str | None = None  # the held run this one applies
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    counts: RunCounts = msgspec.field(default_factory=RunCounts)
+    groups: list[RunGroup] = msgspec.field(default_factory=list)
+    graph_requests: int = 0
+    mailbox_purpose_source: str | None = None  # "mailboxSettings" or "heuristic"
+    guard: str | None = None  # why the removal guard held the run
+    plan: dict[str, list[str]] | None = None  # held/dry runs: user ids to add/remove/restore (capped)
+    error: str | None = None
+    superseded_by: str | None = None
+    preview_mode: SelectionMode | None = None  # dry runs of a selection not saved yet
+    preview_group_ids: list[str] | None = None
+
+
+class RefreshMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The queue message: one refresh of one tenant."""
+
+    tenant_id: str
+    run_id: str
+    reason: str = "manual"
+    dry_run: bool = False
+    requested_by: str | None = None
+    allow_removals: int | None = None

@@ -1,0 +1,185 @@
+"""sync.directory through the real msgraph-sdk, over HTTP, against the demo tenant."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from devtools.demo_tenant import DemoGraphServer
+from devtools.demo_tenant import Tenant as DemoTenant
+from shared.graph import GraphClients
+from sync.directory import (
+    DirectoryReader,
+    GraphAccessDenied,
+    GraphUnavailable,
+    GroupNotFound,
+    InvalidCursor,
+)
+from sync.models import GroupKind
+
+
+@pytest.fixture
+def contoso(demo_tenants: list[DemoTenant]) -> DemoTenant:
+    return demo_tenants[0]
+
+
+@pytest.fixture
+async def reader(graph_clients: GraphClients, contoso: DemoTenant) -> DirectoryReader:
+    return DirectoryReader(graph_clients.for_tenant(contoso.tenant_id))
+
+
+async def test_group_over_999_members_is_read_to_the_last_page(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    big = contoso.landmarks.big_group_id
+    expected = set(contoso.transitive_user_ids(big))
+    assert len(expected) > 999
+    members = await reader.read_group_users([big])
+    assert set(members.users) == expected
+    assert members.members_per_group[big] == len(expected)
+    pages = [r for r in graph.request_log() if "/transitiveMembers" in r.path and not r.in_batch]
+    assert len(pages) == 2  # 999 + the rest: every page followed, no more
+
+
+async def test_nested_groups_with_a_cycle_are_expanded_once(
+    reader: DirectoryReader, contoso: DemoTenant
+) -> None:
+    cycle = list(contoso.landmarks.cycle_group_ids)
+    members = await reader.read_group_users(cycle)
+    expected = set().union(*(contoso.transitive_user_ids(g) for g in cycle))
+    assert set(members.users) == expected
+    for uid, groups in members.groups_of_user.items():
+        assert groups == tuple(g for g in cycle if uid in contoso.transitive_user_ids(g))
+    chain = contoso.landmarks.nested_chain
+    top = await reader.read_group_users([chain[0]])
+    deepest_users = set(contoso.transitive_user_ids(chain[-1]))
+    assert deepest_users and deepest_users <= set(top.users)  # three levels down still counts
+
+
+async def test_devices_contacts_and_service_principals_are_not_users(
+    reader: DirectoryReader, contoso: DemoTenant
+) -> None:
+    mixed = contoso.landmarks.mixed_members_group_id
+    all_members = contoso.transitive_member_ids(mixed)
+    users = set(contoso.transitive_user_ids(mixed))
+    assert len(all_members) > len(users)  # the group really holds other objects
+    members = await reader.read_group_users([mixed])
+    assert set(members.users) == users
+
+
+async def test_user_attributes_the_rules_need_are_read(reader: DirectoryReader, contoso: DemoTenant) -> None:
+    users = {u.id: u for u in await reader.list_all_users()}
+    assert len(users) == len(contoso.users)
+    lm = contoso.landmarks
+    guest = users[next(iter(lm.guest_ids))]
+    assert guest.user_type == "Guest" or "#EXT#" in guest.user_principal_name
+    assert users[next(iter(lm.disabled_ids))].account_enabled is False
+    assert users[next(iter(lm.unlicensed_ids))].license_count == 0
+    assert users[next(iter(lm.no_mail_ids))].mail is None
+    shared = users[next(iter(lm.shared_mailbox_ids))]
+    assert shared.account_enabled and shared.license_count > 0  # only userPurpose reveals it
+    assert any(u.department for u in users.values()) and any(u.job_title for u in users.values())
+
+
+async def test_429_with_retry_after_is_honoured_and_the_read_completes(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    big = contoso.landmarks.big_group_id
+    graph.add_fault(429, r"/groups/[^/]+/transitiveMembers", times=2, retry_after=1)
+    started = time.monotonic()
+    members = await reader.read_group_users([big])
+    assert time.monotonic() - started >= 2.0  # waited Retry-After twice
+    assert set(members.users) == set(contoso.transitive_user_ids(big))
+    statuses = [r.status for r in graph.request_log() if "/transitiveMembers" in r.path]
+    assert statuses[:2] == [429, 429] and statuses[2:] == [200, 200]
+
+
+async def test_403_raises_access_denied_naming_the_permission(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    graph.add_fault(403, r"/groups/[^/]+/transitiveMembers")
+    with pytest.raises(GraphAccessDenied) as denied:
+        await reader.read_group_users([contoso.landmarks.big_group_id])
+    assert "GroupMember.Read.All" in str(denied.value)
+    assert denied.value.status == 403
+
+
+async def test_unknown_group_raises_group_not_found(reader: DirectoryReader) -> None:
+    missing = "00000000-0000-4000-8000-000000000001"
+    with pytest.raises(GroupNotFound) as not_found:
+        await reader.read_group_users([missing])
+    assert not_found.value.group_id == missing
+
+
+async def test_a_page_failing_mid_paging_fails_the_whole_read(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    # The first page answers, the second keeps failing: no partial membership may come back.
+    graph.add_fault(503, r"/groups/[^/]+/transitiveMembers", after=1, retry_after=1)
+    with pytest.raises(GraphUnavailable):
+        await reader.read_group_users([contoso.landmarks.big_group_id])
+
+
+async def test_member_counts_for_45_groups_take_3_batch_requests(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    ids = list(contoso.groups)[:45]
+    counts = await reader.count_group_users(ids)
+    assert counts == {gid: len(contoso.transitive_user_ids(gid)) for gid in ids}
+    assert graph.request_counts(in_batch=False).get("batch") == 3
+
+
+async def test_group_list_pages_searches_and_classifies(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    first = await reader.list_groups(page_size=25)
+    assert len(first.value) == 25 and first.next_cursor
+    seen = [g.id for g in first.value]
+    cursor = first.next_cursor
+    while cursor:
+        page = await reader.list_groups(cursor=cursor, page_size=25)
+        seen += [g.id for g in page.value]
+        cursor = page.next_cursor
+    assert sorted(seen) == sorted(contoso.groups)
+    kinds = {g.kind for g in first.value}
+    assert kinds  # kinds come from groupTypes / mailEnabled / securityEnabled
+    every = {g.id: g for g in (await reader.get_groups(list(contoso.groups))).values() if g}
+    assert {g.kind for g in every.values()} == set(GroupKind)
+    found = await reader.list_groups(search="Sales")
+    assert found.value and all("sales" in g.display_name.lower() for g in found.value)
+    assert all(g.member_count is not None for g in found.value)
+
+
+async def test_a_forged_cursor_is_refused(reader: DirectoryReader) -> None:
+    with pytest.raises(InvalidCursor):
+        await reader.list_groups(cursor="aHR0cHM6Ly9ldmlsLmV4YW1wbGUvdXNlcnM")
+
+
+async def test_get_groups_maps_missing_and_malformed_ids_to_none(
+    reader: DirectoryReader, contoso: DemoTenant
+) -> None:
+    real = next(iter(contoso.groups))
+    found = await reader.get_groups([real, "00000000-0000-4000-8000-000000000002", "not-a-guid"])
+    assert found[real] is not None and found[real].id == real
+    assert found["00000000-0000-4000-8000-000000000002"] is None and found["not-a-guid"] is None
+
+
+async def test_mailbox_purposes_and_the_fallback_when_permission_is_missing(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    lm = contoso.landmarks
+    ids = [next(iter(lm.shared_mailbox_ids)), next(iter(lm.room_ids)), next(iter(lm.equipment_ids))]
+    person = next(uid for uid in contoso.users if uid not in lm.ineligible_ids)
+    purposes = await reader.read_mailbox_purposes([*ids, person])
+    assert purposes == {ids[0]: "shared", ids[1]: "room", ids[2]: "equipment", person: "user"}
+    graph.add_fault(403, r"/users/[^/]+/mailboxSettings")
+    assert await reader.read_mailbox_purposes(ids) is None
+
+
+async def test_other_tenant_token_sees_its_own_directory(
+    graph_clients: GraphClients, demo_tenants: list[DemoTenant]
+) -> None:
+    fabrikam = demo_tenants[1]
+    users = await DirectoryReader(graph_clients.for_tenant(fabrikam.tenant_id)).list_all_users()
+    assert {u.id for u in users} == set(fabrikam.users)

@@ -1,0 +1,119 @@
+"""Table Storage records on real Azurite: selections with ETags, the lease, roster transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from devtools.azurite import Azurite
+from shared.storage import ensure_storage
+from sync.models import RosterStatus, RosterUser, Run, RunStatus, SelectedGroup, Selection, SelectionMode
+from sync.roster import RosterStore
+from sync.store import StaleSelection, SyncStore, iso, new_run_id, utc_now
+from tests.conftest import storage_settings
+
+
+@pytest.fixture
+async def store(azurite: Azurite):
+    settings = storage_settings(azurite)
+    await ensure_storage(settings)
+    store = SyncStore(settings)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def roster(azurite: Azurite):
+    settings = storage_settings(azurite)
+    await ensure_storage(settings)
+    roster = RosterStore(settings)
+    yield roster
+    await roster.aclose()
+
+
+async def test_selection_versions_and_stale_if_match(store: SyncStore, tenant_id: str) -> None:
+    assert (await store.get_selection(tenant_id)).version == 0
+    first = Selection(
+        mode=SelectionMode.GROUPS, groups=(SelectedGroup(id=str(uuid.uuid4()), display_name="Sales"),)
+    )
+    saved = await store.save_selection(tenant_id, first, expected_version=0)
+    assert saved.version == 1
+    again = await store.save_selection(tenant_id, Selection(), expected_version=1)
+    assert again.version == 2 and again.mode is SelectionMode.ALL
+    with pytest.raises(StaleSelection) as stale:
+        await store.save_selection(tenant_id, first, expected_version=1)
+    assert stale.value.current == 2
+    assert (await store.get_selection(tenant_id)).mode is SelectionMode.ALL
+
+
+async def test_lease_admits_one_refresh_per_tenant(store: SyncStore, tenant_id: str) -> None:
+    results = await asyncio.gather(*(store.acquire_lease(tenant_id, f"run-{i}", 60) for i in range(5)))
+    assert sum(results) == 1
+    winner = f"run-{results.index(True)}"
+    assert not await store.acquire_lease(tenant_id, "late", 60)
+    await store.release_lease(tenant_id, winner)
+    assert await store.acquire_lease(tenant_id, "late", 60)
+
+
+async def test_expired_lease_can_be_taken_over(store: SyncStore, tenant_id: str) -> None:
+    assert await store.acquire_lease(tenant_id, "crashed-worker", 0.01)
+    await asyncio.sleep(0.05)
+    assert await store.acquire_lease(tenant_id, "redelivery", 60)
+
+
+async def test_runs_list_newest_first_with_cursor(store: SyncStore, tenant_id: str) -> None:
+    ids = []
+    for _ in range(5):
+        run = Run(
+            id=new_run_id(),
+            tenant_id=tenant_id,
+            status=RunStatus.QUEUED,
+            reason="t",
+            requested_at=iso(utc_now()),
+        )
+        await store.create_run(run)
+        ids.append(run.id)
+        await asyncio.sleep(0.002)
+    page, cursor = await store.list_runs(tenant_id, limit=3)
+    assert [r.id for r in page] == ids[::-1][:3]
+    rest, end = await store.list_runs(tenant_id, limit=3, after=cursor)
+    assert [r.id for r in rest] == ids[::-1][3:] and end is None
+
+
+def _user(
+    i: int, *, groups: tuple[str, ...] = ("g1",), status: RosterStatus = RosterStatus.ACTIVE
+) -> RosterUser:
+    return RosterUser(
+        id=str(uuid.UUID(int=i)),
+        user_principal_name=f"User{i}@contoso.com",
+        display_name=f"User {i}",
+        groups=groups,
+        status=status,
+    )
+
+
+async def test_roster_writes_in_transactions_of_100(roster: RosterStore, tenant_id: str) -> None:
+    rows = [_user(i, groups=("g1",) if i % 2 else ("g1", "g2")) for i in range(1, 251)]
+    assert await roster.write(tenant_id, rows) == 3
+    back = await roster.read_roster(tenant_id)
+    assert sorted(back, key=lambda r: r.id) == sorted(rows, key=lambda r: r.id)
+
+
+async def test_roster_filters_and_lookup(roster: RosterStore, tenant_id: str) -> None:
+    rows = [_user(1), _user(2, groups=("g2",)), _user(3, status=RosterStatus.REMOVED)]
+    await roster.write(tenant_id, rows)
+    active, _ = await roster.list_users(tenant_id)
+    assert {u.id for u in active} == {rows[0].id, rows[1].id}
+    in_g2, _ = await roster.list_users(tenant_id, group="g2")
+    assert [u.id for u in in_g2] == [rows[1].id]
+    removed, _ = await roster.list_users(tenant_id, status=RosterStatus.REMOVED)
+    assert [u.id for u in removed] == [rows[2].id]
+    found, _ = await roster.list_users(tenant_id, status=None, search="user 3")
+    assert [u.id for u in found] == [rows[2].id]
+    assert (await roster.get_user(tenant_id, "user1@CONTOSO.com")).id == rows[0].id  # type: ignore[union-attr]
+    page, cursor = await roster.list_users(tenant_id, status=None, limit=2)
+    assert len(page) == 2 and cursor == page[-1].id
+    await roster.delete(tenant_id, [rows[2].id])
+    assert await roster.get_user(tenant_id, rows[2].id) is None

@@ -1,0 +1,94 @@
+"""Settings: every name read once, clear errors for bad values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.settings import GraphAuthMode, SettingsError, load_settings
+
+BASE = {"SYNC_STORAGE": "UseDevelopmentStorage=true"}
+
+
+def test_defaults_match_the_architecture() -> None:
+    settings = load_settings(BASE, local_settings=None)
+    assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.graph_auth is GraphAuthMode.MANAGED_IDENTITY
+    assert settings.queue_name == "sync-refresh"
+    assert settings.schedule == "0 0 2 * * *"
+    assert (
+        settings.removal_grace_days,
+        settings.removal_guard_percent,
+        settings.removal_guard_min_users,
+    ) == (
+        7,
+        10.0,
+        20,
+    )
+
+
+def test_missing_storage_names_the_setting() -> None:
+    with pytest.raises(SettingsError, match="SYNC_STORAGE"):
+        load_settings({}, local_settings=None)
+
+
+def test_identity_based_storage_is_accepted() -> None:
+    settings = load_settings(
+        {
+            "SYNC_STORAGE__tableServiceUri": "https://acct.table.core.windows.net",
+            "SYNC_STORAGE__queueServiceUri": "https://acct.queue.core.windows.net",
+            "SYNC_STORAGE__clientId": "11111111-2222-3333-4444-555555555555",
+        },
+        local_settings=None,
+    )
+    assert settings.storage.connection_string is None
+    assert settings.storage.client_id == "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GRAPH_AUTH", "password", "GRAPH_AUTH must be one of"),
+        ("REMOVAL_GRACE_DAYS", "seven", "REMOVAL_GRACE_DAYS must be a number"),
+        ("REMOVAL_GUARD_PERCENT", "-1", "at least 0"),
+        ("GRAPH_AUTH", "federated", "GRAPH_APP_CLIENT_ID"),
+    ],
+)
+def test_bad_values_are_refused_by_name(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings({**BASE, name: value}, local_settings=None)
+
+
+def test_environment_wins_over_local_settings_file(tmp_path: Path) -> None:
+    path = tmp_path / "local.settings.json"
+    path.write_text(
+        json.dumps({"Values": {**BASE, "SYNC_QUEUE": "from-file", "SYNC_SCHEDULE": "0 0 3 * * *"}})
+    )
+    settings = load_settings({"SYNC_QUEUE": "from-env"}, local_settings=path)
+    assert settings.queue_name == "from-env"
+    assert settings.schedule == "0 0 3 * * *"
+
+
+def test_trailing_slash_is_dropped_from_graph_base_url() -> None:
+    settings = load_settings({**BASE, "GRAPH_BASE_URL": "http://127.0.0.1:7081/v1.0/"}, local_settings=None)
+    assert settings.graph_base_url == "http://127.0.0.1:7081/v1.0"
+
+
+def test_sample_settings_file_lists_every_setting() -> None:
+    sample = json.loads((Path(__file__).parents[2] / "local.settings.sample.json").read_text())["Values"]
+    for name in (
+        "SYNC_STORAGE",
+        "AzureWebJobsStorage",
+        "GRAPH_BASE_URL",
+        "GRAPH_AUTH",
+        "GRAPH_APP_CLIENT_ID",
+        "AZURE_CLIENT_ID",
+        "SYNC_QUEUE",
+        "SYNC_SCHEDULE",
+        "REMOVAL_GRACE_DAYS",
+        "REMOVAL_GUARD_PERCENT",
+        "REMOVAL_GUARD_MIN_USERS",
+    ):
+        assert name in sample, name
