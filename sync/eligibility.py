@@ -1,0 +1,487 @@
+"""Who may be on the training platform, and the reason when not.
+
+This module is the one place that decides eligibility. A directory user is
+excluded for every reason below that applies, reported in this fixed order:
+
+1. ``guest``: ``userType`` is ``Guest`` (any case) or the UPN contains ``#EXT#``.
+2. ``disabled``: ``accountEnabled`` is false (sign-in blocked). ``None`` means the
+   reader did not get the attribute; Graph always returns it when it is
+   ``$select``-ed, so an unknown value is treated as *enabled*: removing users on
+   missing data would break the "nothing is removed on partial knowledge" rule.
+3. ``unlicensed``: no entry in ``assignedLicenses``.
+4. ``sharedMailbox``: a shared, room or equipment mailbox (see below).
+5. ``serviceAccount``: the UPN's local part matches a built-in service-account
+   pattern (see `SERVICE_ACCOUNT_PATTERNS`).
+6. ``rule``: excluded by the tenant's own rules: a UPN pattern, a listed user, or
+   membership of the tenant's exclusion group.
+
+Counting: a run counts each excluded user once, under their *first* reason
+(`Verdict.primary`), so ``eligible + sum(counts.excluded) == members`` holds.
+A typical shared mailbox is also sign-in-blocked and unlicensed, so it is
+usually counted under ``disabled``; `Verdict.reasons` still lists every reason.
+
+Shared mailboxes. When the tenant granted ``MailboxSettings.Read`` the reader
+fetches ``mailboxSettings.userPurpose`` and it decides: ``shared``, ``room`` and
+``equipment`` are excluded; ``user`` and ``linked`` (a person's mailbox hosted in
+a resource forest) are people and stay; ``unknown``, ``others``, any future value,
+or no mailbox at all are not a mailbox reason (the other rules still apply).
+Without that permission a heuristic stands in: a user is taken for a shared
+mailbox when they have neither a given name nor a surname, have a mail address,
+and a word of their UPN local part or display name is one of
+`SHARED_MAILBOX_WORDS` (room, conference, meeting, shared, mailbox, equipment,
+projector, resource, calendar, reception, info, support, helpdesk, ...). Words
+are whole tokens: the text is split at punctuation, spaces, lower-to-upper case
+changes and letter/digit boundaries, so "ConfRoom1" gives "conf", "room", "1"
+while a person called "Roomy" or "Infante" never matches. People almost always
+carry a given name or surname, which is what keeps false positives low.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+import msgspec
+
+from sync.models import DirectoryUser
+
+__all__ = [
+    "MAX_EXCLUDED_USERS",
+    "MAX_PATTERN_LENGTH",
+    "MAX_UPN_PATTERNS",
+    "SERVICE_ACCOUNT_PATTERNS",
+    "SHARED_MAILBOX_PURPOSES",
+    "SHARED_MAILBOX_WORDS",
+    "ExclusionReason",
+    "ExclusionRules",
+    "InvalidRules",
+    "MailboxPurposeSource",
+    "Verdict",
+    "classify_user",
+    "count_exclusions",
+    "explain_reason",
+    "is_service_account",
+    "looks_like_shared_mailbox",
+    "matches_tenant_rules",
+    "parse_exclusion_rules",
+]
+
+
+class ExclusionReason(enum.StrEnum):
+    """Why a user is not on the platform; the values are the run's ``counts.excluded`` keys.
+
+    The declaration order is the order reasons are reported in.
+    """
+
+    GUEST = "guest"
+    DISABLED = "disabled"
+    UNLICENSED = "unlicensed"
+    SHARED_MAILBOX = "sharedMailbox"
+    SERVICE_ACCOUNT = "serviceAccount"
+    RULE = "rule"
+
+
+class MailboxPurposeSource(enum.StrEnum):
+    """Where the shared-mailbox decision comes from for this run."""
+
+    MAILBOX_SETTINGS = "mailboxSettings"  # mailboxSettings.userPurpose was read
+    HEURISTIC = "heuristic"  # MailboxSettings.Read not granted: `looks_like_shared_mailbox`
+
+
+# ---------------------------------------------------------------------------
+# Built-in rules
+# ---------------------------------------------------------------------------
+
+# Matched (fnmatch, case-insensitive) against the UPN's local part only, never the
+# domain. Every pattern needs a separator or a fixed word next to the wildcard so a
+# person's name cannot match by accident ("Svcetlana", "Servicemaster" stay people).
+# "sync_*" is the Entra Connect directory-sync account ("Sync_SERVER_1a2b3c...").
+# Left out on purpose: "sa-*" and "adm-*" (initials and admin accounts belong to
+# people who should be trained), "admin*" (too broad).
+SERVICE_ACCOUNT_PATTERNS: tuple[str, ...] = (
+    "svc-*",
+    "svc_*",
+    "svc.*",
+    "*-svc",
+    "*_svc",
+    "*.svc",
+    "service-*",
+    "service_*",
+    "service.*",
+    "noreply*",
+    "no-reply*",
+    "no_reply*",
+    "no.reply*",
+    "donotreply*",
+    "do-not-reply*",
+    "do_not_reply*",
+    "do.not.reply*",
+    "sync_*",
+)
+
+# mailboxSettings.userPurpose values that are not a person's mailbox. "linked" is
+# a person's mailbox in a resource forest, so it is deliberately not here.
+SHARED_MAILBOX_PURPOSES: frozenset[str] = frozenset({"shared", "room", "equipment"})
+
+# Heuristic words (whole tokens, lower case) that name a resource or a team inbox
+# rather than a person. Used only without mailboxSettings and only for users with
+# neither given name nor surname. "noreply" is not here: the service-account
+# patterns already catch it.
+SHARED_MAILBOX_WORDS: frozenset[str] = frozenset(
+    {
+        "room",
+        "rooms",
+        "boardroom",
+        "meetingroom",
+        "confroom",
+        "conf",
+        "conference",
+        "meeting",
+        "shared",
+        "sharedmailbox",
+        "mailbox",
+        "inbox",
+        "equipment",
+        "projector",
+        "resource",
+        "calendar",
+        "reception",
+        "info",
+        "support",
+        "helpdesk",
+    }
+)
+
+# Limits for tenant rules: keep a rules document small enough for one table
+# entity (64 KiB per property) and the matching cheap at 100,000 users.
+MAX_PATTERN_LENGTH = 256
+MAX_UPN_PATTERNS = 100
+MAX_EXCLUDED_USERS = 1000
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Split points for the heuristic: non-alphanumerics, "confRoom", "Room1", "1Room".
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+_REASON_ORDER: tuple[ExclusionReason, ...] = tuple(ExclusionReason)
+
+_EXPLANATIONS: dict[ExclusionReason, str] = {
+    ExclusionReason.GUEST: (
+        "The user is a guest (external) account, and guest users are not included in sync; "
+        "add them as a member user of your tenant if they need training."
+    ),
+    ExclusionReason.DISABLED: (
+        "The account is blocked from signing in or disabled; unblock it in the Microsoft 365 "
+        "admin center (Users > Active users) and refresh."
+    ),
+    ExclusionReason.UNLICENSED: (
+        "The user has no Microsoft 365 license assigned; assign one in the Microsoft 365 "
+        "admin center and refresh."
+    ),
+    ExclusionReason.SHARED_MAILBOX: (
+        "The account is a shared, room or equipment mailbox rather than a person, so it is "
+        "excluded; if it is a person, convert it to a regular user mailbox."
+    ),
+    ExclusionReason.SERVICE_ACCOUNT: (
+        "The user name looks like a service account (for example svc-..., noreply...), which "
+        "is excluded; rename the account if it belongs to a person."
+    ),
+    ExclusionReason.RULE: (
+        "Your organisation's exclusion rules exclude this user (a user-name pattern, the "
+        "excluded-users list or the exclusion group); change the rules to include them."
+    ),
+}
+
+
+def _local_part(upn: str) -> str:
+    return upn.partition("@")[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _service_account_regex() -> re.Pattern[str]:
+    return re.compile("|".join(fnmatch.translate(p) for p in SERVICE_ACCOUNT_PATTERNS))
+
+
+def is_service_account(user_principal_name: str) -> bool:
+    """True when the UPN's local part matches a built-in `SERVICE_ACCOUNT_PATTERNS` entry."""
+    local = _local_part(user_principal_name).lower()
+    return _service_account_regex().match(local) is not None
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def looks_like_shared_mailbox(user: DirectoryUser) -> bool:
+    """The heuristic used without mailboxSettings: no given name nor surname, a mail address,
+    and a resource word (`SHARED_MAILBOX_WORDS`) in the UPN local part or display name."""
+    if (user.given_name or "").strip() or (user.surname or "").strip():
+        return False
+    if not (user.mail or "").strip():
+        return False
+    words = _words(_local_part(user.user_principal_name))
+    if user.display_name:
+        words += _words(user.display_name)
+    return any(w in SHARED_MAILBOX_WORDS for w in words)
+
+
+# ---------------------------------------------------------------------------
+# Tenant rules
+# ---------------------------------------------------------------------------
+
+
+class InvalidRules(ValueError):
+    """A tenant's exclusion rules are malformed; the message says what to fix."""
+
+
+class ExclusionRules(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A tenant's own exclusion rules (JSON: upnPatterns, excludedUsers, exclusionGroupId).
+
+    Build from untrusted input with `parse_exclusion_rules`, which validates and
+    normalises. Matching is case-insensitive throughout.
+    """
+
+    upn_patterns: tuple[str, ...] = ()  # fnmatch-style, against the whole UPN and its local part
+    excluded_users: tuple[str, ...] = ()  # object ids or UPNs
+    exclusion_group_id: str | None = None  # the caller resolves its transitive user ids
+
+    def validate(self) -> ExclusionRules:
+        """Return a normalised copy (trimmed, de-duplicated), or raise `InvalidRules`."""
+        return _validated(self)
+
+
+class _CompiledRules(NamedTuple):
+    pattern: re.Pattern[str] | None
+    users: frozenset[str]
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_rules(patterns: tuple[str, ...], users: tuple[str, ...]) -> _CompiledRules:
+    # One alternation instead of a loop of fnmatch calls: 100 patterns x 100,000
+    # users would otherwise be 20 million calls per run.
+    regex = (
+        re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns), re.DOTALL) if patterns else None
+    )
+    return _CompiledRules(regex, frozenset(u.lower() for u in users))
+
+
+# The engine classifies every user of a run with the same rules object; checking
+# identity first spares hashing up to 1,100 strings per user for the lru_cache key.
+_last_compiled: tuple[ExclusionRules, _CompiledRules] | None = None
+
+
+def _compiled_for(rules: ExclusionRules) -> _CompiledRules:
+    global _last_compiled
+    last = _last_compiled  # one read: another thread may swap it, which is harmless
+    if last is not None and last[0] is rules:
+        return last[1]
+    compiled = _compile_rules(rules.upn_patterns, rules.excluded_users)
+    _last_compiled = (rules, compiled)
+    return compiled
+
+
+def matches_tenant_rules(user: DirectoryUser, rules: ExclusionRules) -> bool:
+    """True when a UPN pattern or the excluded-users list names this user (group membership aside)."""
+    if not rules.upn_patterns and not rules.excluded_users:
+        return False
+    compiled = _compiled_for(rules)
+    upn = user.user_principal_name.lower()
+    if compiled.users and (user.id.lower() in compiled.users or upn in compiled.users):
+        return True
+    if compiled.pattern is not None:
+        return bool(compiled.pattern.match(upn) or compiled.pattern.match(_local_part(upn)))
+    return False
+
+
+def _string_list(value: object, field: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise InvalidRules(f"{field} must be a list of strings.")
+    out: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise InvalidRules(f"{field}[{i}] must be a string.")
+        out.append(item)
+    return out
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in items:
+        key = item.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return tuple(out)
+
+
+def _validated(rules: ExclusionRules) -> ExclusionRules:
+    patterns = [p.strip() for p in rules.upn_patterns]
+    if len(patterns) > MAX_UPN_PATTERNS:
+        raise InvalidRules(
+            f"upnPatterns has {len(patterns)} patterns; at most {MAX_UPN_PATTERNS} are allowed."
+        )
+    for i, p in enumerate(patterns):
+        if not p:
+            raise InvalidRules(f"upnPatterns[{i}] is empty.")
+        if len(p) > MAX_PATTERN_LENGTH:
+            raise InvalidRules(
+                f"upnPatterns[{i}] is {len(p)} characters long; at most {MAX_PATTERN_LENGTH} are allowed."
+            )
+        if set(p) == {"*"}:
+            # Would exclude every user of the tenant: certainly a mistake.
+            raise InvalidRules(f"upnPatterns[{i}] ({p!r}) would exclude every user.")
+    users = [u.strip() for u in rules.excluded_users]
+    if len(users) > MAX_EXCLUDED_USERS:
+        raise InvalidRules(
+            f"excludedUsers has {len(users)} entries; at most {MAX_EXCLUDED_USERS} are allowed."
+        )
+    for i, u in enumerate(users):
+        if not u:
+            raise InvalidRules(f"excludedUsers[{i}] is empty.")
+        if len(u) > MAX_PATTERN_LENGTH:
+            raise InvalidRules(
+                f"excludedUsers[{i}] is {len(u)} characters long; at most {MAX_PATTERN_LENGTH} are allowed."
+            )
+    group = rules.exclusion_group_id
+    if group is not None:
+        group = group.strip()
+        if not group:
+            group = None
+        elif not _GUID.match(group):
+            raise InvalidRules(
+                f"exclusionGroupId {group!r} is not a group object id "
+                "(expected a GUID such as 00000000-0000-0000-0000-000000000000)."
+            )
+        else:
+            group = group.lower()
+    return ExclusionRules(
+        upn_patterns=_dedupe(patterns),
+        excluded_users=_dedupe(users),
+        exclusion_group_id=group,
+    )
+
+
+_RULE_FIELDS = {"upnPatterns", "excludedUsers", "exclusionGroupId"}
+
+
+def parse_exclusion_rules(obj: object) -> ExclusionRules:
+    """Validate rules from JSON (bytes/str), a camelCase mapping, an `ExclusionRules` or None.
+
+    Raises `InvalidRules` with a message fit for a 400 response or a CLI error.
+    """
+    if obj is None:
+        return ExclusionRules()
+    if isinstance(obj, ExclusionRules):
+        return _validated(obj)
+    if isinstance(obj, (bytes, bytearray, str)):
+        try:
+            obj = msgspec.json.decode(obj)
+        except msgspec.DecodeError as exc:
+            raise InvalidRules(f"Exclusion rules are not valid JSON: {exc}.") from None
+        if obj is None:
+            return ExclusionRules()
+    if not isinstance(obj, Mapping):
+        raise InvalidRules(
+            "Exclusion rules must be an object with upnPatterns, excludedUsers and exclusionGroupId."
+        )
+    unknown = sorted(str(k) for k in obj if k not in _RULE_FIELDS)
+    if unknown:
+        raise InvalidRules(
+            f"Unknown field(s) in exclusion rules: {', '.join(unknown)}; expected "
+            "upnPatterns, excludedUsers, exclusionGroupId."
+        )
+    group = obj.get("exclusionGroupId")
+    if group is not None and not isinstance(group, str):
+        raise InvalidRules("exclusionGroupId must be a string or null.")
+    return _validated(
+        ExclusionRules(
+            upn_patterns=tuple(_string_list(obj.get("upnPatterns"), "upnPatterns")),
+            excluded_users=tuple(_string_list(obj.get("excludedUsers"), "excludedUsers")),
+            exclusion_group_id=group,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------
+# Verdicts
+# ---------------------------------------------------------------------------
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """Whether a user may be on the platform and, when not, every reason in the fixed order."""
+
+    included: bool
+    reasons: tuple[ExclusionReason, ...] = ()
+
+    @property
+    def primary(self) -> ExclusionReason | None:
+        """The first reason: a run counts each excluded user once, under this reason."""
+        return self.reasons[0] if self.reasons else None
+
+
+_INCLUDED = Verdict(included=True)
+
+
+def _is_guest(user: DirectoryUser) -> bool:
+    return (user.user_type or "").lower() == "guest" or "#ext#" in user.user_principal_name.lower()
+
+
+def _is_shared_mailbox(
+    user: DirectoryUser, mailbox_purpose: str | None, purpose_source: MailboxPurposeSource
+) -> bool:
+    if purpose_source is MailboxPurposeSource.MAILBOX_SETTINGS:
+        return mailbox_purpose is not None and mailbox_purpose.lower() in SHARED_MAILBOX_PURPOSES
+    return looks_like_shared_mailbox(user)
+
+
+def classify_user(
+    user: DirectoryUser,
+    *,
+    rules: ExclusionRules,
+    mailbox_purpose: str | None,
+    purpose_source: MailboxPurposeSource,
+    excluded_by_group: bool = False,
+) -> Verdict:
+    """Decide whether `user` may be on the platform; list every exclusion reason in order.
+
+    `mailbox_purpose` is Graph's ``mailboxSettings.userPurpose`` and is read only when
+    `purpose_source` is ``mailboxSettings``; `excluded_by_group` says the user is a
+    (transitive) member of the tenant's exclusion group.
+    """
+    reasons: list[ExclusionReason] = []
+    if _is_guest(user):
+        reasons.append(ExclusionReason.GUEST)
+    if user.account_enabled is False:
+        reasons.append(ExclusionReason.DISABLED)
+    if user.license_count <= 0:
+        reasons.append(ExclusionReason.UNLICENSED)
+    if _is_shared_mailbox(user, mailbox_purpose, purpose_source):
+        reasons.append(ExclusionReason.SHARED_MAILBOX)
+    if is_service_account(user.user_principal_name):
+        reasons.append(ExclusionReason.SERVICE_ACCOUNT)
+    if excluded_by_group or matches_tenant_rules(user, rules):
+        reasons.append(ExclusionReason.RULE)
+    if not reasons:
+        return _INCLUDED
+    return Verdict(included=False, reasons=tuple(reasons))
+
+
+def count_exclusions(verdicts: Iterable[Verdict]) -> dict[str, int]:
+    """Excluded users per primary reason, every reason key present (zeros included)."""
+    counts = {reason.value: 0 for reason in _REASON_ORDER}
+    for verdict in verdicts:
+        primary = verdict.primary
+        if primary is not None:
+            counts[primary.value] += 1
+    return counts
+
+
+def explain_reason(reason: ExclusionReason | str) -> str:
+    """One sentence a customer admin can act on, for "why is this user not synced?"."""
+    return _EXPLANATIONS[ExclusionReason(reason)]
