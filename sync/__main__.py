@@ -1,0 +1,305 @@
+"""Operator CLI: `python -m sync …`, the same service layer and JSON as the HTTP API.
+
+Exit codes: 0 done, 1 run failed (or Graph/storage failed), 2 bad usage or input,
+3 run held by the removal guard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import msgspec
+from azure.core.exceptions import AzureError
+
+from shared.settings import SettingsError
+from sync.models import Run, RunStatus
+from sync.service import InvalidInput, ServiceError, SyncService, UpstreamError, open_service
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One readable line and exit 2, as for any other bad input.
+        self.exit(EXIT_USAGE, f"error: {message} (see `python -m sync {self.prog.split()[-1]} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar of ARCHITECTURE.md."""
+    parser = _Parser(prog="python -m sync", description="O365 Groups Sync operator CLI")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    tenant = sub.add_parser("tenant", help="register or list tenants")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True, parser_class=_Parser)
+    add = tenant_sub.add_parser("add", help="register a tenant (or rename it)")
+    add.add_argument("tenant_id")
+    add.add_argument("--name", required=True)
+    add.add_argument("--json", action="store_true")
+    lst = tenant_sub.add_parser("list", help="every tenant with its last run")
+    lst.add_argument("--json", action="store_true")
+
+    groups = sub.add_parser("groups", help="the tenant's groups, with kinds and member counts")
+    groups.add_argument("tenant_id")
+    groups.add_argument("--search")
+    groups.add_argument("--json", action="store_true")
+
+    select = sub.add_parser("select", help="save the group selection (and queue a refresh)")
+    select.add_argument("tenant_id")
+    select.add_argument("group_ids", nargs="*")
+    select.add_argument("--all", action="store_true", help="sync every eligible user (no group)")
+    select.add_argument("--json", action="store_true")
+
+    refresh = sub.add_parser("refresh", help="run one refresh now, in this process")
+    refresh.add_argument("tenant_id")
+    refresh.add_argument("--dry-run", action="store_true")
+    refresh.add_argument("--json", action="store_true")
+
+    runs = sub.add_parser("runs", help="recent runs, newest first")
+    runs.add_argument("tenant_id")
+    runs.add_argument("--json", action="store_true")
+
+    users = sub.add_parser("users", help="the roster")
+    users.add_argument("tenant_id")
+    users.add_argument("--status", choices=["active", "removed", "all"], default="active")
+    users.add_argument("--group")
+    users.add_argument("--search")
+    users.add_argument("--json", action="store_true")
+
+    explain = sub.add_parser("explain", help="why a user is or is not synced")
+    explain.add_argument("tenant_id")
+    explain.add_argument("user", help="object id or user principal name")
+    explain.add_argument("--json", action="store_true")
+
+    approve = sub.add_parser("approve", help="apply a run held by the removal guard")
+    approve.add_argument("tenant_id")
+    approve.add_argument("run_id")
+    approve.add_argument("--json", action="store_true")
+
+    rules = sub.add_parser("rules", help="show or set the tenant's exclusion rules")
+    rules.add_argument("tenant_id")
+    rules.add_argument("--pattern", action="append", default=None, help="UPN pattern, e.g. 'svc-*'")
+    rules.add_argument("--user", action="append", default=None, help="object id or UPN to exclude")
+    rules.add_argument("--group", help="exclusion group id")
+    rules.add_argument("--clear", action="store_true", help="remove every rule")
+    rules.add_argument("--json", action="store_true")
+    return parser
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _print_run(run: Run) -> None:
+    c = run.counts
+    ex = c.excluded
+    print(f"run {run.id}: {run.status}{' (dry run)' if run.dry_run else ''}")
+    print(
+        f"  members {c.members}  eligible {c.eligible}  added {c.added}  updated {c.updated}  "
+        f"removed {c.removed}  restored {c.restored}  unchanged {c.unchanged}"
+    )
+    print(
+        f"  excluded: guest {ex.guest}  disabled {ex.disabled}  unlicensed {ex.unlicensed}  "
+        f"sharedMailbox {ex.shared_mailbox}  serviceAccount {ex.service_account}  rule {ex.rule}"
+    )
+    if run.groups:
+        _table(
+            [(g.display_name, g.id, g.members, g.eligible) for g in run.groups],
+            ["group", "id", "members", "eligible"],
+        )
+    if run.mailbox_purpose_source:
+        print(f"  shared mailboxes recognised by: {run.mailbox_purpose_source}")
+    if run.guard:
+        print(f"  held: {run.guard}")
+        print(f"  approve with: python -m sync approve {run.tenant_id} {run.id}")
+    if run.error:
+        print(f"  error: {run.error}")
+    print(f"  Graph requests {run.graph_requests}  duration {run.duration_seconds}s")
+
+
+def _run_exit(run: Run) -> int:
+    if run.status is RunStatus.FAILED:
+        return EXIT_FAILED
+    if run.status is RunStatus.HELD:
+        return EXIT_HELD
+    return EXIT_OK
+
+
+async def _dispatch(args: argparse.Namespace, svc: SyncService) -> int:
+    who = f"cli:{getpass.getuser()}"
+    as_json = getattr(args, "json", False)
+    command = args.command
+    if command == "tenant" and args.tenant_command == "add":
+        tenant = await svc.put_tenant(args.tenant_id, args.name)
+        _print_json(tenant) if as_json else print(f"tenant {tenant.id} registered as {tenant.display_name!r}")
+    elif command == "tenant":
+        tenants = await svc.list_tenants()
+        if as_json:
+            _print_json({"value": tenants})
+        else:
+            _table(
+                [(t.id, t.display_name, t.last_run_status or "-", t.last_run_at or "-") for t in tenants],
+                ["tenant", "name", "last run", "at"],
+            )
+    elif command == "groups":
+        groups = []
+        cursor = None
+        while True:
+            page = await svc.list_groups(args.tenant_id, search=args.search, cursor=cursor)
+            groups.extend(page.value)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        if as_json:
+            _print_json({"value": groups})
+        else:
+            _table(
+                [(g.id, g.display_name, g.kind, g.member_count) for g in groups],
+                ["id", "name", "kind", "users"],
+            )
+    elif command == "select":
+        if args.all and args.group_ids:
+            raise InvalidInput("give group ids or --all, not both")
+        if not args.all and not args.group_ids:
+            raise InvalidInput("give at least one group id, or --all to sync every eligible user")
+        saved, run = await svc.save_selection(
+            args.tenant_id,
+            mode="all" if args.all else "groups",
+            group_ids=list(args.group_ids),
+            expected_version=None,
+            requested_by=who,
+        )
+        if as_json:
+            _print_json({**msgspec.to_builtins(saved), "run": msgspec.to_builtins(run)})
+        else:
+            names = ", ".join(g.display_name for g in saved.groups) or "all eligible users"
+            print(f"selection v{saved.version} saved: {names}")
+            print(f"refresh {run.id} queued; run it now with: python -m sync refresh {args.tenant_id}")
+    elif command == "refresh":
+        run = await svc.refresh_now(args.tenant_id, dry_run=args.dry_run, requested_by=who)
+        _print_json(run) if as_json else _print_run(run)
+        return _run_exit(run)
+    elif command == "runs":
+        runs, _ = await svc.list_runs(args.tenant_id, limit=20)
+        if as_json:
+            _print_json({"value": runs})
+        else:
+            _table(
+                [
+                    (
+                        r.id,
+                        r.status,
+                        r.reason,
+                        r.requested_at,
+                        r.counts.added,
+                        r.counts.removed,
+                        r.error or "",
+                    )
+                    for r in runs
+                ],
+                ["run", "status", "reason", "requested", "added", "removed", "error"],
+            )
+    elif command == "users":
+        users, cursor, everyone = None, None, []
+        while True:
+            users, cursor = await svc.list_users(
+                args.tenant_id,
+                status=args.status,
+                group=args.group,
+                search=args.search,
+                cursor=cursor,
+                limit=500,
+            )
+            everyone.extend(users)
+            if not cursor:
+                break
+        if as_json:
+            _print_json({"value": everyone})
+        else:
+            _table(
+                [(u.id, u.user_principal_name, u.department, u.status, len(u.groups)) for u in everyone],
+                ["id", "userPrincipalName", "department", "status", "groups"],
+            )
+            print(f"{len(everyone)} users")
+    elif command == "explain":
+        result = await svc.explain(args.tenant_id, args.user)
+        if as_json:
+            _print_json(result)
+        else:
+            user: Any = result["user"]
+            verdict = "is synced" if result["included"] else "is NOT synced"
+            print(f"{user['userPrincipalName']} {verdict} (roster: {result['rosterStatus']})")
+            for reason in result["reasons"]:  # type: ignore[attr-defined]
+                print(f"  - {reason['code']}: {reason['message']}")
+            for group in result["groups"]:  # type: ignore[attr-defined]
+                print(f"  via group {group['displayName']} ({group['id']})")
+    elif command == "approve":
+        run = await svc.approve(args.tenant_id, args.run_id, requested_by=who, in_process=True)
+        _print_json(run) if as_json else _print_run(run)
+        return _run_exit(run)
+    elif command == "rules":
+        if args.clear or args.pattern is not None or args.user is not None or args.group is not None:
+            current = await svc.get_rules(args.tenant_id)
+            body = (
+                {}
+                if args.clear
+                else {
+                    "upnPatterns": args.pattern if args.pattern is not None else list(current.upn_patterns),
+                    "excludedUsers": args.user if args.user is not None else list(current.excluded_users),
+                    "exclusionGroupId": args.group if args.group is not None else current.exclusion_group_id,
+                }
+            )
+            rules = await svc.set_rules(args.tenant_id, body)
+        else:
+            rules = await svc.get_rules(args.tenant_id)
+        _print_json(rules)
+    return EXIT_OK
+
+
+async def _main(args: argparse.Namespace) -> int:
+    async with open_service() as svc:
+        try:
+            return await _dispatch(args, svc)
+        finally:
+            await svc.ctx.graph.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, map errors to one line on stderr and an exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_main(args))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UpstreamError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_FAILED
+    except ServiceError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error of the command.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (AzureError, OSError) as exc:
+        print(f"error: storage could not be reached: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,357 @@
+"""HTTP triggers: parse, check the caller, call the service, serialize. No rules live here.
+
+Errors are RFC 9457 problem+json. In Azure, App Service Authentication (Entra ID) sits in
+front and injects the caller as X-MS-CLIENT-PRINCIPAL; every data route requires the app
+role `Sync.Admin` and refuses everything when platform authentication is not switched on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import azure.functions as func
+import msgspec
+
+from sync.models import Run
+from sync.service import InvalidInput, ServiceError, SyncService, open_service
+
+log = logging.getLogger("sync.api")
+bp = func.Blueprint()
+
+REQUIRED_ROLE = "Sync.Admin"
+PRINCIPAL_HEADER = "x-ms-client-principal"
+MAX_BODY_BYTES = 64 * 1024
+_ROLE_CLAIMS = {"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"}
+_NAME_CLAIMS = ("preferred_username", "name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> func.HttpResponse:
+    """An RFC 9457 problem+json response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return func.HttpResponse(
+        json.dumps(body), status_code=status, mimetype="application/problem+json", charset="utf-8"
+    )
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    """Encode a Struct, list or dict as JSON."""
+    return func.HttpResponse(
+        msgspec.json.encode(value),
+        status_code=status,
+        mimetype="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """The caller, as App Service Authentication (or the dev host) describes them."""
+
+    name: str
+    roles: frozenset[str]
+
+
+def _platform_auth_missing() -> bool:
+    # In Azure, WEBSITE_SITE_NAME is always set; WEBSITE_AUTH_ENABLED only when App Service
+    # Authentication is on. Without it the principal header could be forged by anyone.
+    in_azure = bool(os.environ.get("WEBSITE_SITE_NAME"))
+    return in_azure and os.environ.get("WEBSITE_AUTH_ENABLED", "").lower() != "true"
+
+
+def read_principal(req: func.HttpRequest) -> Principal | None:
+    """Decode X-MS-CLIENT-PRINCIPAL; None when absent or unreadable."""
+    raw = req.headers.get(PRINCIPAL_HEADER)
+    if not raw:
+        return None
+    try:
+        data = json.loads(base64.b64decode(raw, validate=False))
+        claims = data.get("claims") or []
+        role_type = data.get("role_typ")
+        roles = frozenset(
+            str(c.get("val")) for c in claims if c.get("typ") in _ROLE_CLAIMS or c.get("typ") == role_type
+        )
+        by_type = {c.get("typ"): c.get("val") for c in claims}
+        name = next((str(by_type[t]) for t in _NAME_CLAIMS if by_type.get(t)), "unknown")
+    except (binascii.Error, ValueError, AttributeError, TypeError):
+        return None
+    return Principal(name=name, roles=roles)
+
+
+Handler = Callable[[func.HttpRequest, SyncService, Principal], Awaitable[func.HttpResponse]]
+
+
+async def guarded(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
+    """Check the caller, open the service, run the handler, turn refusals into problems."""
+    if _platform_auth_missing():
+        return problem(
+            503,
+            "Authentication not configured",
+            "App Service Authentication is not enabled on this Function App, so every data "
+            "request is refused. Enable it (infra/ does) and redeploy.",
+        )
+    principal = read_principal(req)
+    if principal is None:
+        return problem(401, "Unauthorized", "Sign in first: this API needs an Entra ID identity.")
+    if REQUIRED_ROLE not in principal.roles:
+        return problem(403, "Forbidden", f"The caller {principal.name} lacks the app role {REQUIRED_ROLE}.")
+    try:
+        async with open_service() as service:
+            return await handler(req, service, principal)
+    except ServiceError as exc:
+        extra = {"errors": exc.errors} if exc.errors else {}
+        return problem(exc.status, exc.title, exc.detail, **extra)
+    except Exception:
+        log.exception("unexpected error on %s %s", req.method, req.url)
+        return problem(
+            500, "Internal error", "The request failed unexpectedly; the Function App logs have the details."
+        )
+
+
+def read_json_body(req: func.HttpRequest) -> dict[str, Any]:
+    """The request body as a JSON object; 400 (as ServiceError) when it is not one."""
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidInput(f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB")
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return value
+
+
+def _if_match(req: func.HttpRequest) -> int | None:
+    raw = req.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InvalidInput("If-Match must be the selection's version, as its ETag gives it")
+    return int(text)
+
+
+def _run_accepted(req: func.HttpRequest, run: Run) -> func.HttpResponse:
+    location = f"/api/tenants/{run.tenant_id}/runs/{run.id}"
+    return json_response(run, 202, {"Location": location})
+
+
+def _limit(req: func.HttpRequest, default: int) -> int:
+    raw = req.params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise InvalidInput("limit must be a whole number from 1 to 500")
+    return int(raw)
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+@bp.function_name("health")
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Liveness only: no data, so no sign-in."""
+    return json_response({"status": "ok"})
+
+
+@bp.function_name("tenants_list")
+@bp.route(route="tenants", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
+    """Every tenant with its last run (fleet view)."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        return json_response({"value": await svc.list_tenants()})
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("tenant_put")
+@bp.route(route="tenants/{tenantId}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
+async def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
+    """Register or rename a tenant."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        body = read_json_body(req)
+        return json_response(await svc.put_tenant(req.route_params["tenantId"], body.get("displayName")))
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("tenant_connection")
+@bp.route(route="tenants/{tenantId}/connection", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def tenant_connection(req: func.HttpRequest) -> func.HttpResponse:
+    """Which Graph permissions work in the tenant."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        return json_response(await svc.connection(req.route_params["tenantId"]))
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("tenant_rules")
+@bp.route(route="tenants/{tenantId}/rules", methods=["GET", "PUT"], auth_level=func.AuthLevel.ANONYMOUS)
+async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
+    """The tenant's exclusion rules: UPN patterns, listed users, an exclusion group."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        tid = req.route_params["tenantId"]
+        if req.method.upper() == "PUT":
+            return json_response(await svc.set_rules(tid, read_json_body(req)))
+        return json_response(await svc.get_rules(tid))
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("groups_list")
+@bp.route(route="tenants/{tenantId}/groups", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def groups_list(req: func.HttpRequest) -> func.HttpResponse:
+    """A page of the tenant's groups, searchable, with kinds and member counts."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        page = await svc.list_groups(
+            req.route_params["tenantId"], search=req.params.get("search"), cursor=req.params.get("cursor")
+        )
+        return json_response(page)
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("selection")
+@bp.route(route="tenants/{tenantId}/selection", methods=["GET", "PUT"], auth_level=func.AuthLevel.ANONYMOUS)
+async def selection(req: func.HttpRequest) -> func.HttpResponse:
+    """Read the saved selection, or save a new one (which queues a refresh)."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        tid = req.route_params["tenantId"]
+        if req.method.upper() == "PUT":
+            body = read_json_body(req)
+            saved, run = await svc.save_selection(
+                tid,
+                mode=body.get("mode"),
+                group_ids=body.get("groupIds"),
+                expected_version=_if_match(req),
+                requested_by=who.name,
+            )
+            payload = {**msgspec.to_builtins(saved), "run": msgspec.to_builtins(run)}
+            return json_response(
+                payload,
+                200,
+                {"ETag": f'"{saved.version}"', "Location": f"/api/tenants/{run.tenant_id}/runs/{run.id}"},
+            )
+        current = await svc.get_selection(tid)
+        return json_response(current, 200, {"ETag": f'"{current.version}"'})
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("preview")
+@bp.route(route="tenants/{tenantId}/preview", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def preview(req: func.HttpRequest) -> func.HttpResponse:
+    """Queue a dry run of a selection before saving it."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        body = read_json_body(req)
+        run = await svc.preview(
+            req.route_params["tenantId"],
+            mode=body.get("mode"),
+            group_ids=body.get("groupIds"),
+            requested_by=who.name,
+        )
+        return _run_accepted(req, run)
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("refresh")
+@bp.route(route="tenants/{tenantId}/refresh", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def refresh(req: func.HttpRequest) -> func.HttpResponse:
+    """ "Refresh Users Now": queue a refresh of the saved selection."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        read_json_body(req)  # an empty body is fine; a malformed one is refused
+        run = await svc.request_refresh(req.route_params["tenantId"], reason="manual", requested_by=who.name)
+        return _run_accepted(req, run)
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("runs_list")
+@bp.route(route="tenants/{tenantId}/runs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def runs_list(req: func.HttpRequest) -> func.HttpResponse:
+    """Runs newest first."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        runs, cursor = await svc.list_runs(
+            req.route_params["tenantId"], cursor=req.params.get("cursor"), limit=_limit(req, 20)
+        )
+        return json_response({"value": runs, "nextCursor": cursor})
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("run_get")
+@bp.route(route="tenants/{tenantId}/runs/{runId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def run_get(req: func.HttpRequest) -> func.HttpResponse:
+    """One run: status, counts, per-group numbers, error."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        return json_response(await svc.get_run(req.route_params["tenantId"], req.route_params["runId"]))
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("run_approve")
+@bp.route(
+    route="tenants/{tenantId}/runs/{runId}/approve", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS
+)
+async def run_approve(req: func.HttpRequest) -> func.HttpResponse:
+    """Approve a run held by the removal guard: queue a run allowed to remove that many."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        run = await svc.approve(
+            req.route_params["tenantId"], req.route_params["runId"], requested_by=who.name
+        )
+        return _run_accepted(req, run)
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("users_list")
+@bp.route(route="tenants/{tenantId}/users", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def users_list(req: func.HttpRequest) -> func.HttpResponse:
+    """The roster: filter by status, group and text."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        users, cursor = await svc.list_users(
+            req.route_params["tenantId"],
+            status=req.params.get("status"),
+            group=req.params.get("group"),
+            search=req.params.get("search"),
+            cursor=req.params.get("cursor"),
+            limit=_limit(req, 100),
+        )
+        return json_response({"value": users, "nextCursor": cursor})
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("user_explain")
+@bp.route(
+    route="tenants/{tenantId}/users/{user}/explain", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS
+)
+async def user_explain(req: func.HttpRequest) -> func.HttpResponse:
+    """Why a user is, or is not, synced."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        return json_response(await svc.explain(req.route_params["tenantId"], req.route_params["user"]))
+
+    return await guarded(req, handle)

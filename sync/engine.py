@@ -1,0 +1,331 @@
+"""One refresh run of one tenant, start to end.
+
+lease ▶ read directory ▶ classify ▶ plan ▶ removal guard ▶ apply ▶ record the run.
+Everything before apply only reads, so a failure there leaves the roster untouched; a
+selected group that cannot be read to its last page fails the run and removes nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from shared.graph import GraphClients, admin_consent_url
+from shared.settings import Settings
+from sync.directory import DirectoryError, DirectoryReader, GraphAccessDenied
+from sync.eligibility import (
+    ExclusionRules,
+    MailboxPurposeSource,
+    Verdict,
+    classify_user,
+    count_exclusions,
+    parse_exclusion_rules,
+)
+from sync.models import (
+    DirectoryUser,
+    EligibleUser,
+    ExcludedCounts,
+    RefreshMessage,
+    RosterStatus,
+    Run,
+    RunCounts,
+    RunGroup,
+    RunStatus,
+    SelectionMode,
+    Tenant,
+)
+from sync.planner import Plan, RemovalGuard, changed_rows, plan_roster_changes
+from sync.roster import RosterStore
+from sync.store import SyncStore, iso, utc_now
+
+log = logging.getLogger("sync.engine")
+
+LEASE_SECONDS = 900.0  # longer than a 100k-user refresh; a crashed worker's lease expires after it
+PLAN_SAMPLE_SIZE = 200  # user ids per list kept on a held or dry run (Table properties cap at 64 KiB)
+
+
+class LeaseBusy(Exception):
+    """Another refresh of the same tenant holds the lease; try again later."""
+
+
+@dataclass
+class SyncContext:
+    """What a run needs: settings and the clients for storage and Graph."""
+
+    settings: Settings
+    store: SyncStore
+    roster: RosterStore
+    graph: GraphClients
+
+    @classmethod
+    def create(cls, settings: Settings, graph: GraphClients | None = None) -> SyncContext:
+        """Clients for these settings (Graph clients may be shared across contexts)."""
+        return cls(settings, SyncStore(settings), RosterStore(settings), graph or GraphClients(settings))
+
+    async def aclose(self) -> None:
+        """Close the storage clients (the Graph pool belongs to its owner)."""
+        await self.store.aclose()
+        await self.roster.aclose()
+
+
+class Classification(msgspec.Struct, frozen=True, kw_only=True):
+    """The directory read turned into who stays, who does not and why."""
+
+    eligible: list[EligibleUser]
+    verdicts: dict[str, Verdict]
+    groups: list[RunGroup]
+    purpose_source: MailboxPurposeSource
+
+
+def classify_members(
+    users: Mapping[str, DirectoryUser],
+    groups_of_user: Mapping[str, tuple[str, ...]],
+    *,
+    group_names: Mapping[str, str],
+    rules: ExclusionRules,
+    purposes: Mapping[str, str | None] | None,
+    excluded_ids: frozenset[str],
+) -> Classification:
+    """Pure: apply the eligibility rules to every member and count per selected group."""
+    source = MailboxPurposeSource.HEURISTIC if purposes is None else MailboxPurposeSource.MAILBOX_SETTINGS
+    verdicts: dict[str, Verdict] = {}
+    eligible: list[EligibleUser] = []
+    per_group = {gid: [0, 0] for gid in group_names}
+    for uid, user in users.items():
+        verdict = classify_user(
+            user,
+            rules=rules,
+            mailbox_purpose=purposes.get(uid) if purposes is not None else None,
+            purpose_source=source,
+            excluded_by_group=uid in excluded_ids,
+        )
+        verdicts[uid] = verdict
+        member_of = groups_of_user.get(uid, ())
+        for gid in member_of:
+            tally = per_group[gid]
+            tally[0] += 1
+            tally[1] += verdict.included
+        if verdict.included:
+            eligible.append(
+                EligibleUser(
+                    id=uid,
+                    user_principal_name=user.user_principal_name,
+                    display_name=user.display_name,
+                    mail=user.mail,
+                    department=user.department,
+                    job_title=user.job_title,
+                    groups=member_of,
+                )
+            )
+    groups = [
+        RunGroup(id=gid, display_name=name, members=per_group[gid][0], eligible=per_group[gid][1])
+        for gid, name in group_names.items()
+    ]
+    return Classification(eligible=eligible, verdicts=verdicts, groups=groups, purpose_source=source)
+
+
+def _candidates_for_purpose(users: Mapping[str, DirectoryUser], rules: ExclusionRules) -> list[str]:
+    """Users whose mailbox purpose could still change the verdict (the others are out anyway)."""
+    return [
+        uid
+        for uid, user in users.items()
+        if classify_user(
+            user, rules=rules, mailbox_purpose=None, purpose_source=MailboxPurposeSource.MAILBOX_SETTINGS
+        ).included
+    ]
+
+
+def _plan_sample(plan: Plan) -> dict[str, list[str]]:
+    def ids(items: Iterable[msgspec.Struct]) -> list[str]:
+        return [item.id for item in items][:PLAN_SAMPLE_SIZE]  # type: ignore[attr-defined]
+
+    return {
+        "add": ids(plan.adds),
+        "update": ids(plan.updates),
+        "restore": ids(plan.restores),
+        "remove": ids(plan.removals),
+    }
+
+
+def tenant_guard(settings: Settings, tenant: Tenant) -> RemovalGuard:
+    """The tenant's removal guard: its own thresholds, else the app settings."""
+    return RemovalGuard(
+        percent=tenant.guard_percent if tenant.guard_percent is not None else settings.removal_guard_percent,
+        min_users=tenant.guard_min_users
+        if tenant.guard_min_users is not None
+        else settings.removal_guard_min_users,
+    )
+
+
+async def read_and_classify(
+    ctx: SyncContext, tenant: Tenant, mode: SelectionMode, group_ids: list[str], run: Run
+) -> Classification:
+    """Read the directory for a selection and classify every member (reads only)."""
+    reader = DirectoryReader(ctx.graph.for_tenant(tenant.id))
+    rules = parse_exclusion_rules(tenant.exclusion_rules)
+    try:
+        if mode is SelectionMode.ALL:
+            users = {u.id: u for u in await reader.list_all_users()}
+            groups_of_user: dict[str, tuple[str, ...]] = {}
+            names: dict[str, str] = {}
+        else:
+            found = await reader.get_groups(group_ids)
+            missing = [gid for gid, group in found.items() if group is None]
+            if missing:
+                raise DirectoryError(
+                    "selected group(s) no longer exist in the tenant: "
+                    + ", ".join(missing)
+                    + "; nobody was removed. Update the selection."
+                )
+            names = {gid: group.display_name for gid, group in found.items() if group is not None}
+            members = await reader.read_group_users(group_ids)
+            users, groups_of_user = members.users, members.groups_of_user
+        excluded_ids: frozenset[str] = frozenset()
+        if rules.exclusion_group_id:
+            excluded_ids = frozenset((await reader.read_group_users([rules.exclusion_group_id])).users)
+        purposes = await reader.read_mailbox_purposes(_candidates_for_purpose(users, rules))
+    finally:
+        run.graph_requests += reader.requests_sent
+    return classify_members(
+        users,
+        groups_of_user,
+        group_names=names,
+        rules=rules,
+        purposes=purposes,
+        excluded_ids=excluded_ids,
+    )
+
+
+def _counts(classification: Classification, plan: Plan) -> RunCounts:
+    excluded = count_exclusions(classification.verdicts.values())
+    return RunCounts(
+        members=len(classification.verdicts),
+        eligible=len(classification.eligible),
+        added=len(plan.adds),
+        updated=len(plan.updates),
+        removed=len(plan.removals),
+        restored=len(plan.restores),
+        unchanged=plan.unchanged,
+        excluded=msgspec.convert(excluded, ExcludedCounts),
+    )
+
+
+def _error_text(ctx: SyncContext, tenant_id: str, exc: Exception) -> str:
+    if isinstance(exc, GraphAccessDenied):
+        link = admin_consent_url(ctx.settings, tenant_id)
+        grant = f" A Global Administrator of the tenant can grant it at {link}" if link else ""
+        return f"{exc}{grant}"
+    if isinstance(exc, DirectoryError):
+        return str(exc)
+    # Storage or code failures: the next refresh converges (plans are recomputed from the roster).
+    return f"internal error ({type(exc).__name__}: {str(exc)[:300]}); run a refresh again to converge"
+
+
+async def execute_refresh(ctx: SyncContext, message: RefreshMessage) -> Run:
+    """Run the refresh a queue message asks for; idempotent for redelivered messages.
+
+    Raises LeaseBusy when another refresh of the tenant is running (the caller retries later).
+    """
+    store = ctx.store
+    run = await store.get_run(message.tenant_id, message.run_id)
+    if run is None:  # a message whose run record was never written (e.g. sent by hand)
+        run = Run(
+            id=message.run_id,
+            tenant_id=message.tenant_id,
+            status=RunStatus.QUEUED,
+            reason=message.reason,
+            dry_run=message.dry_run,
+            requested_at=iso(utc_now()),
+            requested_by=message.requested_by,
+            allow_removals=message.allow_removals,
+        )
+        await store.create_run(run)
+    if run.status.finished:
+        return run  # at-least-once delivery: this message was already handled
+    owner = f"{run.id}:{secrets.token_hex(4)}"
+    async with store.tenant_lease(run.tenant_id, owner, LEASE_SECONDS) as held:
+        if not held:
+            raise LeaseBusy(f"another refresh of tenant {run.tenant_id} is running")
+        latest = await store.get_run(run.tenant_id, run.id)
+        if latest is not None and latest.status.finished:
+            return latest
+        return await _run_under_lease(ctx, run)
+
+
+async def _supersede_covered_runs(ctx: SyncContext, run: Run, started_at: str) -> None:
+    """Queued refreshes asked for before this run read the directory are covered by it."""
+    if run.dry_run:
+        return
+    for other in await ctx.store.queued_runs(run.tenant_id):
+        if other.id == run.id or other.dry_run or other.allow_removals is not None:
+            continue
+        if other.requested_at <= started_at:
+            other.status = RunStatus.SUPERSEDED
+            other.superseded_by = run.id
+            other.finished_at = started_at
+            await ctx.store.save_run(other)
+
+
+async def _run_under_lease(ctx: SyncContext, run: Run) -> Run:
+    store = ctx.store
+    started = time.monotonic()
+    run.status = RunStatus.RUNNING
+    run.started_at = iso(utc_now())
+    run.graph_requests = 0
+    run.error = None
+    await store.save_run(run)
+    await _supersede_covered_runs(ctx, run, run.started_at)
+    log.info("run started", extra={"tenantId": run.tenant_id, "runId": run.id, "reason": run.reason})
+    try:
+        tenant = await store.get_tenant(run.tenant_id)
+        if tenant is None:
+            raise DirectoryError(f"tenant {run.tenant_id} is not registered; add it first")
+        if run.dry_run and run.preview_mode is not None:
+            mode, group_ids = run.preview_mode, list(run.preview_group_ids or [])
+        else:
+            selection = await store.get_selection(run.tenant_id)
+            mode, group_ids = selection.mode, [g.id for g in selection.groups]
+        classification = await read_and_classify(ctx, tenant, mode, group_ids, run)
+        roster = {row.id: row for row in await ctx.roster.read_roster(run.tenant_id)}
+        plan = plan_roster_changes(roster.values(), classification.eligible)
+        active_before = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
+        approved = run.allow_removals is not None and len(plan.removals) <= run.allow_removals
+        decision = tenant_guard(ctx.settings, tenant).check(plan, active_before, allow_removals=approved)
+        run.groups = classification.groups
+        run.mailbox_purpose_source = str(classification.purpose_source)
+        if run.dry_run or decision.held:
+            run.plan = _plan_sample(plan)
+            run.counts = _counts(classification, plan)
+            if decision.held and not run.dry_run:
+                run.status = RunStatus.HELD
+                run.guard = decision.detail
+            else:
+                run.status = RunStatus.SUCCEEDED
+        else:
+            await ctx.roster.write(run.tenant_id, changed_rows(roster, plan, now=iso(utc_now())))
+            run.counts = _counts(classification, plan)
+            run.status = RunStatus.SUCCEEDED
+    except Exception as exc:
+        run.status = RunStatus.FAILED
+        run.error = _error_text(ctx, run.tenant_id, exc)
+        log.warning(
+            "run failed: %s",
+            run.error,
+            extra={"tenantId": run.tenant_id, "runId": run.id},
+            exc_info=not isinstance(exc, DirectoryError),
+        )
+    run.finished_at = iso(utc_now())
+    run.duration_seconds = round(time.monotonic() - started, 3)
+    await store.save_run(run)
+    if not run.dry_run:
+        await store.record_last_run(run)
+    log.info(
+        "run finished",
+        extra={"tenantId": run.tenant_id, "runId": run.id, "status": str(run.status)},
+    )
+    return run

@@ -1,0 +1,98 @@
+"""Queue worker, poison-queue handler and the nightly timer."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+import msgspec
+
+from shared.storage import queue_client
+from sync.directory import is_object_id
+from sync.engine import LeaseBusy, execute_refresh
+from sync.models import RefreshMessage, RunStatus
+from sync.service import open_service
+from sync.store import iso, utc_now
+
+log = logging.getLogger("sync.jobs")
+bp = func.Blueprint()
+
+# A refresh that finds its tenant busy comes back after this long instead of burning retries.
+BUSY_RETRY_SECONDS = 30
+
+
+def decode_message(body: bytes) -> RefreshMessage | None:
+    """The refresh message, or None (logged) when it is not one: a bad message is never retried."""
+    try:
+        message = msgspec.json.decode(body, type=RefreshMessage)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.error("dropped a malformed refresh message: %s", exc)
+        return None
+    if not is_object_id(message.tenant_id):
+        log.error("dropped a refresh message with a malformed tenant id")
+        return None
+    return message
+
+
+async def process_refresh_message(body: bytes) -> RunStatus | None:
+    """Handle one message body: run the refresh, or put it back when the tenant is busy."""
+    message = decode_message(body)
+    if message is None:
+        return None
+    async with open_service() as service:
+        try:
+            run = await execute_refresh(service.ctx, message)
+        except LeaseBusy:
+            # Coalesced, not lost: the message returns later; by then the running refresh may
+            # have superseded it (it read the directory after this was requested).
+            async with queue_client(service.ctx.settings) as queue:
+                await queue.send_message(body, visibility_timeout=BUSY_RETRY_SECONDS)
+            log.info(
+                "tenant busy; refresh re-queued",
+                extra={"tenantId": message.tenant_id, "runId": message.run_id},
+            )
+            return RunStatus.QUEUED
+    return run.status
+
+
+async def mark_poisoned(body: bytes) -> None:
+    """A message that failed every delivery: its run is marked failed with a reason."""
+    message = decode_message(body)
+    if message is None:
+        return
+    async with open_service() as service:
+        run = await service.ctx.store.get_run(message.tenant_id, message.run_id)
+        if run is None or run.status.finished:
+            return
+        run.status = RunStatus.FAILED
+        run.finished_at = iso(utc_now())
+        run.error = (
+            "the refresh failed on every delivery attempt (storage or worker failures); "
+            "nothing further was changed. Start a new refresh once the service is healthy."
+        )
+        await service.ctx.store.save_run(run)
+        await service.ctx.store.record_last_run(run)
+    log.error("refresh message poisoned", extra={"tenantId": message.tenant_id, "runId": message.run_id})
+
+
+@bp.function_name("refresh_worker")
+@bp.queue_trigger(arg_name="msg", queue_name="%SYNC_QUEUE%", connection="SYNC_STORAGE")
+async def refresh_worker(msg: func.QueueMessage) -> None:
+    """One queue message is one refresh of one tenant; Functions scales these out."""
+    await process_refresh_message(msg.get_body())
+
+
+@bp.function_name("refresh_poison")
+@bp.queue_trigger(arg_name="msg", queue_name="%SYNC_QUEUE%-poison", connection="SYNC_STORAGE")
+async def refresh_poison(msg: func.QueueMessage) -> None:
+    """Messages the host gave up on (maxDequeueCount) mark their runs failed."""
+    await mark_poisoned(msg.get_body())
+
+
+@bp.function_name("nightly_sync")
+@bp.timer_trigger(arg_name="timer", schedule="%SYNC_SCHEDULE%", run_on_startup=False)
+async def nightly_sync(timer: func.TimerRequest) -> None:
+    """Every night: purge users past the grace period and queue a refresh per enabled tenant."""
+    async with open_service() as service:
+        runs = await service.nightly()
+    log.info("nightly sync queued %d refreshes", len(runs))

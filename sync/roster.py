@@ -1,0 +1,174 @@
+"""The platform's user store: the `users` table, one partition per tenant.
+
+Writes go in entity-group transactions of up to 100 rows (Table Storage's ceiling, one
+partition per transaction), a few in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TransactionOperation, UpdateMode
+from azure.data.tables.aio import TableClient
+
+from shared.settings import Settings
+from shared.storage import USERS_TABLE, table_client
+from sync.directory import is_object_id
+from sync.models import RosterStatus, RosterUser
+
+TRANSACTION_SIZE = 100  # Table Storage: at most 100 operations per transaction
+_PARALLEL_TRANSACTIONS = 4
+_FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "jobTitle", "groups", "status",
+           "addedAt", "updatedAt", "removedAt"]  # fmt: skip
+
+
+def _to_entity(tenant_id: str, user: RosterUser) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": tenant_id,
+        "RowKey": user.id,
+        "upn": user.user_principal_name,
+        "upnLower": user.user_principal_name.lower(),
+        "groups": ",".join(user.groups),  # ids only: 1,000 groups stay well under 64 KiB
+        "status": str(user.status),
+    }
+    for key, value in (
+        ("displayName", user.display_name),
+        ("mail", user.mail),
+        ("department", user.department),
+        ("jobTitle", user.job_title),
+        ("addedAt", user.added_at),
+        ("updatedAt", user.updated_at),
+        ("removedAt", user.removed_at),
+    ):
+        if value is not None:
+            entity[key] = value
+    return entity
+
+
+def _from_entity(entity: dict[str, Any]) -> RosterUser:
+    groups = entity.get("groups") or ""
+    return RosterUser(
+        id=entity["RowKey"],
+        user_principal_name=entity.get("upn", ""),
+        display_name=entity.get("displayName"),
+        mail=entity.get("mail"),
+        department=entity.get("department"),
+        job_title=entity.get("jobTitle"),
+        groups=tuple(groups.split(",")) if groups else (),
+        status=RosterStatus(entity.get("status", "active")),
+        added_at=entity.get("addedAt"),
+        updated_at=entity.get("updatedAt"),
+        removed_at=entity.get("removedAt"),
+    )
+
+
+class RosterStore:
+    """Read and write one tenant's roster rows."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: TableClient | None = None
+        self.transactions = 0  # entity-group transactions submitted (for run records and the benchmark)
+
+    @property
+    def _table(self) -> TableClient:
+        if self._client is None:
+            self._client = table_client(self._settings, USERS_TABLE)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the table client."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def read_roster(self, tenant_id: str) -> list[RosterUser]:
+        """Every roster row of the tenant, active and removed."""
+        query = self._table.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": tenant_id}, select=_FIELDS, results_per_page=1000
+        )
+        return [_from_entity(e) async for e in query]
+
+    async def write(self, tenant_id: str, rows: Iterable[RosterUser]) -> int:
+        """Upsert rows in transactions of 100; returns the number of transactions."""
+        operations = [
+            (TransactionOperation.UPSERT, _to_entity(tenant_id, row), {"mode": UpdateMode.REPLACE})
+            for row in rows
+        ]
+        return await self._submit(operations)
+
+    async def delete(self, tenant_id: str, user_ids: Sequence[str]) -> int:
+        """Delete rows (purge) in transactions of 100; returns the number of transactions."""
+        operations = [
+            (TransactionOperation.DELETE, {"PartitionKey": tenant_id, "RowKey": uid}, {}) for uid in user_ids
+        ]
+        return await self._submit(operations)
+
+    async def _submit(self, operations: list[Any]) -> int:
+        chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
+        gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
+
+        async def submit(chunk: list[Any]) -> None:
+            async with gate:
+                await self._table.submit_transaction(chunk)
+
+        await asyncio.gather(*(submit(c) for c in chunks))
+        self.transactions += len(chunks)
+        return len(chunks)
+
+    async def get_user(self, tenant_id: str, id_or_upn: str) -> RosterUser | None:
+        """One roster row by object id or by UPN (case-insensitive)."""
+        if is_object_id(id_or_upn):
+            try:
+                return _from_entity(await self._table.get_entity(tenant_id, id_or_upn.lower()))
+            except ResourceNotFoundError:
+                return None
+        query = self._table.query_entities(
+            "PartitionKey eq @pk and upnLower eq @upn",
+            parameters={"pk": tenant_id, "upn": id_or_upn.lower()},
+            select=_FIELDS,
+        )
+        async for entity in query:
+            return _from_entity(entity)
+        return None
+
+    async def list_users(
+        self,
+        tenant_id: str,
+        *,
+        status: RosterStatus | None = RosterStatus.ACTIVE,
+        group: str | None = None,
+        search: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[RosterUser], str | None]:
+        """A page of roster rows in id order, filtered; the cursor is the last id returned."""
+        clauses = ["PartitionKey eq @pk"]
+        params: dict[str, str] = {"pk": tenant_id}
+        if status is not None:
+            clauses.append("status eq @status")
+            params["status"] = str(status)
+        if after:
+            clauses.append("RowKey gt @after")
+            params["after"] = after
+        needle = search.lower() if search else None
+        page: list[RosterUser] = []
+        query = self._table.query_entities(" and ".join(clauses), parameters=params, select=_FIELDS)
+        async for entity in query:
+            user = _from_entity(entity)
+            if group and group not in user.groups:
+                continue
+            if needle and not any(
+                needle in (value or "").lower()
+                for value in (user.user_principal_name, user.display_name, user.mail)
+            ):
+                continue
+            page.append(user)
+            if len(page) > limit:
+                break
+        more = len(page) > limit
+        page = page[:limit]
+        return page, (page[-1].id if more and page else None)

@@ -1,0 +1,552 @@
+"""The operations both front ends use: the HTTP API (sync.api) and the CLI (sync.__main__).
+
+Input is validated here, once, so both front ends refuse the same things with the same
+words. Nothing is written until every check has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+
+from shared.graph import GraphClients, admin_consent_url
+from shared.settings import Settings, get_settings
+from shared.storage import ensure_storage, queue_client
+from sync.directory import (
+    DirectoryError,
+    DirectoryReader,
+    GraphAccessDenied,
+    InvalidCursor,
+    is_object_id,
+)
+from sync.eligibility import (
+    ExclusionRules,
+    InvalidRules,
+    MailboxPurposeSource,
+    classify_user,
+    explain_reason,
+    parse_exclusion_rules,
+)
+from sync.engine import LeaseBusy, SyncContext, execute_refresh
+from sync.models import (
+    GroupPage,
+    RefreshMessage,
+    RosterStatus,
+    RosterUser,
+    Run,
+    RunStatus,
+    SelectedGroup,
+    Selection,
+    SelectionMode,
+    Tenant,
+)
+from sync.planner import purge_due
+from sync.store import StaleSelection, iso, new_run_id, utc_now
+
+MAX_SELECTED_GROUPS = 1000
+MAX_NAME_LENGTH = 256
+MAX_SEARCH_LENGTH = 120
+MAX_PAGE = 500
+
+
+class ServiceError(Exception):
+    """A request the service refuses; `status` is the HTTP status, `title` its short name."""
+
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+
+class InvalidInput(ServiceError):
+    """Malformed or inconsistent input (HTTP 400, CLI exit 2)."""
+
+
+class NotFound(ServiceError):
+    """The tenant, run or user does not exist (HTTP 404)."""
+
+    status = 404
+    title = "Not found"
+
+
+class PreconditionFailed(ServiceError):
+    """If-Match named a version that is no longer current (HTTP 412)."""
+
+    status = 412
+    title = "Precondition failed"
+
+
+class Conflict(ServiceError):
+    """The resource is not in a state that allows the operation (HTTP 409)."""
+
+    status = 409
+    title = "Conflict"
+
+
+class UpstreamError(ServiceError):
+    """Microsoft Graph refused or failed; the detail says what the admin can do (HTTP 502)."""
+
+    status = 502
+    title = "Microsoft Graph error"
+
+
+def require_tenant_id(value: str) -> str:
+    """A tenant id must be an Entra tenant GUID; returns it lower-cased."""
+    if not is_object_id(value or ""):
+        raise InvalidInput(f"tenant id {value!r} is not a GUID (Entra tenant ids look like 72f988bf-...)")
+    return value.lower()
+
+
+def _require_text(value: object, what: str, *, max_length: int = MAX_NAME_LENGTH) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} is required and must be a non-empty string")
+    text = value.strip()
+    if len(text) > max_length:
+        raise InvalidInput(f"{what} is longer than {max_length} characters")
+    if any(ord(ch) < 32 for ch in text):
+        raise InvalidInput(f"{what} contains control characters")
+    return text
+
+
+def parse_selection_input(mode: object, group_ids: object) -> tuple[SelectionMode, list[str]]:
+    """Validate a requested selection's shape (ids existence is checked against Graph later)."""
+    if group_ids is None:
+        group_ids = []
+    if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
+        raise InvalidInput("groupIds must be a list of group id strings")
+    if len(group_ids) > MAX_SELECTED_GROUPS:
+        raise InvalidInput(f"at most {MAX_SELECTED_GROUPS} groups can be selected; got {len(group_ids)}")
+    if mode is None:
+        chosen = SelectionMode.GROUPS if group_ids else SelectionMode.ALL
+    else:
+        try:
+            chosen = SelectionMode(mode)
+        except ValueError:
+            raise InvalidInput(f"mode must be 'all' or 'groups'; got {mode!r}") from None
+    if chosen is SelectionMode.ALL and group_ids:
+        raise InvalidInput("mode 'all' syncs every eligible user; send no groupIds with it")
+    if chosen is SelectionMode.GROUPS and not group_ids:
+        raise InvalidInput("mode 'groups' needs at least one group id (or use mode 'all')")
+    malformed = [g for g in group_ids if not is_object_id(g)]
+    if malformed:
+        raise InvalidInput(
+            "these group ids are not GUIDs: " + ", ".join(repr(g[:64]) for g in malformed[:20]),
+            errors=[{"groupId": g[:64], "problem": "not a GUID"} for g in malformed],
+        )
+    lowered = [g.lower() for g in group_ids]
+    duplicates = sorted({g for g in lowered if lowered.count(g) > 1})
+    if duplicates:
+        raise InvalidInput(
+            "these group ids are listed more than once: " + ", ".join(duplicates),
+            errors=[{"groupId": g, "problem": "duplicate"} for g in duplicates],
+        )
+    return chosen, lowered
+
+
+class SyncService:
+    """Tenants, selections, refreshes, runs and the roster, for one app instance."""
+
+    def __init__(self, ctx: SyncContext) -> None:
+        self.ctx = ctx
+
+    # -- tenants --
+
+    async def put_tenant(self, tenant_id: str, display_name: object) -> Tenant:
+        """Register a tenant or rename it."""
+        tid = require_tenant_id(tenant_id)
+        name = _require_text(display_name, "displayName")
+        existing = await self.ctx.store.get_tenant(tid)
+        if existing is not None:
+            tenant = msgspec.structs.replace(existing, display_name=name)
+        else:
+            tenant = Tenant(id=tid, display_name=name, created_at=iso(utc_now()))
+        await self.ctx.store.put_tenant(tenant)
+        return tenant
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant with its last run status (the fleet view)."""
+        return sorted(await self.ctx.store.list_tenants(), key=lambda t: t.display_name.lower())
+
+    async def require_tenant(self, tenant_id: str) -> Tenant:
+        """The registered tenant, or NotFound."""
+        tid = require_tenant_id(tenant_id)
+        tenant = await self.ctx.store.get_tenant(tid)
+        if tenant is None:
+            raise NotFound(f"tenant {tid} is not registered; add it first (PUT /api/tenants/{tid})")
+        return tenant
+
+    async def get_rules(self, tenant_id: str) -> ExclusionRules:
+        """The tenant's own exclusion rules."""
+        return parse_exclusion_rules((await self.require_tenant(tenant_id)).exclusion_rules)
+
+    async def set_rules(self, tenant_id: str, rules: object) -> ExclusionRules:
+        """Replace the tenant's exclusion rules (UPN patterns, listed users, an exclusion group)."""
+        tenant = await self.require_tenant(tenant_id)
+        try:
+            parsed = parse_exclusion_rules(rules)
+        except InvalidRules as exc:
+            raise InvalidInput(str(exc)) from None
+        if parsed.exclusion_group_id:
+            found = await self._reader(tenant.id).get_groups([parsed.exclusion_group_id])
+            if found.get(parsed.exclusion_group_id) is None:
+                raise InvalidInput(
+                    f"exclusion group {parsed.exclusion_group_id} does not exist in the tenant"
+                )
+        encoded = msgspec.json.encode(parsed).decode()
+        await self.ctx.store.put_tenant(msgspec.structs.replace(tenant, exclusion_rules=encoded))
+        return parsed
+
+    def _reader(self, tenant_id: str) -> DirectoryReader:
+        return DirectoryReader(self.ctx.graph.for_tenant(tenant_id))
+
+    def _upstream(self, tenant_id: str, exc: DirectoryError) -> UpstreamError:
+        detail = str(exc)
+        if isinstance(exc, GraphAccessDenied):
+            link = admin_consent_url(self.ctx.settings, tenant_id)
+            if link:
+                detail += f" Grant consent at {link}"
+        return UpstreamError(detail)
+
+    # -- groups and selection --
+
+    async def list_groups(self, tenant_id: str, *, search: str | None, cursor: str | None) -> GroupPage:
+        """A page of the tenant's groups for the selection page."""
+        tenant = await self.require_tenant(tenant_id)
+        if search is not None and len(search) > MAX_SEARCH_LENGTH:
+            raise InvalidInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+        try:
+            return await self._reader(tenant.id).list_groups(search=search, cursor=cursor)
+        except InvalidCursor as exc:
+            raise InvalidInput(str(exc)) from None
+        except DirectoryError as exc:
+            raise self._upstream(tenant.id, exc) from exc
+
+    async def get_selection(self, tenant_id: str) -> Selection:
+        """The saved selection (mode `all` when nothing was saved)."""
+        tenant = await self.require_tenant(tenant_id)
+        return await self.ctx.store.get_selection(tenant.id)
+
+    async def _resolve_groups(self, tenant_id: str, group_ids: list[str]) -> list[SelectedGroup]:
+        try:
+            found = await self._reader(tenant_id).get_groups(group_ids)
+        except DirectoryError as exc:
+            raise self._upstream(tenant_id, exc) from exc
+        unknown = [gid for gid, group in found.items() if group is None]
+        if unknown:
+            raise InvalidInput(
+                "these groups do not exist in the tenant: " + ", ".join(unknown),
+                errors=[{"groupId": g, "problem": "not found in tenant"} for g in unknown],
+            )
+        return [
+            SelectedGroup(id=gid, display_name=group.display_name) for gid, group in found.items() if group
+        ]
+
+    async def save_selection(
+        self,
+        tenant_id: str,
+        *,
+        mode: object,
+        group_ids: object,
+        expected_version: int | None,
+        requested_by: str | None,
+    ) -> tuple[Selection, Run]:
+        """Validate, save a new selection version and queue the refresh that applies it."""
+        tenant = await self.require_tenant(tenant_id)
+        chosen, ids = parse_selection_input(mode, group_ids)
+        groups = await self._resolve_groups(tenant.id, ids) if ids else []
+        selection = Selection(
+            mode=chosen, groups=tuple(groups), updated_at=iso(utc_now()), updated_by=requested_by
+        )
+        try:
+            saved = await self.ctx.store.save_selection(
+                tenant.id, selection, expected_version=expected_version
+            )
+        except StaleSelection as exc:
+            raise PreconditionFailed(str(exc)) from None
+        run = await self.request_refresh(tenant.id, reason="selection-saved", requested_by=requested_by)
+        return saved, run
+
+    # -- runs --
+
+    def _new_run(self, tenant_id: str, *, reason: str, dry_run: bool, requested_by: str | None) -> Run:
+        now = utc_now()
+        return Run(
+            id=new_run_id(now),
+            tenant_id=tenant_id,
+            status=RunStatus.QUEUED,
+            reason=reason,
+            dry_run=dry_run,
+            requested_at=iso(now),
+            requested_by=requested_by,
+        )
+
+    async def _enqueue(self, run: Run) -> None:
+        async with queue_client(self.ctx.settings) as queue:
+            await queue.send_message(msgspec.json.encode(_message_for(run)))
+
+    async def request_refresh(
+        self,
+        tenant_id: str,
+        *,
+        reason: str = "manual",
+        requested_by: str | None = None,
+        dry_run: bool = False,
+    ) -> Run:
+        """Record a queued run and put its message on the refresh queue."""
+        tenant = await self.require_tenant(tenant_id)
+        run = self._new_run(tenant.id, reason=reason, dry_run=dry_run, requested_by=requested_by)
+        await self.ctx.store.create_run(run)
+        await self._enqueue(run)
+        return run
+
+    async def preview(
+        self, tenant_id: str, *, mode: object, group_ids: object, requested_by: str | None
+    ) -> Run:
+        """Queue a dry run of a selection that is not saved: what would be added and removed."""
+        tenant = await self.require_tenant(tenant_id)
+        chosen, ids = parse_selection_input(mode, group_ids)
+        if ids:
+            await self._resolve_groups(tenant.id, ids)
+        run = self._new_run(tenant.id, reason="preview", dry_run=True, requested_by=requested_by)
+        run.preview_mode = chosen
+        run.preview_group_ids = ids
+        await self.ctx.store.create_run(run)
+        await self._enqueue(run)
+        return run
+
+    async def refresh_now(
+        self, tenant_id: str, *, dry_run: bool = False, requested_by: str | None = None
+    ) -> Run:
+        """Run one refresh in this process (the CLI), recorded like a queued one."""
+        tenant = await self.require_tenant(tenant_id)
+        run = self._new_run(tenant.id, reason="cli", dry_run=dry_run, requested_by=requested_by)
+        await self.ctx.store.create_run(run)
+        return await self._execute_in_process(run)
+
+    async def list_runs(
+        self, tenant_id: str, *, cursor: str | None = None, limit: int = 20
+    ) -> tuple[list[Run], str | None]:
+        """Runs newest first, a page at a time."""
+        tenant = await self.require_tenant(tenant_id)
+        if cursor is not None and not _looks_like_run_id(cursor):
+            raise InvalidInput("the cursor is not one this API issued")
+        return await self.ctx.store.list_runs(tenant.id, limit=max(1, min(limit, 100)), after=cursor)
+
+    async def get_run(self, tenant_id: str, run_id: str) -> Run:
+        """One run, or NotFound."""
+        tenant = await self.require_tenant(tenant_id)
+        if not _looks_like_run_id(run_id):
+            raise InvalidInput(f"run id {run_id[:64]!r} is malformed")
+        run = await self.ctx.store.get_run(tenant.id, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist for tenant {tenant.id}")
+        return run
+
+    async def approve(
+        self, tenant_id: str, run_id: str, *, requested_by: str | None, in_process: bool = False
+    ) -> Run:
+        """A run allowed to remove as many users as the held run planned to: queued, or run here (CLI)."""
+        held = await self.get_run(tenant_id, run_id)
+        if held.status is not RunStatus.HELD:
+            raise Conflict(f"run {run_id} is {held.status}, not held; only held runs can be approved")
+        run = self._new_run(held.tenant_id, reason="approved", dry_run=False, requested_by=requested_by)
+        run.allow_removals = held.counts.removed
+        run.approved_run = held.id
+        await self.ctx.store.create_run(run)
+        # The held run is answered: approving it twice would allow its removals twice.
+        held.status = RunStatus.SUPERSEDED
+        held.superseded_by = run.id
+        await self.ctx.store.save_run(held)
+        if in_process:
+            return await self._execute_in_process(run)
+        await self._enqueue(run)
+        return run
+
+    async def _execute_in_process(self, run: Run, wait_seconds: float = 120.0) -> Run:
+        """Run a recorded refresh here, waiting a while if the tenant's lease is taken."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                return await execute_refresh(self.ctx, _message_for(run))
+            except LeaseBusy:
+                if time.monotonic() > deadline:
+                    raise Conflict(
+                        "another refresh of this tenant is still running; try again later"
+                    ) from None
+                await asyncio.sleep(1.0)
+
+    # -- roster --
+
+    async def list_users(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = "active",
+        group: str | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[RosterUser], str | None]:
+        """The roster, filtered by status (active, removed, all), group and text."""
+        tenant = await self.require_tenant(tenant_id)
+        wanted: RosterStatus | None
+        if status in (None, "", "active"):
+            wanted = RosterStatus.ACTIVE
+        elif status == "all":
+            wanted = None
+        elif status == "removed":
+            wanted = RosterStatus.REMOVED
+        else:
+            raise InvalidInput(f"status must be active, removed or all; got {status!r}")
+        if group is not None and not is_object_id(group):
+            raise InvalidInput(f"group {group[:64]!r} is not a GUID")
+        if search is not None and len(search) > MAX_SEARCH_LENGTH:
+            raise InvalidInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+        if cursor is not None and not is_object_id(cursor):
+            raise InvalidInput("the cursor is not one this API issued")
+        return await self.ctx.roster.list_users(
+            tenant.id,
+            status=wanted,
+            group=group.lower() if group else None,
+            search=search,
+            after=cursor,
+            limit=max(1, min(limit, MAX_PAGE)),
+        )
+
+    async def explain(self, tenant_id: str, user: str) -> dict[str, object]:
+        """Why a user is, or is not, on the platform: read live from Graph and the roster."""
+        tenant = await self.require_tenant(tenant_id)
+        key = _require_text(user, "user", max_length=256)
+        reader = self._reader(tenant.id)
+        rules = parse_exclusion_rules(tenant.exclusion_rules)
+        selection = await self.ctx.store.get_selection(tenant.id)
+        try:
+            directory_user = await reader.get_user(key)
+            if directory_user is None:
+                raise NotFound(f"no user {key!r} in the tenant's directory")
+            member_of = set(await reader.user_group_ids(directory_user.id))
+            purposes = await reader.read_mailbox_purposes([directory_user.id])
+        except DirectoryError as exc:
+            raise self._upstream(tenant.id, exc) from exc
+        source = MailboxPurposeSource.HEURISTIC if purposes is None else MailboxPurposeSource.MAILBOX_SETTINGS
+        verdict = classify_user(
+            directory_user,
+            rules=rules,
+            mailbox_purpose=(purposes or {}).get(directory_user.id),
+            purpose_source=source,
+            excluded_by_group=bool(rules.exclusion_group_id and rules.exclusion_group_id in member_of),
+        )
+        groups = [{"id": g.id, "displayName": g.display_name} for g in selection.groups if g.id in member_of]
+        reasons = [{"code": str(r), "message": explain_reason(r)} for r in verdict.reasons]
+        in_scope = selection.mode is SelectionMode.ALL or bool(groups)
+        if not in_scope:
+            reasons.insert(
+                0,
+                {
+                    "code": "notInSelectedGroups",
+                    "message": "The user is not a member (directly or through nested groups) of any "
+                    "selected group; add them to one in the Microsoft 365 admin center.",
+                },
+            )
+        row = await self.ctx.roster.get_user(tenant.id, directory_user.id)
+        return {
+            "user": {
+                "id": directory_user.id,
+                "userPrincipalName": directory_user.user_principal_name,
+                "displayName": directory_user.display_name,
+            },
+            "included": verdict.included and in_scope,
+            "reasons": reasons,
+            "groups": groups,
+            "rosterStatus": str(row.status) if row else "absent",
+            "mailboxPurposeSource": str(source),
+        }
+
+    # -- nightly --
+
+    async def nightly(self) -> list[Run]:
+        """Queue a refresh for every enabled tenant and purge users past the grace period."""
+        runs: list[Run] = []
+        for tenant in await self.ctx.store.list_tenants():
+            if not tenant.enabled:
+                continue
+            await self.purge_removed(tenant.id)
+            runs.append(await self.request_refresh(tenant.id, reason="nightly", requested_by="timer"))
+        return runs
+
+    async def purge_removed(self, tenant_id: str) -> int:
+        """Delete roster rows removed more than REMOVAL_GRACE_DAYS ago; returns how many."""
+        roster = await self.ctx.roster.read_roster(tenant_id)
+        due = purge_due(roster, now=utc_now(), grace_days=self.ctx.settings.removal_grace_days)
+        if due:
+            await self.ctx.roster.delete(tenant_id, due)
+        return len(due)
+
+    async def connection(self, tenant_id: str) -> dict[str, object]:
+        """Which Graph permissions work in the tenant, with the admin-consent link when not."""
+        tenant = await self.require_tenant(tenant_id)
+        checks = await self._reader(tenant.id).check_permissions()
+        required_ok = all(c.ok for c in checks if c.required)
+        mailbox_ok = all(c.ok for c in checks if not c.required)
+        return {
+            "tenantId": tenant.id,
+            "ok": required_ok,
+            "checks": [msgspec.to_builtins(c) for c in checks],
+            "adminConsentUrl": admin_consent_url(self.ctx.settings, tenant.id),
+            "note": None
+            if mailbox_ok
+            else "Without MailboxSettings.Read, shared mailboxes are recognised by a heuristic "
+            "(no given name or surname, and a resource-like name).",
+        }
+
+
+def _message_for(run: Run) -> RefreshMessage:
+    return RefreshMessage(
+        tenant_id=run.tenant_id,
+        run_id=run.id,
+        reason=run.reason,
+        dry_run=run.dry_run,
+        requested_by=run.requested_by,
+        allow_removals=run.allow_removals,
+    )
+
+
+def _looks_like_run_id(value: str) -> bool:
+    head, _, tail = value.partition("-")
+    return (
+        len(head) == 13 and head.isdigit() and len(tail) == 8 and all(c in "0123456789abcdef" for c in tail)
+    )
+
+
+_graph_clients: dict[Settings, GraphClients] = {}
+_storage_ready: set[tuple[str | None, str | None, str]] = set()
+
+
+def graph_clients_for(settings: Settings) -> GraphClients:
+    """One GraphClients (one HTTP pool per loop) per distinct settings, for the whole process."""
+    clients = _graph_clients.get(settings)
+    if clients is None:
+        clients = _graph_clients[settings] = GraphClients(settings)
+    return clients
+
+
+@asynccontextmanager
+async def open_service(settings: Settings | None = None) -> AsyncIterator[SyncService]:
+    """A SyncService for one invocation; storage clients are closed at the end."""
+    settings = settings or get_settings()
+    key = (settings.storage.connection_string, settings.storage.table_service_uri, settings.queue_name)
+    if key not in _storage_ready:
+        await ensure_storage(settings)  # tables and queues exist from the first call on
+        _storage_ready.add(key)
+    ctx = SyncContext.create(settings, graph_clients_for(settings))
+    try:
+        yield SyncService(ctx)
+    finally:
+        await ctx.aclose()

@@ -1,0 +1,313 @@
+"""The app's own records in Table Storage: tenants, selections, runs and the per-tenant lease.
+
+The roster (the `users` table) has its own module, sync.roster.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient
+
+from shared.settings import Settings
+from shared.storage import (
+    LEASES_TABLE,
+    RUNS_TABLE,
+    SELECTIONS_TABLE,
+    TENANTS_TABLE,
+    table_client,
+)
+from sync.models import (
+    Run,
+    RunStatus,
+    SelectedGroup,
+    Selection,
+    SelectionMode,
+    Tenant,
+)
+
+TENANTS_PARTITION = "tenants"
+CURRENT_SELECTION = "current"
+LEASE_ROW = "refresh"
+_RUN_ORDER_CEILING = 10**13  # ms since epoch until the year 2286: keeps run keys fixed-width
+
+
+class StaleSelection(Exception):
+    """The selection changed since the version the caller read (HTTP 412)."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"the selection was changed by someone else; the current version is {current}")
+        self.current = current
+
+
+def utc_now() -> datetime:
+    """The current time in UTC (one place, so tests can reason about it)."""
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 with a Z, to the millisecond."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id that sorts newest first in the `runs` table and is unique."""
+    ms = int((now or utc_now()).timestamp() * 1000)
+    return f"{_RUN_ORDER_CEILING - ms:013d}-{secrets.token_hex(4)}"
+
+
+_RUN_JSON_FIELDS = ("counts", "groups", "plan", "previewGroupIds")
+
+
+def _run_to_entity(run: Run) -> dict[str, Any]:
+    data = msgspec.to_builtins(run)
+    entity: dict[str, Any] = {"PartitionKey": run.tenant_id, "RowKey": run.id}
+    for key, value in data.items():
+        if key in ("id", "tenantId") or value is None:
+            continue
+        entity[key] = msgspec.json.encode(value).decode() if key in _RUN_JSON_FIELDS else value
+    return entity
+
+
+def _run_from_entity(entity: dict[str, Any]) -> Run:
+    data: dict[str, Any] = {"id": entity["RowKey"], "tenantId": entity["PartitionKey"]}
+    for key, value in entity.items():
+        if key in ("PartitionKey", "RowKey") or key.startswith("odata") or key == "Timestamp":
+            continue
+        data[key] = msgspec.json.decode(value) if key in _RUN_JSON_FIELDS else value
+    return msgspec.convert(data, Run)
+
+
+class SyncStore:
+    """Tenants, selections, runs and leases for the whole fleet."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._tables: dict[str, TableClient] = {}
+
+    def _table(self, name: str) -> TableClient:
+        client = self._tables.get(name)
+        if client is None:
+            client = self._tables[name] = table_client(self._settings, name)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the table clients."""
+        for client in self._tables.values():
+            await client.close()
+        self._tables.clear()
+
+    # -- tenants --
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """A registered tenant, or None."""
+        try:
+            entity = await self._table(TENANTS_TABLE).get_entity(TENANTS_PARTITION, tenant_id)
+        except ResourceNotFoundError:
+            return None
+        return _tenant_from_entity(entity)
+
+    async def put_tenant(self, tenant: Tenant) -> None:
+        """Create or replace a tenant's record."""
+        entity = {"PartitionKey": TENANTS_PARTITION, "RowKey": tenant.id}
+        for key, value in msgspec.to_builtins(tenant).items():
+            if key != "id" and value is not None:
+                entity[key] = value
+        await self._table(TENANTS_TABLE).upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every registered tenant."""
+        query = self._table(TENANTS_TABLE).query_entities(
+            "PartitionKey eq @pk", parameters={"pk": TENANTS_PARTITION}
+        )
+        return [_tenant_from_entity(e) async for e in query]
+
+    async def record_last_run(self, run: Run) -> None:
+        """Copy a run's status onto its tenant for the fleet view."""
+        await self._table(TENANTS_TABLE).upsert_entity(
+            {
+                "PartitionKey": TENANTS_PARTITION,
+                "RowKey": run.tenant_id,
+                "lastRunId": run.id,
+                "lastRunStatus": str(run.status),
+                "lastRunAt": run.finished_at or run.started_at or run.requested_at,
+            },
+            mode=UpdateMode.MERGE,
+        )
+
+    # -- selections --
+
+    async def get_selection(self, tenant_id: str) -> Selection:
+        """The saved selection; mode `all`, version 0 when nothing was ever saved."""
+        try:
+            entity = await self._table(SELECTIONS_TABLE).get_entity(tenant_id, CURRENT_SELECTION)
+        except ResourceNotFoundError:
+            return Selection()
+        return _selection_from_entity(entity)
+
+    async def save_selection(
+        self, tenant_id: str, selection: Selection, *, expected_version: int | None
+    ) -> Selection:
+        """Save a new version of the selection, guarded by ETag; keep the old one as history.
+
+        `expected_version` (from If-Match) must equal the stored version when given.
+        """
+        table = self._table(SELECTIONS_TABLE)
+        try:
+            current = await table.get_entity(tenant_id, CURRENT_SELECTION)
+        except ResourceNotFoundError:
+            current = None
+        current_version = int(current["version"]) if current else 0
+        if expected_version is not None and expected_version != current_version:
+            raise StaleSelection(current_version)
+        saved = msgspec.structs.replace(selection, version=current_version + 1)
+        entity = _selection_to_entity(tenant_id, CURRENT_SELECTION, saved)
+        try:
+            if current is None:
+                await table.create_entity(entity)
+            else:
+                await table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            latest = await self.get_selection(tenant_id)
+            raise StaleSelection(latest.version) from None
+        history = _selection_to_entity(tenant_id, f"v{saved.version:010d}", saved)
+        await table.upsert_entity(history, mode=UpdateMode.REPLACE)
+        return saved
+
+    # -- runs --
+
+    async def create_run(self, run: Run) -> None:
+        """Record a new run (queued)."""
+        await self._table(RUNS_TABLE).create_entity(_run_to_entity(run))
+
+    async def save_run(self, run: Run) -> None:
+        """Replace a run's record with its new state."""
+        await self._table(RUNS_TABLE).upsert_entity(_run_to_entity(run), mode=UpdateMode.REPLACE)
+
+    async def get_run(self, tenant_id: str, run_id: str) -> Run | None:
+        """One run, or None."""
+        try:
+            entity = await self._table(RUNS_TABLE).get_entity(tenant_id, run_id)
+        except ResourceNotFoundError:
+            return None
+        return _run_from_entity(entity)
+
+    async def list_runs(
+        self, tenant_id: str, *, limit: int = 20, after: str | None = None
+    ) -> tuple[list[Run], str | None]:
+        """Runs newest first; `after` is the last run id of the previous page."""
+        flt = "PartitionKey eq @pk" + (" and RowKey gt @after" if after else "")
+        params = {"pk": tenant_id, **({"after": after} if after else {})}
+        runs: list[Run] = []
+        query = self._table(RUNS_TABLE).query_entities(flt, parameters=params, results_per_page=limit)
+        async for entity in query:
+            runs.append(_run_from_entity(entity))
+            if len(runs) > limit:
+                break
+        more = len(runs) > limit
+        runs = runs[:limit]
+        return runs, (runs[-1].id if more and runs else None)
+
+    async def queued_runs(self, tenant_id: str) -> list[Run]:
+        """Runs of a tenant still waiting in the queue, newest first."""
+        query = self._table(RUNS_TABLE).query_entities(
+            "PartitionKey eq @pk and status eq @st",
+            parameters={"pk": tenant_id, "st": str(RunStatus.QUEUED)},
+        )
+        return [_run_from_entity(e) async for e in query]
+
+    # -- lease: one refresh per tenant at a time --
+
+    async def acquire_lease(self, tenant_id: str, owner: str, seconds: float) -> bool:
+        """Take the tenant's refresh lease if it is free, expired or already ours."""
+        table = self._table(LEASES_TABLE)
+        now = time.time()
+        entity = {"PartitionKey": tenant_id, "RowKey": LEASE_ROW, "owner": owner, "expiresAt": now + seconds}
+        try:
+            current = await table.get_entity(tenant_id, LEASE_ROW)
+        except ResourceNotFoundError:
+            try:
+                await table.create_entity(entity)
+                return True
+            except ResourceExistsError:
+                return False
+        if current["owner"] != owner and float(current["expiresAt"]) > now:
+            return False
+        try:
+            await table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            return False  # someone else took it between our read and write
+        return True
+
+    async def release_lease(self, tenant_id: str, owner: str) -> None:
+        """Give the lease back if we still hold it."""
+        table = self._table(LEASES_TABLE)
+        try:
+            current = await table.get_entity(tenant_id, LEASE_ROW)
+        except ResourceNotFoundError:
+            return
+        if current["owner"] == owner:
+            with suppress(ResourceModifiedError, ResourceNotFoundError):
+                await table.delete_entity(
+                    tenant_id,
+                    LEASE_ROW,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+
+    @asynccontextmanager
+    async def tenant_lease(self, tenant_id: str, owner: str, seconds: float) -> AsyncIterator[bool]:
+        """`async with store.tenant_lease(...) as held:` releases the lease on exit when held."""
+        held = await self.acquire_lease(tenant_id, owner, seconds)
+        try:
+            yield held
+        finally:
+            if held:
+                await self.release_lease(tenant_id, owner)
+
+
+def _tenant_from_entity(entity: dict[str, Any]) -> Tenant:
+    data = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+    data["id"] = entity["RowKey"]
+    return msgspec.convert(data, Tenant, strict=False)
+
+
+def _selection_to_entity(tenant_id: str, row_key: str, selection: Selection) -> dict[str, Any]:
+    return {
+        "PartitionKey": tenant_id,
+        "RowKey": row_key,
+        "mode": str(selection.mode),
+        "groups": msgspec.json.encode(selection.groups).decode(),
+        "version": selection.version,
+        "updatedAt": selection.updated_at,
+        "updatedBy": selection.updated_by,
+    }
+
+
+def _selection_from_entity(entity: dict[str, Any]) -> Selection:
+    return Selection(
+        mode=SelectionMode(entity["mode"]),
+        groups=msgspec.json.decode(entity["groups"], type=tuple[SelectedGroup, ...]),
+        version=int(entity["version"]),
+        updated_at=entity.get("updatedAt"),
+        updated_by=entity.get("updatedBy"),
+    )

@@ -1,0 +1,128 @@
+"""Calling the app's real handlers: HTTP triggers with func.HttpRequest, the queue worker with
+func.QueueMessage read from Azurite, all configured through the environment as in Azure."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from devtools.azurite import Azurite
+from devtools.demo_tenant import DemoGraphServer
+from shared.settings import Settings, get_settings, reset_settings_cache
+from shared.storage import queue_client
+
+DEV_PRINCIPAL = base64.b64encode(
+    json.dumps(
+        {
+            "auth_typ": "aad",
+            "claims": [
+                {"typ": "roles", "val": "Sync.Admin"},
+                {"typ": "preferred_username", "val": "admin@contoso.com"},
+            ],
+        }
+    ).encode()
+).decode()
+
+
+@pytest.fixture(scope="session")
+def app_functions() -> dict[str, Any]:
+    """The app's registered functions by name (get_functions may be called once per app)."""
+    from function_app import app
+
+    return {fn.get_function_name(): fn for fn in app.get_functions()}
+
+
+@dataclass
+class AppUnderTest:
+    """The app wired to Azurite and a demo Graph through app settings, as in Azure."""
+
+    functions: dict[str, Any]
+    settings: Settings
+    graph: DemoGraphServer
+
+    async def http(
+        self,
+        function: str,
+        method: str,
+        path: str,
+        *,
+        route: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        principal: str | None = DEV_PRINCIPAL,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Call an HTTP trigger; returns (status, decoded JSON body, headers)."""
+        raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
+        all_headers = {"content-type": "application/json", **(headers or {})}
+        if principal:
+            all_headers["x-ms-client-principal"] = principal
+        request = func.HttpRequest(
+            method=method,
+            url=f"http://127.0.0.1:7071/api/{path}",
+            headers=all_headers,
+            params=params or {},
+            route_params=route or {},
+            body=raw,
+        )
+        handler = self.functions[function].get_user_function()
+        response: func.HttpResponse = await handler(request)
+        payload = response.get_body()
+        decoded = json.loads(payload) if payload else None
+        # The Functions host turns mimetype into Content-Type; do the same for assertions.
+        return response.status_code, decoded, {**dict(response.headers), "Content-Type": response.mimetype}
+
+    async def queued_bodies(self) -> list[bytes]:
+        """Messages waiting on the refresh queue (peeked, not taken)."""
+        async with queue_client(self.settings) as queue:
+            return [m.content for m in await queue.peek_messages(max_messages=32)]
+
+    async def deliver(self, *, max_messages: int = 32) -> int:
+        """Hand every visible refresh message to the real queue trigger, deleting each after success."""
+        handler = self.functions["refresh_worker"].get_user_function()
+        delivered = 0
+        async with queue_client(self.settings) as queue:
+            for _ in range(max_messages):
+                batch = [m async for m in queue.receive_messages(max_messages=1, visibility_timeout=60)]
+                if not batch:
+                    break
+                message = batch[0]
+                await handler(
+                    func.QueueMessage(
+                        id=message.id,
+                        body=message.content,
+                        pop_receipt=message.pop_receipt,
+                    )
+                )
+                await queue.delete_message(message)
+                delivered += 1
+        return delivered
+
+
+@pytest.fixture
+def app_env(
+    monkeypatch: pytest.MonkeyPatch, azurite: Azurite, own_graph: DemoGraphServer, unique_queue: str
+) -> Iterator[AppUnderTest]:
+    """App settings for this test: Azurite, the test's own demo tenant, a queue of its own."""
+    monkeypatch.setenv("SYNC_STORAGE", azurite.connection_string)
+    monkeypatch.setenv("GRAPH_AUTH", "demo")
+    monkeypatch.setenv("GRAPH_BASE_URL", own_graph.base_url)
+    monkeypatch.setenv("SYNC_QUEUE", unique_queue)
+    monkeypatch.delenv("WEBSITE_SITE_NAME", raising=False)
+    monkeypatch.chdir(azurite.location or ".")  # no local.settings.json from the repo leaks in
+    reset_settings_cache()
+    yield AppUnderTest(functions={}, settings=get_settings(), graph=own_graph)
+    reset_settings_cache()
+
+
+@pytest.fixture
+def app(app_env: AppUnderTest, app_functions: dict[str, Any]) -> AppUnderTest:
+    """The app under test with its registered functions."""
+    app_env.functions = app_functions
+    return app_env

@@ -1,0 +1,136 @@
+"""The operator CLI as an operator runs it: `python -m sync …` in a subprocess, configured by
+environment variables, against Azurite and the test's own demo tenant."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devtools.azurite import Azurite
+from devtools.demo_tenant import DemoGraphServer
+from devtools.demo_tenant import Tenant as DemoTenant
+from tests.oracle import expected_roster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cli(azurite: Azurite, own_graph: DemoGraphServer, unique_queue: str, tmp_path: Path):
+    env = {
+        **os.environ,
+        "SYNC_STORAGE": azurite.connection_string,
+        "GRAPH_AUTH": "demo",
+        "GRAPH_BASE_URL": own_graph.base_url,
+        "SYNC_QUEUE": unique_queue,
+        "PYTHONPATH": str(REPO),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sync", *args],
+            cwd=tmp_path,  # no local.settings.json here: the environment configures it all
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    return run
+
+
+def test_the_whole_flow_from_the_command_line(cli, own_tenant: DemoTenant) -> None:
+    tid = own_tenant.tenant_id
+    added = cli("tenant", "add", tid, "--name", "Test Tenant")
+    assert added.returncode == 0, added.stderr
+    listed = json.loads(cli("tenant", "list", "--json").stdout)
+    assert tid in [t["id"] for t in listed["value"]]
+
+    groups = json.loads(cli("groups", tid, "--json").stdout)["value"]
+    assert {g["id"] for g in groups} == set(own_tenant.groups)
+    by_id = {g["id"]: g for g in groups}
+    big = own_tenant.landmarks.big_group_id
+    assert by_id[big]["memberCount"] == len(own_tenant.transitive_user_ids(big))
+
+    chosen = [big, own_tenant.landmarks.nested_chain[0]]
+    selected = cli("select", tid, *chosen)
+    assert selected.returncode == 0, selected.stderr
+    assert "queued" in selected.stdout
+
+    refreshed = cli("refresh", tid, "--json")
+    assert refreshed.returncode == 0, refreshed.stderr
+    result = json.loads(refreshed.stdout)
+    expected = expected_roster(own_tenant, chosen)
+    counts = result["counts"]
+    assert result["status"] == "succeeded" and counts["eligible"] == len(expected)
+    assert counts["eligible"] + sum(counts["excluded"].values()) == counts["members"]
+
+    users = json.loads(cli("users", tid, "--json").stdout)["value"]
+    assert {u["id"]: set(u["groups"]) for u in users} == expected
+
+    guest = next(iter(own_tenant.landmarks.guest_ids))
+    why = cli("explain", tid, own_tenant.users[guest].user_principal_name)
+    assert why.returncode == 0 and "NOT synced" in why.stdout and "guest" in why.stdout
+
+    runs = json.loads(cli("runs", tid, "--json").stdout)["value"]
+    assert runs[0]["id"] == result["id"]  # newest first
+    assert {r["status"] for r in runs[1:]} == {"superseded"}  # the queued save was covered
+
+
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(cli, own_tenant: DemoTenant) -> None:
+    tid = own_tenant.tenant_id
+    assert cli("tenant", "add", tid, "--name", "T").returncode == 0
+    for args, words in [
+        (("select", tid, "not-a-guid"), "not GUIDs"),
+        (("select", tid), "--all"),
+        (("select", tid, "00000000-0000-4000-8000-000000000001"), "do not exist"),
+        (("refresh", "contoso"), "GUID"),
+        (("users", tid, "--status", "gone"), "invalid choice"),
+        (("approve", tid, "8000000000000-0000abcd"), "does not exist"),
+    ]:
+        bad = cli(*args)
+        assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
+        assert words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert json.loads(cli("runs", tid, "--json").stdout)["value"] == []
+
+
+def test_held_run_exits_3_and_approve_applies_it(cli, own_tenant: DemoTenant) -> None:
+    tid = own_tenant.tenant_id
+    cli("tenant", "add", tid, "--name", "T")
+    cli("select", tid, "--all")
+    assert cli("refresh", tid).returncode == 0
+    cli("select", tid, own_tenant.landmarks.nested_chain[-1])
+    held = cli("refresh", tid, "--json")
+    assert held.returncode == 3, held.stderr
+    run = json.loads(held.stdout)
+    assert run["status"] == "held"
+    approved = cli("approve", tid, run["id"], "--json")
+    assert approved.returncode == 0, approved.stderr
+    assert json.loads(approved.stdout)["counts"]["removed"] == run["counts"]["removed"]
+
+
+def test_failed_run_exits_1_and_says_why(cli, own_tenant: DemoTenant, own_graph: DemoGraphServer) -> None:
+    tid = own_tenant.tenant_id
+    cli("tenant", "add", tid, "--name", "T")
+    cli("select", tid, own_tenant.landmarks.big_group_id)
+    own_graph.add_fault(404, r"/groups/[^/]+$", method="*")
+    failed = cli("refresh", tid)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "no longer exist" in failed.stdout and "nobody was removed" in failed.stdout
+
+
+def test_missing_storage_setting_is_a_clear_usage_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "GRAPH_"))}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "sync", "tenant", "list"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "SYNC_STORAGE" in done.stderr
