@@ -1,0 +1,76 @@
+"""`make run`: Azurite, the demo tenant and the app on this machine, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from devtools.azurite import REPO_ROOT, Azurite, AzuriteError
+from devtools.demo_tenant.generator import build_demo_tenants
+from devtools.demo_tenant.server import DemoGraphServer
+
+DEMO_GRAPH_PORT = 7081
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the local stack and print where each part listens."""
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__)
+    parser.add_argument("--graph-port", type=int, default=DEMO_GRAPH_PORT)
+    parser.add_argument(
+        "--data", type=Path, default=REPO_ROOT / ".azurite", help="Azurite's data folder (kept between runs)"
+    )
+    args = parser.parse_args(argv)
+
+    settings_file = REPO_ROOT / "local.settings.json"
+    if not settings_file.exists():
+        # The CLI and `func start` read it; the sample points at this stack.
+        shutil.copyfile(REPO_ROOT / "local.settings.sample.json", settings_file)
+        print(f"created {settings_file.name} from local.settings.sample.json")
+    azurite = Azurite(location=args.data, blob_port=10000, queue_port=10001, table_port=10002)
+    try:
+        azurite.start()
+    except AzuriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print("hint: another Azurite may already use ports 10000-10002; stop it first", file=sys.stderr)
+        return 1
+    tenants = build_demo_tenants()
+    graph = DemoGraphServer(tenants, port=args.graph_port)
+    try:
+        graph.start()
+    except OSError as exc:
+        azurite.stop()
+        print(f"error: the demo tenant could not listen on port {args.graph_port}: {exc}", file=sys.stderr)
+        return 1
+
+    print("O365 Groups Sync: local stack is up")
+    print("  Azurite (storage emulator; account devstoreaccount1, its public development key)")
+    print(f"    table  http://127.0.0.1:{azurite.table_port}   queue  http://127.0.0.1:{azurite.queue_port}")
+    print(f"  Demo tenant (Graph v1.0): {graph.base_url}")
+    for tenant in tenants:
+        size = f"{len(tenant.users)} users, {len(tenant.groups)} groups"
+        print(f"    {tenant.display_name:<10} {tenant.tenant_id}  ({size})")
+    first = tenants[0].tenant_id
+    print("Try the CLI in another terminal (it reads local.settings.json):")
+    print(f"  .venv/bin/python -m sync tenant add {first} --name Contoso")
+    print(f"  .venv/bin/python -m sync groups {first}")
+    print("Press Ctrl-C to stop.")
+    sys.stdout.flush()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        graph.stop()
+        azurite.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
