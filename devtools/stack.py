@@ -12,14 +12,17 @@ from pathlib import Path
 from devtools.azurite import REPO_ROOT, Azurite, AzuriteError
 from devtools.demo_tenant.generator import build_demo_tenants
 from devtools.demo_tenant.server import DemoGraphServer
+from devtools.host import DevHost
 
 DEMO_GRAPH_PORT = 7081
+APP_PORT = 7071
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start the local stack and print where each part listens."""
     parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__)
     parser.add_argument("--graph-port", type=int, default=DEMO_GRAPH_PORT)
+    parser.add_argument("--app-port", type=int, default=APP_PORT)
     parser.add_argument(
         "--data", type=Path, default=REPO_ROOT / ".azurite", help="Azurite's data folder (kept between runs)"
     )
@@ -46,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the demo tenant could not listen on port {args.graph_port}: {exc}", file=sys.stderr)
         return 1
 
+    try:
+        # The app reads local.settings.json like `func start`; the environment still wins.
+        app_host = DevHost(port=args.app_port, local_settings=settings_file).start_in_thread()
+    except Exception as exc:
+        graph.stop()
+        azurite.stop()
+        print(f"error: the app could not start: {exc}", file=sys.stderr)
+        return 1
+
     print("O365 Groups Sync: local stack is up")
     print("  Azurite (storage emulator; account devstoreaccount1, its public development key)")
     print(f"    table  http://127.0.0.1:{azurite.table_port}   queue  http://127.0.0.1:{azurite.queue_port}")
@@ -54,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         size = f"{len(tenant.users)} users, {len(tenant.groups)} groups"
         print(f"    {tenant.display_name:<10} {tenant.tenant_id}  ({size})")
     first = tenants[0].tenant_id
+    print(f"  App (Functions dev host):  {app_host.base_url}/api/health")
+    print(f"  The page:                  {app_host.base_url}/api/ui?tenant={first}")
     print("Try the CLI in another terminal (it reads local.settings.json):")
     print(f"  .venv/bin/python -m sync tenant add {first} --name Contoso")
     print(f"  .venv/bin/python -m sync groups {first}")
@@ -67,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        app_host.stop_thread()
         graph.stop()
         azurite.stop()
     return 0
