@@ -104,6 +104,12 @@ class GraphRequestRejected(DirectoryError):
         self.status = status
 
 
+class DeltaExpired(DirectoryError):
+    """Graph no longer knows a delta token (410): a full refresh is needed."""
+
+    status = 410
+
+
 class InvalidCursor(ValueError):
     """A paging cursor that this module did not issue."""
 
@@ -188,6 +194,12 @@ class _IdPage(msgspec.Struct):
     next_link: str | None = msgspec.field(name="@odata.nextLink", default=None)
 
 
+class _DeltaPage(msgspec.Struct):
+    value: list[_IdOnly]
+    next_link: str | None = msgspec.field(name="@odata.nextLink", default=None)
+    delta_link: str | None = msgspec.field(name="@odata.deltaLink", default=None)
+
+
 class PermissionCheck(msgspec.Struct, frozen=True, kw_only=True):
     """Whether one Graph permission works in the tenant."""
 
@@ -224,6 +236,7 @@ _GROUP = msgspec.json.Decoder(_WireGroup)
 _COUNT_ONLY = msgspec.json.Decoder(_CountOnly)
 _ERROR_BODY = msgspec.json.Decoder(_ErrorBody)
 _ID_PAGE = msgspec.json.Decoder(_IdPage)
+_DELTA_PAGE = msgspec.json.Decoder(_DeltaPage)
 _USER = msgspec.json.Decoder(_WireUser)
 _PURPOSE = msgspec.json.Decoder(_MailboxPurpose)
 _BATCH_RESPONSE = msgspec.json.Decoder(_BatchResponse)
@@ -606,6 +619,146 @@ class DirectoryReader:
 
         await attempt("MailboxSettings.Read", "mailboxSettings", False, read_purpose)
         return checks
+
+    # -- incremental refresh (delta) --
+
+    async def latest_delta_links(self) -> tuple[str, str]:
+        """Delta links for users and groups starting now (`$deltatoken=latest`: no objects read)."""
+        users = await self._delta_page(
+            f"{self._adapter.base_url}/users/delta?$deltatoken=latest&$select={','.join(USER_FIELDS)}",
+            "User.Read.All",
+        )
+        groups = await self._delta_page(
+            f"{self._adapter.base_url}/groups/delta?$deltatoken=latest&$select=id,members",
+            "GroupMember.Read.All",
+        )
+        if not users.delta_link or not groups.delta_link:
+            raise GraphUnavailable("Graph answered a delta request without a deltaLink")
+        return users.delta_link, groups.delta_link
+
+    async def _delta_page(self, url: str, permission: str) -> _DeltaPage:
+        request = self._client.users.with_url(url).to_get_request_information()
+        try:
+            return _DELTA_PAGE.decode(await self._send(request, permission))
+        except GraphRequestRejected as exc:
+            if exc.status == 410:
+                raise DeltaExpired(str(exc)) from exc
+            raise
+
+    async def read_changes(self, delta_link: str, permission: str) -> tuple[set[str], str]:
+        """Ids of the objects changed (or removed) since `delta_link`, and the next delta link.
+
+        Raises DeltaExpired when Graph no longer knows the token (a full refresh is due).
+        """
+        changed: set[str] = set()
+        url = delta_link
+        while True:
+            page = await self._delta_page(url, permission)
+            changed.update(item.id for item in page.value)
+            if page.next_link:
+                url = page.next_link
+                continue
+            if not page.delta_link:
+                raise GraphUnavailable("a delta round ended without a deltaLink")
+            return changed, page.delta_link
+
+    async def group_closure(self, group_ids: Sequence[str]) -> dict[str, frozenset[str]]:
+        """For each group, itself and every group nested in it (transitively), 20 groups per $batch."""
+        closure: dict[str, frozenset[str]] = {}
+
+        async def one_batch(chunk: Sequence[str]) -> None:
+            requests = [
+                _BatchRequest(
+                    id=str(i),
+                    method="GET",
+                    url=f"/groups/{gid}/transitiveMembers/microsoft.graph.group?$select=id&$top=999&$count=true",
+                    headers={"ConsistencyLevel": "eventual"},
+                )
+                for i, gid in enumerate(chunk)
+            ]
+            async with self._limit:
+                items = await self._batch(requests, "GroupMember.Read.All")
+            for i, gid in enumerate(chunk):
+                item = items[str(i)]
+                if item.status == 404:
+                    raise GroupNotFound(gid)
+                if item.status != 200:
+                    raise _error_from_batch_item(item, "GroupMember.Read.All")
+                page = _ID_PAGE.decode(item.body)
+                nested = {entry.id for entry in page.value}
+                if page.next_link:  # more than 999 nested groups: follow the rest outside the batch
+                    nested |= set(await self._follow_ids(page.next_link))
+                closure[gid] = frozenset({gid, *nested})
+
+        await asyncio.gather(*(one_batch(c) for c in _chunks(list(group_ids), MAX_BATCH_SIZE)))
+        return closure
+
+    async def _follow_ids(self, next_link: str) -> list[str]:
+        ids: list[str] = []
+        url: str | None = next_link
+        while url:
+            request = self._client.groups.with_url(url).to_get_request_information()
+            request.headers.try_add("ConsistencyLevel", "eventual")
+            page = _ID_PAGE.decode(await self._send(request, "GroupMember.Read.All"))
+            ids.extend(entry.id for entry in page.value)
+            url = page.next_link
+        return ids
+
+    async def get_users(self, user_ids: Sequence[str]) -> dict[str, DirectoryUser | None]:
+        """Users by object id, 20 per $batch; a deleted user maps to None."""
+        found: dict[str, DirectoryUser | None] = {}
+        select = ",".join(USER_FIELDS)
+
+        async def one_batch(chunk: Sequence[str]) -> None:
+            requests = [
+                _BatchRequest(id=str(i), method="GET", url=f"/users/{uid}?$select={select}")
+                for i, uid in enumerate(chunk)
+            ]
+            async with self._limit:
+                items = await self._batch(requests, "User.Read.All")
+            for i, uid in enumerate(chunk):
+                item = items[str(i)]
+                if item.status == 200:
+                    found[uid] = _USER.decode(item.body).to_directory_user()
+                elif item.status == 404:
+                    found[uid] = None
+                else:
+                    raise _error_from_batch_item(item, "User.Read.All")
+
+        await asyncio.gather(*(one_batch(c) for c in _chunks(list(user_ids), MAX_BATCH_SIZE)))
+        return found
+
+    async def groups_of_users(self, user_ids: Sequence[str]) -> dict[str, frozenset[str]]:
+        """Every group each user is in (transitively), 20 users per $batch."""
+        groups: dict[str, frozenset[str]] = {}
+
+        async def one_batch(chunk: Sequence[str]) -> None:
+            requests = [
+                _BatchRequest(
+                    id=str(i),
+                    method="GET",
+                    url=f"/users/{uid}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999&$count=true",
+                    headers={"ConsistencyLevel": "eventual"},
+                )
+                for i, uid in enumerate(chunk)
+            ]
+            async with self._limit:
+                items = await self._batch(requests, "GroupMember.Read.All")
+            for i, uid in enumerate(chunk):
+                item = items[str(i)]
+                if item.status == 404:
+                    groups[uid] = frozenset()
+                    continue
+                if item.status != 200:
+                    raise _error_from_batch_item(item, "GroupMember.Read.All")
+                page = _ID_PAGE.decode(item.body)
+                ids = {entry.id for entry in page.value}
+                if page.next_link:
+                    ids |= set(await self._follow_ids(page.next_link))
+                groups[uid] = frozenset(ids)
+
+        await asyncio.gather(*(one_batch(c) for c in _chunks(list(user_ids), MAX_BATCH_SIZE)))
+        return groups
 
     async def list_all_users(self) -> list[DirectoryUser]:
         """Every user of the tenant (mode `all`), following every page."""

@@ -7,17 +7,19 @@ selected group that cannot be read to its last page fails the run and removes no
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import msgspec
 
 from shared.graph import GraphClients, admin_consent_url
 from shared.settings import Settings
-from sync.directory import DirectoryError, DirectoryReader, GraphAccessDenied
+from sync.directory import DeltaExpired, DirectoryError, DirectoryReader, GraphAccessDenied
 from sync.eligibility import (
     ExclusionRules,
     MailboxPurposeSource,
@@ -32,20 +34,24 @@ from sync.models import (
     ExcludedCounts,
     RefreshMessage,
     RosterStatus,
+    RosterUser,
     Run,
     RunCounts,
     RunGroup,
     RunStatus,
+    Selection,
     SelectionMode,
     Tenant,
 )
-from sync.planner import Plan, RemovalGuard, changed_rows, plan_roster_changes
+from sync.planner import Plan, RemovalGuard, changed_rows, plan_roster_changes, purge_due
 from sync.roster import RosterStore
 from sync.store import SyncStore, iso, utc_now
 
 log = logging.getLogger("sync.engine")
 
-LEASE_SECONDS = 900.0  # longer than a 100k-user refresh; a crashed worker's lease expires after it
+LEASE_SECONDS = 300.0  # renewed every third of it while a run works; a crashed worker's lapses
+FULL_REFRESH_EVERY = timedelta(days=7)
+INCREMENTAL_REASONS = frozenset({"nightly"})  # runs people start read everything, for exact counts
 PLAN_SAMPLE_SIZE = 200  # user ids per list kept on a held or dry run (Table properties cap at 64 KiB)
 
 
@@ -254,7 +260,7 @@ async def execute_refresh(ctx: SyncContext, message: RefreshMessage) -> Run:
         latest = await store.get_run(run.tenant_id, run.id)
         if latest is not None and latest.status.finished:
             return latest
-        return await _run_under_lease(ctx, run)
+        return await _run_under_lease(ctx, run, owner)
 
 
 async def _supersede_covered_runs(ctx: SyncContext, run: Run, started_at: str) -> None:
@@ -271,7 +277,130 @@ async def _supersede_covered_runs(ctx: SyncContext, run: Run, started_at: str) -
             await ctx.store.save_run(other)
 
 
-async def _run_under_lease(ctx: SyncContext, run: Run) -> Run:
+def _incremental_allowed(tenant: Tenant, selection: Selection, run: Run, now: datetime) -> bool:
+    """Nightly runs read only what changed, when the delta links match the current selection and rules."""
+    if run.reason not in INCREMENTAL_REASONS or run.dry_run or run.allow_removals is not None:
+        return False
+    if not (tenant.users_delta_link and tenant.groups_delta_link and tenant.last_full_refresh_at):
+        return False
+    if tenant.delta_selection_version != selection.version or tenant.delta_rules != tenant.exclusion_rules:
+        return False
+    last_full = datetime.fromisoformat(tenant.last_full_refresh_at.replace("Z", "+00:00"))
+    return now - last_full < FULL_REFRESH_EVERY  # a weekly full refresh catches what delta cannot see
+
+
+class _DeltaResult(msgspec.Struct, kw_only=True):
+    classification: Classification | None  # None: nothing changed since the last run
+    users_link: str
+    groups_link: str
+
+
+class _NeedFullRefresh(Exception):
+    """The incremental path cannot answer safely; fall back to a full read."""
+
+
+async def read_incremental(
+    ctx: SyncContext,
+    tenant: Tenant,
+    selection: Selection,
+    roster: Mapping[str, RosterUser],
+    run: Run,
+) -> _DeltaResult:
+    """Re-read only the groups and users that changed since the last successful run.
+
+    Delta is not transitive: a membership change in a nested group shows up as a change of
+    that group, so each selected group whose nesting closure holds a changed group is
+    expanded again. Users whose attributes changed are re-read with the groups they belong to.
+    Everyone else keeps the roster row of the last successful run.
+    """
+    reader = DirectoryReader(ctx.graph.for_tenant(tenant.id))
+    rules = parse_exclusion_rules(tenant.exclusion_rules)
+    assert tenant.users_delta_link and tenant.groups_delta_link
+    try:
+        changed_users, users_link = await reader.read_changes(tenant.users_delta_link, "User.Read.All")
+        changed_groups, groups_link = await reader.read_changes(
+            tenant.groups_delta_link, "GroupMember.Read.All"
+        )
+        if not changed_users and not changed_groups:
+            return _DeltaResult(classification=None, users_link=users_link, groups_link=groups_link)
+        selected = [g.id for g in selection.groups]
+        names = {g.id: g.display_name for g in selection.groups}
+        closure = await reader.group_closure(
+            selected + ([rules.exclusion_group_id] if rules.exclusion_group_id else [])
+        )
+        if rules.exclusion_group_id and closure[rules.exclusion_group_id] & changed_groups:
+            raise _NeedFullRefresh("the exclusion group changed")
+        affected = [gid for gid in selected if closure[gid] & changed_groups]
+        fresh = await reader.read_group_users(affected) if affected else None
+        users: dict[str, DirectoryUser] = dict(fresh.users) if fresh else {}
+        others = sorted(changed_users - set(users))
+        fetched = await reader.get_users(others) if others else {}
+        users.update({uid: user for uid, user in fetched.items() if user is not None})
+        gone = {uid for uid, user in fetched.items() if user is None}
+        memberships = await reader.groups_of_users([uid for uid in others if uid not in gone])
+        excluded_ids = frozenset(
+            uid for uid, groups in memberships.items() if rules.exclusion_group_id in groups
+        )
+        if rules.exclusion_group_id and fresh:
+            excluded_ids |= frozenset((await reader.read_group_users([rules.exclusion_group_id])).users)
+        purposes = await reader.read_mailbox_purposes(_candidates_for_purpose(users, rules))
+    finally:
+        run.graph_requests += reader.requests_sent
+
+    order = {gid: i for i, gid in enumerate(selected)}
+    affected_set = set(affected)
+    groups_of_user: dict[str, tuple[str, ...]] = {}
+    for uid in users:
+        member_of: set[str] = set(fresh.groups_of_user.get(uid, ())) if fresh else set()
+        if uid in memberships:
+            member_of |= memberships[uid] & set(selected)
+        elif uid in roster and roster[uid].status is RosterStatus.ACTIVE:
+            member_of |= set(roster[uid].groups) - affected_set
+        in_scope = selection.mode is SelectionMode.ALL or member_of
+        if in_scope:
+            groups_of_user[uid] = tuple(sorted(member_of, key=order.__getitem__))
+    in_scope_users = {uid: users[uid] for uid in groups_of_user}
+    examined = classify_members(
+        in_scope_users,
+        groups_of_user,
+        group_names={gid: names[gid] for gid in affected},
+        rules=rules,
+        purposes=purposes,
+        excluded_ids=excluded_ids,
+    )
+    # Unchanged users keep their row: eligible then, and nothing about them changed since.
+    carried: list[EligibleUser] = []
+    for uid, row in roster.items():
+        if row.status is not RosterStatus.ACTIVE or uid in users or uid in gone:
+            continue
+        kept = tuple(g for g in row.groups if g not in affected_set)
+        if selection.mode is SelectionMode.GROUPS and not kept:
+            continue  # they came only through groups that were re-read without them
+        carried.append(
+            EligibleUser(
+                id=uid,
+                user_principal_name=row.user_principal_name,
+                display_name=row.display_name,
+                mail=row.mail,
+                department=row.department,
+                job_title=row.job_title,
+                groups=kept,
+            )
+        )
+    classification = msgspec.structs.replace(examined, eligible=examined.eligible + carried)
+    return _DeltaResult(classification=classification, users_link=users_link, groups_link=groups_link)
+
+
+async def _keep_lease(ctx: SyncContext, tenant_id: str, owner: str) -> None:
+    """Renew the tenant lease while a run works, so a long refresh is never overlapped."""
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        if not await ctx.store.acquire_lease(tenant_id, owner, LEASE_SECONDS):
+            log.error("lost the tenant lease", extra={"tenantId": tenant_id, "runId": owner.split(":")[0]})
+            return
+
+
+async def _run_under_lease(ctx: SyncContext, run: Run, owner: str) -> Run:
     store = ctx.store
     started = time.monotonic()
     run.status = RunStatus.RUNNING
@@ -281,35 +410,9 @@ async def _run_under_lease(ctx: SyncContext, run: Run) -> Run:
     await store.save_run(run)
     await _supersede_covered_runs(ctx, run, run.started_at)
     log.info("run started", extra={"tenantId": run.tenant_id, "runId": run.id, "reason": run.reason})
+    renewer = asyncio.create_task(_keep_lease(ctx, run.tenant_id, owner))
     try:
-        tenant = await store.get_tenant(run.tenant_id)
-        if tenant is None:
-            raise DirectoryError(f"tenant {run.tenant_id} is not registered; add it first")
-        if run.dry_run and run.preview_mode is not None:
-            mode, group_ids = run.preview_mode, list(run.preview_group_ids or [])
-        else:
-            selection = await store.get_selection(run.tenant_id)
-            mode, group_ids = selection.mode, [g.id for g in selection.groups]
-        classification = await read_and_classify(ctx, tenant, mode, group_ids, run)
-        roster = {row.id: row for row in await ctx.roster.read_roster(run.tenant_id)}
-        plan = plan_roster_changes(roster.values(), classification.eligible)
-        active_before = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
-        approved = run.allow_removals is not None and len(plan.removals) <= run.allow_removals
-        decision = tenant_guard(ctx.settings, tenant).check(plan, active_before, allow_removals=approved)
-        run.groups = classification.groups
-        run.mailbox_purpose_source = str(classification.purpose_source)
-        if run.dry_run or decision.held:
-            run.plan = _plan_sample(plan)
-            run.counts = _counts(classification, plan)
-            if decision.held and not run.dry_run:
-                run.status = RunStatus.HELD
-                run.guard = decision.detail
-            else:
-                run.status = RunStatus.SUCCEEDED
-        else:
-            await ctx.roster.write(run.tenant_id, changed_rows(roster, plan, now=iso(utc_now())))
-            run.counts = _counts(classification, plan)
-            run.status = RunStatus.SUCCEEDED
+        await _refresh(ctx, run)
     except Exception as exc:
         run.status = RunStatus.FAILED
         run.error = _error_text(ctx, run.tenant_id, exc)
@@ -319,6 +422,8 @@ async def _run_under_lease(ctx: SyncContext, run: Run) -> Run:
             extra={"tenantId": run.tenant_id, "runId": run.id},
             exc_info=not isinstance(exc, DirectoryError),
         )
+    finally:
+        renewer.cancel()
     run.finished_at = iso(utc_now())
     run.duration_seconds = round(time.monotonic() - started, 3)
     await store.save_run(run)
@@ -329,3 +434,89 @@ async def _run_under_lease(ctx: SyncContext, run: Run) -> Run:
         extra={"tenantId": run.tenant_id, "runId": run.id, "status": str(run.status)},
     )
     return run
+
+
+async def _refresh(ctx: SyncContext, run: Run) -> None:
+    """Read, classify, plan, guard and apply; fills in the run record."""
+    store = ctx.store
+    tenant = await store.get_tenant(run.tenant_id)
+    if tenant is None:
+        raise DirectoryError(f"tenant {run.tenant_id} is not registered; add it first")
+    selection = await store.get_selection(run.tenant_id)
+    if run.dry_run and run.preview_mode is not None:
+        mode, group_ids = run.preview_mode, list(run.preview_group_ids or [])
+    else:
+        mode, group_ids = selection.mode, [g.id for g in selection.groups]
+    roster = {row.id: row for row in await ctx.roster.read_roster(run.tenant_id)}
+    links: tuple[str, str] | None = None
+    classification: Classification | None = None
+    full = True
+    if _incremental_allowed(tenant, selection, run, utc_now()):
+        try:
+            delta = await read_incremental(ctx, tenant, selection, roster, run)
+        except (DeltaExpired, _NeedFullRefresh) as exc:
+            log.info(
+                "full refresh instead of incremental: %s", exc, extra={"tenantId": tenant.id, "runId": run.id}
+            )
+        else:
+            full, run.incremental = False, True
+            links = (delta.users_link, delta.groups_link)
+            if delta.classification is None:  # nothing changed: the roster stands as it is
+                active = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
+                run.counts = RunCounts(eligible=active, unchanged=active)
+                run.status = RunStatus.SUCCEEDED
+                await _advance_delta(ctx, tenant, selection, links, full=False)
+                return
+            classification = delta.classification
+    if classification is None:
+        if not run.dry_run:
+            # Taken before the read, so changes made while it runs are seen by the next delta.
+            reader = DirectoryReader(ctx.graph.for_tenant(tenant.id))
+            try:
+                links = await reader.latest_delta_links()
+            finally:
+                run.graph_requests += reader.requests_sent
+        classification = await read_and_classify(ctx, tenant, mode, group_ids, run)
+
+    plan = plan_roster_changes(roster.values(), classification.eligible)
+    active_before = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
+    approved = run.allow_removals is not None and len(plan.removals) <= run.allow_removals
+    decision = tenant_guard(ctx.settings, tenant).check(plan, active_before, allow_removals=approved)
+    run.groups = classification.groups
+    run.mailbox_purpose_source = str(classification.purpose_source)
+    run.counts = _counts(classification, plan)
+    if run.dry_run or decision.held:
+        run.plan = _plan_sample(plan)
+        if decision.held and not run.dry_run:
+            run.status = RunStatus.HELD
+            run.guard = decision.detail
+        else:
+            run.status = RunStatus.SUCCEEDED
+        return
+    now = utc_now()
+    await ctx.roster.write(run.tenant_id, changed_rows(roster, plan, now=iso(now)))
+    restored = {user.id for user in plan.restores}
+    due = purge_due(
+        (row for row in roster.values() if row.id not in restored),
+        now=now,
+        grace_days=ctx.settings.removal_grace_days,
+    )
+    if due:  # removed long enough ago: past the grace period, gone for good
+        await ctx.roster.delete(run.tenant_id, due)
+    run.status = RunStatus.SUCCEEDED
+    if links is not None:
+        await _advance_delta(ctx, tenant, selection, links, full=full)
+
+
+async def _advance_delta(
+    ctx: SyncContext, tenant: Tenant, selection: Selection, links: tuple[str, str], *, full: bool
+) -> None:
+    """Move the delta links forward: only ever after a successful run."""
+    await ctx.store.save_delta_state(
+        tenant.id,
+        users_link=links[0],
+        groups_link=links[1],
+        selection_version=selection.version,
+        rules=tenant.exclusion_rules,
+        full_refresh_at=iso(utc_now()) if full else None,
+    )

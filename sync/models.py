@@ -87,6 +87,7 @@ class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     added_at: str | None = None  # ISO 8601 UTC
     updated_at: str | None = None
     removed_at: str | None = None
+    removed_by_run: str | None = None  # the run that removed the user (set while status is removed)
 
 
 class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -138,6 +139,12 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     last_run_id: str | None = None
     last_run_status: str | None = None
     last_run_at: str | None = None
+    # Incremental refresh state: valid only for the selection version and rules it was taken with.
+    users_delta_link: str | None = None
+    groups_delta_link: str | None = None
+    delta_selection_version: int | None = None
+    delta_rules: str | None = None
+    last_full_refresh_at: str | None = None
 
 
 class RunStatus(enum.StrEnum):
@@ -212,8 +219,12 @@ class Run(msgspec.Struct, kw_only=True, rename="camel"):
     plan: dict[str, list[str]] | None = None  # held/dry runs: user ids to add/remove/restore (capped)
     error: str | None = None
     superseded_by: str | None = None
+    incremental: bool = False  # read only what changed since the last successful run (Graph delta)
     preview_mode: SelectionMode | None = None  # dry runs of a selection not saved yet
     preview_group_ids: list[str] | None = None
+    undo_of: str | None = None  # an undo run: the run whose removals it restored
+    undone_by: str | None = None  # a run whose removals were undone: the undo run
+    note: str | None = None  # a remark for the admin, e.g. users an undo could not restore
 
 
 class RefreshMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -144,6 +144,30 @@ class SyncStore:
             mode=UpdateMode.MERGE,
         )
 
+    async def save_delta_state(
+        self,
+        tenant_id: str,
+        *,
+        users_link: str | None,
+        groups_link: str | None,
+        selection_version: int | None,
+        rules: str | None,
+        full_refresh_at: str | None = None,
+    ) -> None:
+        """Move the tenant's delta links forward (only after a successful run), or clear them (None)."""
+        entity: dict[str, Any] = {
+            "PartitionKey": TENANTS_PARTITION,
+            "RowKey": tenant_id,
+            # Empty values, not None: a MERGE leaves properties it is not sent untouched.
+            "usersDeltaLink": users_link or "",
+            "groupsDeltaLink": groups_link or "",
+            "deltaSelectionVersion": selection_version if selection_version is not None else -1,
+            "deltaRules": rules or "",
+        }
+        if full_refresh_at is not None:
+            entity["lastFullRefreshAt"] = full_refresh_at
+        await self._table(TENANTS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
+
     # -- selections --
 
     async def get_selection(self, tenant_id: str) -> Selection:

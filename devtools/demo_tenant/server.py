@@ -934,6 +934,7 @@ class DemoGraphServer:
         self._faults: list[Fault] = []
         self._next_fault_id = 1
         self._rate_limit: tuple[int, float, str | None] | None = None
+        self._rate_path: re.Pattern[str] | None = None
         self._rate_windows: dict[str, _RateWindow] = {}
         self._log: collections.deque[RequestRecord] = collections.deque(maxlen=_LOG_LIMIT)
         self._wire_caches: dict[str, _WireCache] = {tenant_id: _WireCache() for tenant_id in self._tenants}
@@ -1149,10 +1150,17 @@ class DemoGraphServer:
         with self._lock:
             return [fault.as_dict() for fault in self._faults]
 
-    def set_rate_limit(self, requests: int, per_seconds: float, tenant_id: str | None = None) -> None:
-        """Allow `requests` calls per `per_seconds` window per tenant (or just `tenant_id`); then 429."""
+    def set_rate_limit(
+        self, requests: int, per_seconds: float, tenant_id: str | None = None, path_regex: str | None = None
+    ) -> None:
+        """Allow `requests` calls per `per_seconds` window per tenant (or just `tenant_id`); then 429.
+
+        `path_regex` limits the budget to matching paths: Graph throttles the directory
+        (users, groups) and Exchange (mailboxSettings) separately.
+        """
         with self._lock:
             self._rate_limit = (int(requests), float(per_seconds), tenant_id.lower() if tenant_id else None)
+            self._rate_path = re.compile(path_regex) if path_regex else None
             self._rate_windows.clear()
 
     def clear_rate_limit(self) -> None:
@@ -1273,6 +1281,8 @@ class DemoGraphServer:
             allowed, window_seconds, only_tenant = self._rate_limit
             tenant_id = call.tenant.tenant_id.lower()
             if only_tenant is not None and only_tenant != tenant_id:
+                return None
+            if self._rate_path is not None and not self._rate_path.search(call.path):
                 return None
             now = time.monotonic()
             window = self._rate_windows.get(tenant_id)
@@ -1956,6 +1966,22 @@ class DemoGraphServer:
         info = USER_TYPE if kind == "user" else GROUP_TYPE
         skiptoken = call.option("$skiptoken")
         deltatoken = call.option("$deltatoken")
+        if deltatoken == "latest":
+            # Graph's "$deltatoken=latest": no objects, just a deltaLink from now on.
+            raw_select = _parse_select(call)
+            names = list(raw_select) if raw_select else None
+            latest = {"kind": kind, "upto": tenant.revision, "select": names}
+            delta_path = f"/{info.entity_set}/delta"
+            return Reply(
+                200,
+                {
+                    "@odata.context": _context_url(call, info.entity_set, None),
+                    "@odata.deltaLink": _link(
+                        call, {"$deltatoken": _encode_token(latest)}, keep=False, path=delta_path
+                    ),
+                    "value": [],
+                },
+            )
         if skiptoken:
             state = _decode_token(skiptoken)
         elif deltatoken:

@@ -116,8 +116,9 @@ def test_held_run_exits_3_and_approve_applies_it(cli, own_tenant: DemoTenant) ->
 def test_failed_run_exits_1_and_says_why(cli, own_tenant: DemoTenant, own_graph: DemoGraphServer) -> None:
     tid = own_tenant.tenant_id
     cli("tenant", "add", tid, "--name", "T")
-    cli("select", tid, own_tenant.landmarks.big_group_id)
-    own_graph.add_fault(404, r"/groups/[^/]+$", method="*")
+    big = own_tenant.landmarks.big_group_id
+    cli("select", tid, big)
+    own_graph.add_fault(404, rf"/groups/{big}", method="*")  # deleted after it was selected
     failed = cli("refresh", tid)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "no longer exist" in failed.stdout and "nobody was removed" in failed.stdout

@@ -1,0 +1,166 @@
+"""Incremental (delta) refresh gives the same roster as a full refresh, after many random changes."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import msgspec
+import pytest
+
+from devtools.demo_tenant import AssignedLicense, User
+from devtools.demo_tenant import Tenant as DemoTenant
+from shared.storage import queue_client
+from sync.models import RunStatus
+from sync.service import open_service
+from tests.integration.conftest import AppUnderTest
+from tests.integration.test_sync_flow import register, roster, run, select
+from tests.oracle import expected_roster
+
+
+async def nightly(app: AppUnderTest, tenant: DemoTenant) -> dict:
+    async with open_service() as service:
+        queued = await service.request_refresh(tenant.tenant_id, reason="nightly", requested_by="timer")
+    await app.deliver()
+    return await run(app, tenant, queued.id)
+
+
+async def full(app: AppUnderTest, tenant: DemoTenant) -> dict:
+    code, body, _ = await app.http("refresh", "POST", "x", route={"tenantId": tenant.tenant_id})
+    assert code == 202
+    await app.deliver()
+    return await run(app, tenant, body["id"])
+
+
+def random_changes(tenant: DemoTenant, selected: list[str], count: int, seed: int) -> list[str]:
+    """Membership edits (nested groups included), attribute edits, new and deleted users."""
+    rng = random.Random(seed)
+    groups = sorted(tenant.groups)
+    nested = sorted({g for s in selected for g in tenant.transitive_member_ids(s) if g in tenant.groups})
+    done: list[str] = []
+    while len(done) < count:
+        users = sorted(tenant.users)
+        uid = rng.choice(users)
+        action = rng.randrange(9)
+        if action == 0:
+            target = rng.choice(nested or selected)
+            if tenant.add_member(target, uid):
+                done.append(f"add {uid} to nested {target}")
+        elif action == 1:
+            target = rng.choice(selected)
+            if tenant.add_member(target, uid):
+                done.append(f"add {uid} to {target}")
+        elif action == 2:
+            target = rng.choice(selected + nested)
+            members = [m for m in tenant.direct_member_ids(target) if m in tenant.users]
+            if members and tenant.remove_member(target, rng.choice(members)):
+                done.append(f"remove from {target}")
+        elif action == 3:
+            tenant.update_user(uid, account_enabled=not tenant.users[uid].account_enabled)
+            done.append(f"toggle enabled {uid}")
+        elif action == 4:
+            licensed = bool(tenant.users[uid].assigned_licenses)
+            licenses = () if licensed else (AssignedLicense(sku_id=str(uuid.uuid4())),)
+            tenant.update_user(uid, assigned_licenses=licenses)
+            done.append(f"toggle license {uid}")
+        elif action == 5:
+            tenant.update_user(uid, department=rng.choice(["Sales", "Legal", "Ops"]), job_title="Changed")
+            done.append(f"attributes {uid}")
+        elif action == 6:
+            tenant.delete_user(uid)
+            done.append(f"delete {uid}")
+        elif action == 7:
+            new_id = str(uuid.UUID(int=rng.getrandbits(128)))
+            tenant.add_user(
+                User(
+                    id=new_id,
+                    user_principal_name=f"new.{new_id[:8]}@{tenant.domain}",
+                    display_name=f"New {new_id[:8]}",
+                    given_name="New",
+                    surname=new_id[:8],
+                    mail=f"new.{new_id[:8]}@{tenant.domain}",
+                    assigned_licenses=(AssignedLicense(sku_id=str(uuid.uuid4())),),
+                )
+            )
+            tenant.add_member(rng.choice(selected + nested), new_id)
+            done.append(f"new user {new_id}")
+        else:
+            # A nested group gains or loses a whole group: membership changes two levels down.
+            parent, child = rng.choice(selected), rng.choice(groups)
+            if child != parent and tenant.add_member(parent, child):
+                done.append(f"nest {child} in {parent}")
+    return done
+
+
+def snapshot(users: dict[str, dict]) -> dict[str, tuple]:
+    return {
+        uid: (u["userPrincipalName"], u["department"], u["jobTitle"], tuple(sorted(u["groups"])))
+        for uid, u in users.items()
+    }
+
+
+@pytest.mark.parametrize("seed", [2026, 7, 99])
+async def test_after_100_random_changes_incremental_equals_full(
+    app: AppUnderTest, own_tenant: DemoTenant, seed: int
+) -> None:
+    await register(app, own_tenant)
+    lm = own_tenant.landmarks
+    selected = [lm.big_group_id, lm.nested_chain[0], lm.cycle_group_ids[0]]
+    _, saved = await select(app, own_tenant, selected)
+    await app.deliver()
+    assert (await run(app, own_tenant, saved["run"]["id"]))["status"] == "succeeded"
+
+    quiet = await nightly(app, own_tenant)
+    assert quiet["status"] == "succeeded" and quiet["incremental"] is True
+    assert quiet["graphRequests"] <= 10 and quiet["counts"]["added"] == quiet["counts"]["removed"] == 0
+
+    async with open_service() as service:  # random removals may pass the guard: this test is about delta
+        tenant = await service.ctx.store.get_tenant(own_tenant.tenant_id)
+        assert tenant is not None
+        await service.ctx.store.put_tenant(msgspec.structs.replace(tenant, guard_percent=100.0))
+    changes = random_changes(own_tenant, selected, 100, seed=seed)
+    assert len(changes) == 100
+    incremental = await nightly(app, own_tenant)
+    assert incremental["status"] == "succeeded" and incremental["incremental"] is True, incremental
+    after_incremental = snapshot(await roster(app, own_tenant))
+
+    expected = expected_roster(own_tenant, selected)
+    assert set(after_incremental) == set(expected)
+    assert {uid: set(v[3]) for uid, v in after_incremental.items()} == expected
+
+    check = await full(app, own_tenant)
+    assert check["status"] == "succeeded" and check["incremental"] is False
+    counts = check["counts"]
+    assert (counts["added"], counts["updated"], counts["removed"], counts["restored"]) == (0, 0, 0, 0)
+    assert snapshot(await roster(app, own_tenant)) == after_incremental
+
+
+async def test_an_expired_delta_token_falls_back_to_a_full_refresh(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    await register(app, own_tenant)
+    selected = [own_tenant.landmarks.big_group_id]
+    await select(app, own_tenant, selected)
+    await app.deliver()
+    app.graph.add_fault(410, r"/users/delta", code="syncStateNotFound", times=1)
+    gone = next(iter(expected_roster(own_tenant, selected)))
+    own_tenant.remove_member(selected[0], gone)
+    result = await nightly(app, own_tenant)
+    assert result["status"] == "succeeded" and result["incremental"] is False
+    assert set(await roster(app, own_tenant)) == set(expected_roster(own_tenant, selected))
+
+
+async def test_a_changed_selection_is_never_read_incrementally(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    await register(app, own_tenant)
+    lm = own_tenant.landmarks
+    await select(app, own_tenant, [lm.big_group_id])
+    await app.deliver()
+    await select(app, own_tenant, [lm.big_group_id, lm.nested_chain[0]])
+    async with queue_client(app.settings) as queue:
+        await queue.clear_messages()  # only the nightly run will see the new selection
+    result = await nightly(app, own_tenant)
+    assert result["status"] == RunStatus.SUCCEEDED and result["incremental"] is False
+    expected = expected_roster(own_tenant, [lm.big_group_id, lm.nested_chain[0]])
+    assert set(await roster(app, own_tenant)) == set(expected)
