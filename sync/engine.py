@@ -464,6 +464,7 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
             if delta.classification is None:  # nothing changed: the roster stands as it is
                 active = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
                 run.counts = RunCounts(eligible=active, unchanged=active)
+                await _purge_past_grace(ctx, run.tenant_id, roster.values(), utc_now())
                 run.status = RunStatus.SUCCEEDED
                 await _advance_delta(ctx, tenant, selection, links, full=False)
                 return
@@ -496,16 +497,21 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
     now = utc_now()
     await ctx.roster.write(run.tenant_id, changed_rows(roster, plan, now=iso(now)))
     restored = {user.id for user in plan.restores}
-    due = purge_due(
-        (row for row in roster.values() if row.id not in restored),
-        now=now,
-        grace_days=ctx.settings.removal_grace_days,
+    await _purge_past_grace(
+        ctx, run.tenant_id, (row for row in roster.values() if row.id not in restored), now
     )
-    if due:  # removed long enough ago: past the grace period, gone for good
-        await ctx.roster.delete(run.tenant_id, due)
     run.status = RunStatus.SUCCEEDED
     if links is not None:
         await _advance_delta(ctx, tenant, selection, links, full=full)
+
+
+async def _purge_past_grace(
+    ctx: SyncContext, tenant_id: str, rows: Iterable[RosterUser], now: datetime
+) -> None:
+    """Delete rows removed longer ago than REMOVAL_GRACE_DAYS: no longer restorable."""
+    due = purge_due(rows, now=now, grace_days=ctx.settings.removal_grace_days)
+    if due:
+        await ctx.roster.delete(tenant_id, due)
 
 
 async def _advance_delta(

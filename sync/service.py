@@ -48,6 +48,7 @@ from sync.planner import purge_due
 from sync.store import StaleSelection, iso, new_run_id, utc_now
 
 MAX_SELECTED_GROUPS = 1000
+NIGHTLY_FAN_OUT = 32  # storage calls in flight while queueing the nightly refreshes
 MAX_NAME_LENGTH = 256
 MAX_SEARCH_LENGTH = 120
 MAX_PAGE = 500
@@ -472,14 +473,20 @@ class SyncService:
     # -- nightly --
 
     async def nightly(self) -> list[Run]:
-        """Queue a refresh for every enabled tenant and purge users past the grace period."""
-        runs: list[Run] = []
-        for tenant in await self.ctx.store.list_tenants():
-            if not tenant.enabled:
-                continue
-            await self.purge_removed(tenant.id)
-            runs.append(await self.request_refresh(tenant.id, reason="nightly", requested_by="timer"))
-        return runs
+        """Queue one refresh per enabled tenant, concurrently; each refresh also purges its
+        users past the grace period. One message per tenant lets Azure Functions scale out."""
+        tenants = [tenant for tenant in await self.ctx.store.list_tenants() if tenant.enabled]
+        gate = asyncio.Semaphore(NIGHTLY_FAN_OUT)
+        async with queue_client(self.ctx.settings) as queue:
+
+            async def queue_one(tenant: Tenant) -> Run:
+                async with gate:
+                    run = self._new_run(tenant.id, reason="nightly", dry_run=False, requested_by="timer")
+                    await self.ctx.store.create_run(run)
+                    await queue.send_message(msgspec.json.encode(_message_for(run)))
+                    return run
+
+            return list(await asyncio.gather(*(queue_one(tenant) for tenant in tenants)))
 
     async def purge_removed(self, tenant_id: str) -> int:
         """Delete roster rows removed more than REMOVAL_GRACE_DAYS ago; returns how many."""
