@@ -1,0 +1,349 @@
+"""The "Sync by O365 Groups" page as an admin uses it, in headless Chromium against the hosted app:
+pick groups, save, watch the refresh, read the roster; remove a group and confirm the removals;
+approve a run the removal guard held; see why a run failed. Each step waits for what the page
+shows, never for a fixed time."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from playwright.sync_api import Page, expect
+
+from devtools.demo_tenant import DemoGraphServer
+from devtools.demo_tenant import Tenant as DemoTenant
+from devtools.host import DevHost
+from tests.browser.conftest import APP_CLIENT_ID, Api, Screenshots
+from tests.oracle import expected_roster
+
+RUN_TIMEOUT = 30_000  # ms: a preview plus a refresh of a 300-user tenant take a few seconds
+DONE = "Done: the users are up to date."
+FIRST_PAGE = "Users 1\u2013100, more on the next page."
+
+
+def open_page(page: Page, host: DevHost, tenant: DemoTenant) -> None:
+    page.goto(f"{host.base_url}/api/ui?tenant={tenant.tenant_id}")
+    expect(page.get_by_role("heading", name="Sync by O365 Groups", level=1)).to_be_visible()
+    expect(page.locator("#groups-status")).to_contain_text("groups shown")
+
+
+def group_id(tenant: DemoTenant, name: str) -> str:
+    return next(g.id for g in tenant.groups.values() if g.display_name == name)
+
+
+def kind_label(tenant: DemoTenant, gid: str) -> str:
+    """How the page should label a group's kind, read off the demo group's raw flags."""
+    group = tenant.groups[gid]
+    if "Unified" in group.group_types:
+        return "Microsoft 365"
+    if group.security_enabled:
+        return "Mail-enabled security" if group.mail_enabled else "Security"
+    return "Distribution list"
+
+
+def search_groups(page: Page, text: str) -> None:
+    page.get_by_label("Search groups").fill(text)
+    # Debounced: the list is replaced once the search answers; every row then matches the words.
+    rows = page.locator("#group-list li label")
+    expect(page.locator("#groups-status")).to_contain_text("shown")
+    for word in text.lower().split():
+        expect(rows.filter(has_not_text=re.compile(re.escape(word), re.IGNORECASE))).to_have_count(0)
+
+
+def save_and_wait(page: Page) -> None:
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator("#action-status")).to_have_text(DONE, timeout=RUN_TIMEOUT)
+
+
+def roster_ids(page: Page, count: int) -> set[str]:
+    """The user ids in the roster table once it shows `count` users on one page."""
+    expect(page.locator("#roster-summary")).to_have_text(f"{count} user{'' if count == 1 else 's'}.")
+    return set(page.locator("#roster-body tr").evaluate_all("rows => rows.map(r => r.dataset.userId)"))
+
+
+def scroll_to(page: Page, selector: str) -> None:
+    page.locator(selector).evaluate("element => element.scrollIntoView({block: 'start'})")
+
+
+def count_of(page: Page, label: str) -> int:
+    item = page.locator("#run-view .count-item").filter(
+        has=page.locator("dt", has_text=re.compile(f"^{label}$"))
+    )
+    return int(item.locator("dd").inner_text())
+
+
+def test_an_unregistered_tenant_gets_the_command_that_adds_it(page: Page, dev_host: DevHost) -> None:
+    missing = str(uuid.uuid4())
+    page.goto(f"{dev_host.base_url}/api/ui?tenant={missing}")
+    notice = page.locator("#no-tenant")
+    expect(notice).to_contain_text(f"Tenant {missing} is not registered.")
+    expect(notice.locator("pre")).to_have_text(
+        f'.venv/bin/python -m sync tenant add {missing} --name "Contoso"'
+    )
+    expect(page.locator("#app")).to_be_hidden()
+
+
+def test_select_save_refresh_then_remove_a_group(
+    page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant], screenshots: Screenshots
+) -> None:
+    tenant = browser_tenants["flow"]
+    api.register(tenant)
+    sales, phoenix = group_id(tenant, "Dept - Sales"), group_id(tenant, "Project Phoenix - Core")
+    open_page(page, dev_host, tenant)
+    expect(page.locator("#selected-all")).to_contain_text("Sync all users")
+    expect(page.locator("#connection-view")).to_contain_text("every required permission works")
+
+    # Search, select, search again: the first choice is kept across searches.
+    search_groups(page, "Dept")
+    sales_box = page.get_by_role("checkbox", name="Dept - Sales", exact=True)
+    sales_row = page.locator("#group-list li").filter(has=sales_box)
+    expect(sales_row.locator(".badge")).to_have_text(kind_label(tenant, sales))
+    expect(sales_row.locator(".count")).to_have_text(f"{len(tenant.transitive_user_ids(sales))} members")
+    sales_box.check()
+    search_groups(page, "Phoenix")
+    page.get_by_role("checkbox", name="Project Phoenix - Core", exact=True).check()
+    search_groups(page, "Dept")
+    expect(page.get_by_role("checkbox", name="Dept - Sales", exact=True)).to_be_checked()
+    selected = page.locator("#selected-list li")
+    expect(selected).to_have_text([re.compile("Dept - Sales"), re.compile("Project Phoenix - Core")])
+    expect(page.locator("#selected-all")).to_be_hidden()
+    expect(page.locator("#selected-state")).to_contain_text("Unsaved changes")
+    page.get_by_label("Search groups").fill("")
+    expect(page.locator("#groups-status")).to_have_text("20 groups shown.")
+    page.get_by_label("Search groups").blur()
+    page.screenshot(path=screenshots.path("page-groups.png"))
+
+    # Save: the preview finds nothing to remove, the selection is saved and its refresh followed.
+    save_and_wait(page)
+    both = expected_roster(tenant, [sales, phoenix])
+    expect(page.locator("#run-view")).to_contain_text("Refresh after saving the selection")
+    expect(page.locator("#run-view .steps li[aria-current=step]")).to_have_text("Succeeded")
+    assert count_of(page, "Added") == len(both)
+    assert count_of(page, "Eligible") == len(both)
+    per_group = page.locator("#run-view table.per-group tbody tr")
+    expect(per_group).to_have_count(2)
+    expect(page.locator("#run-view ul.excluded")).to_contain_text("Service accounts")
+    expect(page.locator("#run-view .facts")).to_contain_text("Graph requests:")
+    expect(page.locator("#selected-state")).to_contain_text("Saved by")
+    assert roster_ids(page, len(both)) == set(both)
+    scroll_to(page, "#run-heading")
+    page.screenshot(path=screenshots.path("page-run-result.png"))
+
+    # Why? for a row, then the free box for a user outside the selected groups.
+    first = page.locator("#roster-body tr").first
+    first.get_by_role("button", name=re.compile("^Why")).click()
+    expect(page.locator("#explain-result .verdict")).to_have_text("Included: this user is synced.")
+    outsider = next(
+        u for u in tenant.users.values() if u.id in expected_roster(tenant, None) and u.id not in both
+    )
+    page.get_by_label("Why is this user not synced?").fill(outsider.user_principal_name)
+    page.get_by_role("button", name="Explain").click()
+    expect(page.locator("#explain-result .verdict")).to_have_text("Not included: this user is not synced.")
+    expect(page.locator("#explain-result .reasons")).to_contain_text("notInSelectedGroups")
+
+    # Deselect Phoenix: the preview lists who would go; confirming applies it.
+    page.get_by_role("button", name="Remove Project Phoenix - Core").click()
+    expect(page.get_by_role("checkbox", name="Project Phoenix - Core", exact=True)).not_to_be_checked()
+    page.get_by_role("button", name="Save", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    sales_only = expected_roster(tenant, [sales])
+    gone = set(both) - set(sales_only)
+    expect(dialog).to_be_visible(timeout=RUN_TIMEOUT)
+    expect(dialog.locator("#confirm-title")).to_have_text(f"Remove {len(gone)} users from the platform?")
+    expect(dialog.locator("#confirm-summary")).to_contain_text(f"add 0 users and remove {len(gone)} users")
+    names = dialog.locator("#confirm-list li")
+    expect(names).to_have_count(len(gone))
+    for uid in gone:
+        expect(names.filter(has_text=f"({tenant.users[uid].user_principal_name})")).to_have_count(1)
+    dialog.get_by_role("button", name="Confirm").click()
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#action-status")).to_have_text(DONE, timeout=RUN_TIMEOUT)
+    assert count_of(page, "Removed") == len(gone)
+    assert roster_ids(page, len(sales_only)) == set(sales_only)
+    page.get_by_label("Status", exact=True).select_option("removed")
+    assert roster_ids(page, len(gone)) == gone
+    expect(page.locator("#roster-body .badge").first).to_contain_text("Removed")
+
+
+def test_cancel_stale_save_keyboard_and_narrow_window(
+    page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant], screenshots: Screenshots
+) -> None:
+    tenant = browser_tenants["narrow"]
+    api.register(tenant)
+    sales = group_id(tenant, "Dept - Sales")
+    status, _ = api.call(
+        "PUT", f"tenants/{tenant.tenant_id}/selection", {"mode": "groups", "groupIds": [sales]}
+    )
+    assert status == 200
+    dev_host.wait_idle_sync()
+    open_page(page, dev_host, tenant)
+    expect(page.locator("#selected-list li")).to_have_text([re.compile("Dept - Sales")])
+
+    # Keyboard only: search, tab to the first match, space to select it.
+    page.get_by_label("Search groups").focus()
+    page.keyboard.type("Singapore")
+    expect(page.locator("#group-list li")).to_have_count(1)
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("checkbox", name="Office - Singapore")).to_be_focused()
+    page.keyboard.press("Space")
+    expect(page.locator("#selected-list li")).to_have_count(2)
+
+    # Deselecting Sales would remove people; Escape cancels and nothing is saved.
+    page.get_by_role("button", name="Remove Dept - Sales").click()
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_role("dialog")).to_be_visible(timeout=RUN_TIMEOUT)
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_be_hidden()
+    expect(page.locator("#action-status")).to_contain_text("Not saved: cancelled")
+    status, saved = api.call("GET", f"tenants/{tenant.tenant_id}/selection")
+    assert [g["id"] for g in saved["groups"]] == [sales]
+
+    # Someone else saves meanwhile: this page's save is refused with a clear message.
+    status, _ = api.call(
+        "PUT", f"tenants/{tenant.tenant_id}/selection", {"mode": "groups", "groupIds": [sales]}
+    )
+    assert status == 200
+    dev_host.wait_idle_sync()
+    page.get_by_role("checkbox", name="Office - Singapore").uncheck()
+    page.get_by_role("button", name="Save", exact=True).click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Someone else changed the selection; reload", timeout=RUN_TIMEOUT)
+    alert.get_by_role("button", name="Reload the selection").click()
+    expect(page.locator("#selected-list li")).to_have_text([re.compile("Dept - Sales")])
+    expect(page.locator("#selected-state")).to_contain_text("Saved by")
+
+    # A narrow window stacks the panels and never scrolls sideways.
+    page.set_viewport_size({"width": 400, "height": 800})
+    groups_box = page.locator(".groups-panel").bounding_box()
+    selected_box = page.locator(".selected-panel").bounding_box()
+    assert groups_box and selected_box and selected_box["y"] >= groups_box["y"] + groups_box["height"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    page.get_by_label("Search groups").fill("Dept")
+    expect(page.locator("#group-list li")).to_have_count(4)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=screenshots.path("page-narrow.png"))
+
+
+def test_a_held_run_is_approved_from_the_page(
+    page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant], screenshots: Screenshots
+) -> None:
+    tenant = browser_tenants["held"]
+    api.register(tenant)
+    open_page(page, dev_host, tenant)
+
+    # Nothing selected: Save syncs every eligible user (mode all).
+    save_and_wait(page)
+    everyone = expected_roster(tenant, None)
+    assert count_of(page, "Added") == len(everyone)
+    expect(page.locator("#roster-summary")).to_have_text(FIRST_PAGE)
+
+    # One small group: nearly everyone would go, so the run is held after the confirmation.
+    small = tenant.landmarks.nested_chain[-1]
+    search_groups(page, tenant.groups[small].display_name)
+    page.get_by_role("checkbox", name=tenant.groups[small].display_name, exact=True).check()
+    page.get_by_role("button", name="Save", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    kept = expected_roster(tenant, [small])
+    removing = len(everyone) - len(kept)
+    expect(dialog.locator("#confirm-title")).to_have_text(
+        f"Remove {removing} users from the platform?", timeout=RUN_TIMEOUT
+    )
+    expect(dialog.locator("#confirm-list li")).to_have_count(min(removing, 200))
+    if removing > 200:
+        expect(dialog).to_contain_text(f"…and {removing - 200} more not listed.")
+    dialog.get_by_role("button", name="Confirm").click()
+
+    held = page.locator("#run-view .run-held")
+    expect(held).to_be_visible(timeout=RUN_TIMEOUT)
+    expect(page.locator("#run-view .badge").first).to_have_text("Held: needs approval")
+    expect(held.locator(".guard-text")).to_contain_text("approve")
+    expect(page.locator("#run-list .run-held .guard-text")).to_contain_text("approve")
+    expect(page.locator("#roster-summary")).to_have_text(FIRST_PAGE)  # untouched
+    scroll_to(page, "#run-heading")
+    page.screenshot(path=screenshots.path("page-held-run.png"))
+
+    held.get_by_role("button", name="Approve removals").click()
+    expect(page.locator("#action-status")).to_have_text(DONE, timeout=RUN_TIMEOUT)
+    expect(page.locator("#run-view")).to_contain_text("Approved removals")
+    assert count_of(page, "Removed") == removing
+    assert roster_ids(page, len(kept)) == set(kept)
+
+
+def test_a_failed_run_shows_the_missing_permission_and_the_consent_link(
+    page: Page,
+    dev_host: DevHost,
+    api: Api,
+    browser_tenants: dict[str, DemoTenant],
+    browser_graph: DemoGraphServer,
+) -> None:
+    tenant = browser_tenants["failure"]
+    api.register(tenant)
+    open_page(page, dev_host, tenant)
+    search_groups(page, "Sales")
+    page.get_by_role("checkbox", name="Dept - Sales", exact=True).check()
+    save_and_wait(page)
+    before = roster_ids(page, len(expected_roster(tenant, [group_id(tenant, "Dept - Sales")])))
+
+    fault = browser_graph.add_fault(403, r"/groups/[^/]+/transitiveMembers", tenant_id=tenant.tenant_id)
+    try:
+        page.get_by_role("button", name="Refresh Users Now").click()
+        error = page.locator("#run-view .run-error")
+        expect(error).to_be_visible(timeout=RUN_TIMEOUT)
+        expect(error).to_contain_text("GroupMember.Read.All")
+        consent = (
+            f"https://login.microsoftonline.com/{tenant.tenant_id}/adminconsent?client_id={APP_CLIENT_ID}"
+        )
+        expect(error.get_by_role("link", name=consent)).to_have_attribute("href", consent)
+        expect(page.get_by_role("alert")).to_contain_text("GroupMember.Read.All")
+        expect(page.locator("#run-live")).to_contain_text("failed")
+        expect(page.locator("#run-list .badge").first).to_have_text("Failed")
+    finally:
+        browser_graph.remove_fault(fault)
+    assert roster_ids(page, len(before)) == before  # nothing removed on partial knowledge
+
+    # Groups not appearing: the list says so, the Connection panel names the missing permission.
+    fault = browser_graph.add_fault(403, r"^/groups$", tenant_id=tenant.tenant_id)
+    try:
+        page.reload()
+        expect(page.locator("#groups-status")).to_have_text("The groups could not be loaded.")
+        expect(page.get_by_role("alert")).to_contain_text("GroupMember.Read.All")
+        expect(page.locator("#trouble-groups")).to_have_attribute("open", "")
+        connection = page.locator("#connection-view")
+        expect(connection).to_contain_text("Missing permissions")
+        row = connection.locator("tr", has=page.get_by_role("rowheader", name="GroupMember.Read.All"))
+        expect(row.first.locator(".badge")).to_have_text("missing")
+        expect(connection.get_by_role("link", name=consent)).to_be_visible()
+        expect(page.get_by_role("row", name=re.compile("^User.Read.All")).locator(".badge")).to_have_text(
+            "ok"
+        )
+    finally:
+        browser_graph.remove_fault(fault)
+    page.get_by_role("button", name="Check again").click()
+    expect(page.locator("#connection-view")).to_contain_text("every required permission works")
+
+
+def test_two_thousand_groups_page_with_load_more(
+    page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant]
+) -> None:
+    tenant = browser_tenants["big"]
+    api.register(tenant)
+    open_page(page, dev_host, tenant)
+    status = page.locator("#groups-status")
+    expect(status).to_have_text("100 groups shown; more to load below.")
+    more = page.get_by_role("button", name="Load more groups")
+    more.click()
+    expect(status).to_have_text("200 groups shown; more to load below.")
+    boxes = page.locator("#group-list input[type=checkbox]")
+    expect(boxes).to_have_count(200)
+    picked = boxes.nth(150)
+    name = page.locator("#group-list label").nth(150).inner_text()
+    picked.check()
+    expect(page.locator("#selected-list li")).to_have_text([re.compile(re.escape(name))])
+    more.click()
+    expect(status).to_have_text("300 groups shown; more to load below.")
+    expect(page.get_by_role("checkbox", name=name, exact=True)).to_be_checked()  # kept across pages
+    page.get_by_label("Search groups").fill(name)
+    expect(page.get_by_role("checkbox", name=name, exact=True)).to_be_checked()  # and across searches
+    page.get_by_label("Search groups").fill("")
+    expect(status).to_have_text("100 groups shown; more to load below.")
+    expect(page.locator("#selected-list li")).to_have_text([re.compile(re.escape(name))])

@@ -1,0 +1,974 @@
+// "Sync by O365 Groups": the page. Vanilla JS module, no build step.
+// Every text that comes from the API or the directory is put in the page as text
+// (textContent / Text nodes), never as HTML; links are made only from http(s) URLs.
+
+const API = location.pathname.replace(/\/ui\/?$/, ""); // "/api" (the page lives at /api/ui)
+const POLL_MS = 1000;
+const FINISHED = new Set(["succeeded", "failed", "held", "superseded"]);
+const KIND_LABELS = {
+  microsoft365: "Microsoft 365",
+  security: "Security",
+  mailEnabledSecurity: "Mail-enabled security",
+  distribution: "Distribution list",
+};
+const STATUS_LABELS = {
+  queued: "Queued",
+  running: "Running",
+  succeeded: "Succeeded",
+  failed: "Failed",
+  held: "Held: needs approval",
+  superseded: "Superseded",
+};
+const REASON_LABELS = {
+  manual: "Refresh Users Now",
+  "selection-saved": "Refresh after saving the selection",
+  preview: "Preview of a selection",
+  nightly: "Nightly refresh",
+  approved: "Approved removals",
+  cli: "Refresh from the CLI",
+};
+const EXCLUDED_LABELS = [
+  ["guest", "Guest users"],
+  ["disabled", "Disabled or blocked"],
+  ["unlicensed", "Unlicensed"],
+  ["sharedMailbox", "Shared, room or equipment mailboxes"],
+  ["serviceAccount", "Service accounts"],
+  ["rule", "Excluded by a tenant rule"],
+];
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+const state = {
+  tenant: null,
+  saved: null, // the saved Selection
+  etag: null, // its ETag, sent as If-Match on save
+  pending: new Map(), // group id -> display name: what the admin has checked
+  names: new Map(), // group id -> display name, from every list seen
+  busy: false,
+  follow: 0, // token of the run being followed; a newer follow stops an older one
+  announced: "",
+};
+
+// -- small helpers ------------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Build an element; string children become text nodes, never HTML. */
+function h(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+const URL_PATTERN = /https?:\/\/[^\s<>"'`]+/g;
+
+/** Text with its http(s) URLs as links (opened in a new tab); everything else stays text. */
+function linkify(text) {
+  const fragment = document.createDocumentFragment();
+  const value = String(text ?? "");
+  let last = 0;
+  for (const match of value.matchAll(URL_PATTERN)) {
+    const raw = match[0].replace(/[.,;:!?)\]}]+$/, "");
+    fragment.append(value.slice(last, match.index));
+    let url = null;
+    try {
+      url = new URL(raw);
+    } catch {
+      url = null;
+    }
+    if (url && (url.protocol === "https:" || url.protocol === "http:")) {
+      fragment.append(h("a", { href: url.href, target: "_blank", rel: "noopener noreferrer" }, raw));
+    } else {
+      fragment.append(raw);
+    }
+    last = match.index + raw.length;
+  }
+  fragment.append(value.slice(last));
+  return fragment;
+}
+
+function when(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+function plural(n, one, many = `${one}s`) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+const T = () => `/tenants/${encodeURIComponent(state.tenant.id)}`;
+
+// -- the API ------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, title, detail, errors = []) {
+    super(detail);
+    this.status = status;
+    this.title = title;
+    this.detail = detail;
+    this.errors = errors;
+  }
+}
+
+/** Call the API; problem+json answers become ApiError with the API's own `detail`. */
+async function api(method, path, { body, headers = {}, signal } = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers }, signal, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(API + path, init);
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "The app did not answer", `Could not reach ${API}${path.split("?")[0]}: ${error.message}. Check that the app is running, then try again.`);
+  }
+  const text = await response.text();
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    const detail = data && typeof data.detail === "string" ? data.detail
+      : `${method} ${API}${path.split("?")[0]} answered ${response.status} ${response.statusText}`;
+    const title = data && typeof data.title === "string" ? data.title : response.statusText || "Error";
+    throw new ApiError(response.status, title, detail, Array.isArray(data?.errors) ? data.errors : []);
+  }
+  return { data, headers: response.headers, status: response.status };
+}
+
+// -- the alert region ---------------------------------------------------------------------------
+
+/** Show an error (ApiError, Error or {title, detail}) in the role="alert" region. */
+function showError(error, context, extra = null) {
+  const region = $("alert");
+  const title = error.title || "Error";
+  const detail = error.detail || error.message || String(error);
+  const key = `${context}|${title}|${detail}`;
+  for (const box of region.querySelectorAll(".alert-box")) {
+    if (box.dataset.key === key) box.remove();
+  }
+  const box = h("div", { class: "alert-box" });
+  box.dataset.key = key;
+  const text = h("div", { class: "alert-text" },
+    h("strong", {}, context ? `${context}: ${title}. ` : `${title}. `), linkify(detail));
+  box.append(text);
+  if (error.errors && error.errors.length) {
+    box.append(h("ul", {}, error.errors.map((e) => h("li", {}, Object.values(e).map(String).join(": ")))));
+  }
+  if (error.status === 401) {
+    const back = encodeURIComponent(location.pathname + location.search);
+    box.append(h("p", {}, h("a", { href: `/.auth/login/aad?post_login_redirect_uri=${back}` }, "Sign in")));
+  }
+  if (extra) box.append(extra);
+  box.append(h("button", { type: "button", class: "link-button", onclick: () => box.remove() }, "Dismiss"));
+  region.append(box);
+  while (region.children.length > 4) region.firstElementChild.remove();
+}
+
+function clearErrors() {
+  $("alert").replaceChildren();
+}
+
+function actionStatus(text) {
+  $("action-status").textContent = text;
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  for (const button of document.querySelectorAll("#save, #refresh, .approve")) button.disabled = busy;
+  $("selected-panel").setAttribute("aria-busy", busy ? "true" : "false");
+}
+
+// -- tenant -------------------------------------------------------------------------------------
+
+function noTenant(message, tenantId) {
+  const box = $("no-tenant");
+  const id = tenantId && GUID.test(tenantId) ? tenantId : "TENANT_ID";
+  box.replaceChildren(
+    h("h2", {}, "No tenant to show"),
+    h("p", {}, message),
+    h("p", {}, "Register the tenant with the operator CLI, from the repository root:"),
+    h("pre", {}, h("code", {}, `.venv/bin/python -m sync tenant add ${id} --name "Contoso"`)),
+    h("p", {}, "or through the API: ", h("code", {}, `PUT ${API}/tenants/${id}`), " with ",
+      h("code", {}, '{"displayName": "Contoso"}'), ". Then reload this page."),
+  );
+  box.hidden = false;
+}
+
+async function init() {
+  const wanted = new URLSearchParams(location.search).get("tenant");
+  let tenants;
+  try {
+    tenants = (await api("GET", "/tenants")).data.value || [];
+  } catch (error) {
+    showError(error, "Loading tenants");
+    return;
+  }
+  if (wanted !== null && !GUID.test(wanted.trim())) {
+    noTenant(`“${wanted}” is not a tenant id: use ?tenant= with the tenant’s GUID (e.g. 72f988bf-86f1-41af-91ab-2d7cd011db47).`, null);
+    return;
+  }
+  const tenant = wanted ? tenants.find((t) => t.id.toLowerCase() === wanted.trim().toLowerCase()) : tenants[0];
+  if (!tenant) {
+    noTenant(wanted ? `Tenant ${wanted.trim()} is not registered.` : "No tenant is registered yet.", wanted?.trim());
+    return;
+  }
+  state.tenant = tenant;
+  if (!wanted) history.replaceState(null, "", `?tenant=${encodeURIComponent(tenant.id)}`); // a link to this view
+  const select = $("tenant-select");
+  select.replaceChildren(...tenants.map((t) => {
+    const option = h("option", { value: t.id }, `${t.displayName} (${t.id})`);
+    option.selected = t.id === tenant.id;
+    return option;
+  }));
+  select.addEventListener("change", () => {
+    location.search = `?tenant=${encodeURIComponent(select.value)}`;
+  });
+  $("tenant-picker").hidden = false;
+  document.title = `Sync by O365 Groups: ${tenant.displayName}`;
+  $("app").hidden = false;
+  wire();
+  await Promise.all([loadSelection(), loadGroups(), loadRuns({ showLatest: true }), loadConnection()]);
+  resetRoster();
+}
+
+// -- selection ----------------------------------------------------------------------------------
+
+async function loadSelection() {
+  try {
+    const { data, headers } = await api("GET", `${T()}/selection`);
+    applySaved(data, headers.get("ETag"));
+    state.pending = new Map(data.groups.map((g) => [g.id, g.displayName]));
+    renderSelected();
+    syncCheckboxes();
+  } catch (error) {
+    showError(error, "Loading the saved selection");
+  }
+}
+
+function applySaved(selection, etag) {
+  state.saved = selection;
+  state.etag = etag || `"${selection.version}"`;
+  for (const g of selection.groups) state.names.set(g.id, g.displayName);
+  renderRosterGroupOptions();
+}
+
+function isDirty() {
+  if (!state.saved) return false;
+  const saved = new Set(state.saved.groups.map((g) => g.id));
+  if (saved.size !== state.pending.size) return true;
+  for (const id of state.pending.keys()) if (!saved.has(id)) return true;
+  return false;
+}
+
+function renderSelected() {
+  const list = $("selected-list");
+  list.replaceChildren(...[...state.pending].map(([id, name]) => h("li", {},
+    h("span", { class: "name" }, name),
+    h("button", {
+      type: "button", class: "remove", "aria-label": `Remove ${name}`, "data-group-id": id,
+      onclick: (event) => removeSelected(id, event.currentTarget),
+    }, "Remove"),
+  )));
+  $("selected-all").hidden = state.pending.size > 0;
+  const info = $("selected-state");
+  if (!state.saved) info.textContent = "";
+  else if (isDirty()) info.textContent = "Unsaved changes: click Save to apply them.";
+  else if (state.saved.version === 0) info.textContent = "Nothing saved yet: the sync uses all users.";
+  else info.textContent = `Saved${state.saved.updatedBy ? ` by ${state.saved.updatedBy}` : ""}${state.saved.updatedAt ? `, ${when(state.saved.updatedAt)}` : ""}.`;
+  info.classList.toggle("dirty", isDirty());
+}
+
+function removeSelected(id, button) {
+  const items = [...$("selected-list").querySelectorAll("button.remove")];
+  const index = items.indexOf(button);
+  state.pending.delete(id);
+  renderSelected();
+  syncCheckboxes();
+  const left = [...$("selected-list").querySelectorAll("button.remove")];
+  (left[Math.min(index, left.length - 1)] || $("save")).focus();
+}
+
+function syncCheckboxes() {
+  for (const box of $("group-list").querySelectorAll("input[type=checkbox]")) {
+    box.checked = state.pending.has(box.dataset.groupId);
+  }
+}
+
+// -- groups -------------------------------------------------------------------------------------
+
+const groupsState = { search: "", next: null, shown: 0, seq: 0, controller: null };
+
+async function loadGroups({ more = false } = {}) {
+  const seq = ++groupsState.seq;
+  groupsState.controller?.abort();
+  const controller = (groupsState.controller = new AbortController());
+  const query = new URLSearchParams();
+  if (groupsState.search) query.set("search", groupsState.search);
+  if (more && groupsState.next) query.set("cursor", groupsState.next);
+  const status = $("groups-status");
+  status.textContent = more ? "Loading more groups…" : "Loading groups…";
+  $("groups-more").disabled = true;
+  try {
+    const { data } = await api("GET", `${T()}/groups${query.toString() ? `?${query}` : ""}`, { signal: controller.signal });
+    if (seq !== groupsState.seq) return;
+    const list = $("group-list");
+    if (!more) {
+      list.replaceChildren();
+      groupsState.shown = 0;
+    }
+    for (const group of data.value) {
+      state.names.set(group.id, group.displayName);
+      list.append(groupItem(group));
+    }
+    groupsState.shown += data.value.length;
+    groupsState.next = data.nextCursor || null;
+    $("groups-more").hidden = !groupsState.next;
+    $("groups-more").disabled = false;
+    if (groupsState.shown === 0) {
+      status.textContent = groupsState.search
+        ? `No group matches “${groupsState.search}”.`
+        : "No groups found in this tenant. See “Groups not appearing?” below.";
+      if (!groupsState.search) $("trouble-groups").open = true;
+    } else {
+      status.textContent = `${plural(groupsState.shown, "group")} shown${groupsState.next ? "; more to load below" : ""}.`;
+    }
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    status.textContent = "The groups could not be loaded.";
+    $("groups-more").disabled = false;
+    $("trouble-groups").open = true;
+    showError(error, "Loading groups");
+  }
+}
+
+function groupItem(group) {
+  const id = `g-${group.id}`;
+  const kind = KIND_LABELS[group.kind] ? group.kind : "other";
+  const count = typeof group.memberCount === "number" ? plural(group.memberCount, "member") : "members not counted";
+  const box = h("input", { type: "checkbox", id, "aria-describedby": `${id}-meta` });
+  box.dataset.groupId = group.id;
+  box.checked = state.pending.has(group.id);
+  box.addEventListener("change", () => {
+    if (box.checked) state.pending.set(group.id, group.displayName);
+    else state.pending.delete(group.id);
+    renderSelected();
+  });
+  return h("li", { class: "group" },
+    box,
+    h("div", { class: "group-text" },
+      h("label", { for: id }, group.displayName),
+      h("span", { class: "meta", id: `${id}-meta` },
+        h("span", { class: `badge kind-${kind}` }, KIND_LABELS[group.kind] || String(group.kind)),
+        h("span", { class: "count" }, count),
+        group.mail ? h("span", { class: "mail" }, group.mail) : null),
+      group.description ? h("span", { class: "desc" }, group.description) : null));
+}
+
+// -- runs ---------------------------------------------------------------------------------------
+
+async function getRun(id) {
+  return (await api("GET", `${T()}/runs/${encodeURIComponent(id)}`)).data;
+}
+
+/** Follow a run until it finishes (or a newer follow starts), showing its progress. */
+async function followRun(run) {
+  const token = ++state.follow;
+  let current = run;
+  let delay = 400;
+  let failures = 0;
+  renderRun(current, { live: true });
+  for (;;) {
+    while (!FINISHED.has(current.status)) {
+      await sleep(delay);
+      delay = POLL_MS;
+      if (token !== state.follow) return null;
+      try {
+        current = await getRun(current.id);
+        failures = 0;
+      } catch (error) {
+        if (error.status === 0 && ++failures < 5) {
+          $("run-live").textContent = "Lost contact with the app; trying again…";
+          continue;
+        }
+        throw error;
+      }
+      if (token !== state.follow) return null;
+      renderRun(current, { live: true });
+    }
+    if (current.status === "superseded" && current.supersededBy) {
+      $("run-live").textContent = "A newer refresh covered this one; following it.";
+      current = await getRun(current.supersededBy);
+      renderRun(current, { live: true });
+      continue;
+    }
+    return current;
+  }
+}
+
+function runTitle(run) {
+  if (run.dryRun) return run.reason === "preview" ? "Preview of the new selection" : "Dry run";
+  return REASON_LABELS[run.reason] || `Refresh (${run.reason})`;
+}
+
+function badge(status) {
+  return h("span", { class: `badge status-${FINISHED.has(status) || status === "queued" || status === "running" ? status : "other"}` },
+    STATUS_LABELS[status] || status);
+}
+
+function announce(run) {
+  const key = `${run.id}:${run.status}`;
+  if (state.announced === key) return;
+  state.announced = key;
+  const title = runTitle(run);
+  const c = run.counts || {};
+  const texts = {
+    queued: `${title}: queued, waiting for the worker…`,
+    running: `${title}: running, reading the directory…`,
+    succeeded: run.dryRun
+      ? `${title} finished: it would add ${c.added}, remove ${c.removed}, restore ${c.restored}.`
+      : `${title} finished: ${c.added} added, ${c.updated} updated, ${c.removed} removed, ${c.restored} restored.`,
+    failed: `${title} failed. Nothing was changed.`,
+    held: `${title} is held by the removal guard: ${c.removed} removals wait for approval.`,
+    superseded: `${title} was superseded by a newer run.`,
+  };
+  $("run-live").textContent = texts[run.status] || `${title}: ${run.status}`;
+}
+
+const STEPS = [
+  ["queued", "Queued"],
+  ["running", "Running"],
+  ["result", "Result"],
+];
+
+function renderRun(run, { live = false } = {}) {
+  if (live) announce(run);
+  const view = $("run-view");
+  const finished = FINISHED.has(run.status);
+  const at = run.status === "queued" ? 0 : run.status === "running" ? 1 : 2;
+  const steps = h("ol", { class: "steps", "aria-label": "Progress" }, STEPS.map(([, label], i) => {
+    const text = i === 2 && finished ? (STATUS_LABELS[run.status] || run.status) : label;
+    return h("li", { class: i < at ? "done" : i === at ? `current ${finished ? `end-${run.status}` : ""}` : "todo",
+      "aria-current": i === at ? "step" : null }, text);
+  }));
+  const parts = [
+    h("div", { class: "run-title" }, h("h3", {}, runTitle(run)), badge(run.status), run.dryRun ? h("span", { class: "badge preview" }, "preview") : null),
+    steps,
+  ];
+  if (!finished) parts.push(h("progress", { "aria-label": `${runTitle(run)} in progress` }));
+  parts.push(h("p", { class: "muted small" },
+    `Requested ${when(run.requestedAt)}${run.requestedBy ? ` by ${run.requestedBy}` : ""}`,
+    run.startedAt ? ` · started ${when(run.startedAt)}` : "",
+    run.finishedAt ? ` · finished ${when(run.finishedAt)}` : "",
+    ` · run ${run.id}`));
+  if (run.status === "failed") {
+    parts.push(h("div", { class: "run-error" },
+      h("h4", {}, "This run failed; nothing was changed"),
+      h("p", { class: "error-text" }, linkify(run.error || "No error text was recorded.")),
+      h("p", { class: "small" }, "If a permission is missing, grant it (admin consent) and refresh again. The ",
+        h("a", { href: "#connection-heading" }, "Connection"), " panel shows which permissions work.")));
+  }
+  if (run.status === "superseded") {
+    parts.push(h("p", {}, run.supersededBy ? `A newer run (${run.supersededBy}) did this work.` : "A newer run did this work."));
+  }
+  if (run.note) parts.push(h("p", { class: "note" }, linkify(run.note)));
+  if (run.status === "held") parts.push(heldBlock(run));
+  if (run.status === "succeeded" || run.status === "held") parts.push(resultBlock(run));
+  view.replaceChildren(...parts);
+}
+
+function heldBlock(run) {
+  const block = h("div", { class: "run-held" },
+    h("h4", {}, "Held by the removal guard"),
+    h("p", { class: "guard-text" }, run.guard || "This run would remove more users than the removal guard allows."),
+    h("p", {}, `Nothing was applied. Approving lets a new run remove up to ${plural(run.counts.removed, "user")}.`));
+  const ids = run.plan?.remove || [];
+  if (ids.length) {
+    const list = h("ul", { class: "name-list", "aria-label": "Users the run would remove" });
+    const more = run.counts.removed - ids.length;
+    block.append(h("details", {}, h("summary", {}, `Who would be removed (${run.counts.removed})`), list,
+      more > 0 ? h("p", { class: "small" }, `…and ${more} more not listed.`) : null));
+    fillNames(list, ids);
+  }
+  block.append(h("button", { type: "button", class: "approve danger", onclick: () => approve(run) }, "Approve removals"));
+  if (state.busy) block.querySelector(".approve").disabled = true;
+  return block;
+}
+
+function resultBlock(run) {
+  const c = run.counts;
+  const would = run.dryRun || run.status === "held";
+  const numbers = [
+    ["Members", c.members],
+    ["Eligible", c.eligible],
+    [would ? "Would add" : "Added", c.added],
+    [would ? "Would update" : "Updated", c.updated],
+    [would ? "Would remove" : "Removed", c.removed],
+    [would ? "Would restore" : "Restored", c.restored],
+    ["Unchanged", c.unchanged],
+  ];
+  const block = h("div", { class: "result" });
+  block.append(h("dl", { class: "counts", "aria-label": "Counts" },
+    numbers.map(([label, value]) => h("div", { class: "count-item" }, h("dt", {}, label), h("dd", {}, String(value ?? 0))))));
+  const excluded = c.excluded || {};
+  const total = EXCLUDED_LABELS.reduce((sum, [key]) => sum + (excluded[key] || 0), 0);
+  block.append(h("h4", {}, `Excluded: ${total}`));
+  block.append(h("ul", { class: "excluded", "aria-label": "Excluded by reason" },
+    EXCLUDED_LABELS.map(([key, label]) => h("li", { class: excluded[key] ? "" : "zero" },
+      h("span", {}, label), h("span", { class: "num" }, String(excluded[key] || 0))))));
+  if (run.groups && run.groups.length) {
+    block.append(h("div", { class: "table-wrap" }, h("table", { class: "per-group" },
+      h("caption", {}, "Per selected group"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Group"), h("th", { scope: "col" }, "Members"), h("th", { scope: "col" }, "Eligible"))),
+      h("tbody", {}, run.groups.map((g) => h("tr", {}, h("th", { scope: "row" }, g.displayName), h("td", {}, String(g.members)), h("td", {}, String(g.eligible))))))));
+  } else if (!run.dryRun || run.previewMode === "all") {
+    block.append(h("p", { class: "small" }, "Mode “all”: every user of the tenant was considered."));
+  }
+  const facts = [`Graph requests: ${run.graphRequests ?? 0}`];
+  if (typeof run.durationSeconds === "number") {
+    facts.push(`Duration: ${run.durationSeconds < 1 ? run.durationSeconds.toFixed(2) : run.durationSeconds.toFixed(1)} s`);
+  }
+  if (run.incremental) facts.push("Incremental: only directory changes were read");
+  if (run.mailboxPurposeSource) {
+    facts.push(run.mailboxPurposeSource === "heuristic"
+      ? "Shared mailboxes recognised by a name heuristic (MailboxSettings.Read not granted)"
+      : "Shared mailboxes recognised by their mailbox settings");
+  }
+  block.append(h("p", { class: "facts" }, facts.join(" · ")));
+  if (run.dryRun) block.append(h("p", { class: "small" }, "This was a preview: nothing was changed."));
+  return block;
+}
+
+/** Put "Name (upn)" for each user id in the list; ids the roster does not know stay as ids. */
+async function fillNames(list, ids) {
+  list.replaceChildren(h("li", { class: "muted" }, "Looking up names…"));
+  let found = new Map();
+  try {
+    found = await lookupUsers(ids);
+  } catch (error) {
+    showError(error, "Looking up user names");
+  }
+  list.replaceChildren(...ids.map((id) => {
+    const user = found.get(id);
+    return h("li", {}, user ? `${user.displayName || user.userPrincipalName} (${user.userPrincipalName})` : id);
+  }));
+}
+
+/** Roster users by id, read a page of 500 at a time (at most 20 pages). */
+async function lookupUsers(ids) {
+  const wanted = new Set(ids);
+  const found = new Map();
+  let cursor = null;
+  for (let page = 0; page < 20 && found.size < wanted.size; page += 1) {
+    const query = new URLSearchParams({ status: "all", limit: "500" });
+    if (cursor) query.set("cursor", cursor);
+    const { data } = await api("GET", `${T()}/users?${query}`);
+    for (const user of data.value) if (wanted.has(user.id)) found.set(user.id, user);
+    cursor = data.nextCursor;
+    if (!cursor) break;
+  }
+  return found;
+}
+
+const runsState = { next: null };
+
+async function loadRuns({ more = false, showLatest = false } = {}) {
+  const query = new URLSearchParams({ limit: "10" });
+  if (more && runsState.next) query.set("cursor", runsState.next);
+  try {
+    const { data } = await api("GET", `${T()}/runs?${query}`);
+    const list = $("run-list");
+    if (!more) list.replaceChildren();
+    for (const run of data.value) list.append(runItem(run));
+    if (!more && !data.value.length) list.append(h("li", { class: "muted" }, "No runs yet."));
+    runsState.next = data.nextCursor || null;
+    $("runs-more").hidden = !runsState.next;
+    if (showLatest && state.follow === 0) {
+      const latest = data.value.find((r) => !r.dryRun);
+      if (latest && !FINISHED.has(latest.status)) {
+        setBusy(true);
+        followRun(latest).then(afterRun).catch((e) => showError(e, "Following the run")).finally(() => setBusy(false));
+      } else if (latest) {
+        renderRun(latest);
+      }
+    }
+  } catch (error) {
+    showError(error, "Loading the run history");
+  }
+}
+
+function runItem(run) {
+  const c = run.counts || {};
+  let summary = "";
+  if (run.status === "succeeded") {
+    summary = run.dryRun
+      ? `would add ${c.added}, remove ${c.removed}`
+      : `${c.added} added, ${c.updated} updated, ${c.removed} removed, ${c.restored} restored`;
+  } else if (run.status === "held") {
+    summary = `${c.removed} removals wait for approval`;
+  } else if (run.status === "failed") {
+    const error = run.error || "";
+    summary = error.length > 200 ? `${error.slice(0, 200).replace(/\s+\S*$/, "")}…` : error;
+  }
+  const item = h("li", { class: `run-item run-${run.status}` },
+    h("div", { class: "run-line" },
+      badge(run.status),
+      run.dryRun ? h("span", { class: "badge preview" }, "preview") : null,
+      h("span", { class: "run-reason" }, runTitle(run)),
+      h("span", { class: "muted small" }, when(run.requestedAt))),
+    summary ? h("p", { class: "run-summary" }, summary) : null);
+  if (run.status === "held") {
+    item.append(h("p", { class: "guard-text" }, run.guard || ""));
+    const approveButton = h("button", { type: "button", class: "approve danger", onclick: () => approve(run) }, "Approve removals");
+    approveButton.disabled = state.busy;
+    item.append(approveButton);
+  }
+  item.append(h("button", {
+    type: "button", class: "link-button", "aria-label": `Show details of the run of ${when(run.requestedAt)}`,
+    onclick: () => {
+      if (!state.busy) state.follow += 1; // stop following a run left behind, never an action in progress
+      renderRun(run);
+      $("run-heading").focus();
+    },
+  }, "Details"));
+  return item;
+}
+
+async function approve(run) {
+  if (state.busy) return;
+  setBusy(true);
+  clearErrors();
+  actionStatus("Approving the removals…");
+  try {
+    const { data } = await api("POST", `${T()}/runs/${encodeURIComponent(run.id)}/approve`);
+    actionStatus("Approved: a new run applies the removals.");
+    const done = await followRun(data);
+    afterRun(done);
+  } catch (error) {
+    actionStatus("");
+    showError(error, "Approving the removals");
+  } finally {
+    setBusy(false);
+  }
+}
+
+function afterRun(run) {
+  loadRuns();
+  if (!run) return;
+  if (!run.dryRun) resetRoster();
+  if (run.status === "failed") {
+    showError({ title: `${runTitle(run)} failed`, detail: run.error || "No error text was recorded." }, "");
+    actionStatus("The run failed; see the error.");
+  } else if (run.status === "held") {
+    actionStatus("The run is held by the removal guard: review it below and approve the removals, or change the selection.");
+  } else if (run.status === "succeeded" && !run.dryRun) {
+    actionStatus("Done: the users are up to date.");
+  }
+}
+
+// -- save and refresh ---------------------------------------------------------------------------
+
+async function onSave() {
+  if (state.busy) return;
+  setBusy(true);
+  clearErrors();
+  const ids = [...state.pending.keys()];
+  const body = ids.length ? { mode: "groups", groupIds: ids } : { mode: "all" };
+  try {
+    actionStatus("Checking what this selection would change (preview)…");
+    const { data: queued } = await api("POST", `${T()}/preview`, { body });
+    const preview = await followRun(queued);
+    if (!preview) return;
+    if (preview.status === "failed") {
+      actionStatus("Not saved: the preview failed.");
+      showError({ title: "The preview failed", detail: preview.error || "No error text was recorded." }, "Save");
+      return;
+    }
+    if ((preview.counts?.removed || 0) > 0) {
+      const confirmed = await confirmRemovals(preview);
+      if (!confirmed) {
+        actionStatus("Not saved: cancelled. Your changes are still pending.");
+        return;
+      }
+    }
+    actionStatus("Saving…");
+    const { data, headers } = await api("PUT", `${T()}/selection`, { body, headers: { "If-Match": state.etag } });
+    const { run, ...selection } = data;
+    applySaved(selection, headers.get("ETag"));
+    renderSelected();
+    actionStatus("Saved. Refreshing the users…");
+    const done = await followRun(run);
+    afterRun(done);
+  } catch (error) {
+    if (error.status === 412) {
+      actionStatus("Not saved.");
+      const reload = h("button", {
+        type: "button", onclick: async () => { clearErrors(); await loadSelection(); actionStatus("Reloaded the saved selection."); },
+      }, "Reload the selection");
+      showError({ title: "Not saved", detail: `Someone else changed the selection; reload. (${error.detail})` }, "", reload);
+    } else {
+      actionStatus("Not saved.");
+      showError(error, "Saving the selection");
+    }
+  } finally {
+    setBusy(false);
+  }
+}
+
+/** The removal confirmation: resolves true on Confirm, false on Cancel or Escape. */
+function confirmRemovals(preview) {
+  const dialog = $("confirm-dialog");
+  const c = preview.counts;
+  $("confirm-title").textContent = `Remove ${plural(c.removed, "user")} from the platform?`;
+  const extra = [];
+  if (c.restored) extra.push(`restore ${c.restored}`);
+  if (c.updated) extra.push(`update ${c.updated}`);
+  $("confirm-summary").textContent = `Saving this selection would add ${plural(c.added, "user")} and remove ${plural(c.removed, "user")}`
+    + `${extra.length ? ` (and ${extra.join(", ")})` : ""}. These users would be removed:`;
+  const ids = preview.plan?.remove || [];
+  const list = $("confirm-list");
+  const wrap = $("confirm-list-wrap");
+  wrap.querySelector(".more")?.remove();
+  if (c.removed > ids.length) wrap.append(h("p", { class: "more small" }, `…and ${c.removed - ids.length} more not listed.`));
+  fillNames(list, ids);
+  return new Promise((resolve) => {
+    const ok = $("confirm-ok");
+    const cancel = $("confirm-cancel");
+    const done = (value) => {
+      ok.removeEventListener("click", onOk);
+      cancel.removeEventListener("click", onCancel);
+      dialog.removeEventListener("close", onClose);
+      if (dialog.open) dialog.close();
+      resolve(value);
+    };
+    const onOk = () => done(true);
+    const onCancel = () => done(false);
+    const onClose = () => done(false); // Escape
+    ok.addEventListener("click", onOk);
+    cancel.addEventListener("click", onCancel);
+    dialog.addEventListener("close", onClose);
+    dialog.showModal();
+    cancel.focus();
+  });
+}
+
+async function onRefresh() {
+  if (state.busy) return;
+  setBusy(true);
+  clearErrors();
+  actionStatus(isDirty()
+    ? "Refreshing with the saved selection (your unsaved changes are not part of it)…"
+    : "Refreshing the users…");
+  try {
+    const { data } = await api("POST", `${T()}/refresh`);
+    const done = await followRun(data);
+    afterRun(done);
+  } catch (error) {
+    actionStatus("");
+    showError(error, "Refresh Users Now");
+  } finally {
+    setBusy(false);
+  }
+}
+
+// -- roster -------------------------------------------------------------------------------------
+
+const rosterState = { cursor: null, stack: [], next: null, seq: 0, size: 100 };
+
+function renderRosterGroupOptions() {
+  const select = $("roster-group");
+  const current = select.value;
+  select.replaceChildren(h("option", { value: "" }, "Any group"),
+    ...(state.saved?.groups || []).map((g) => h("option", { value: g.id }, g.displayName)));
+  select.value = [...select.options].some((o) => o.value === current) ? current : "";
+}
+
+async function loadRoster({ cursor = null } = {}) {
+  const seq = ++rosterState.seq;
+  const query = new URLSearchParams({ status: $("roster-status").value, limit: String(rosterState.size) });
+  const group = $("roster-group").value;
+  const search = $("roster-search").value.trim();
+  if (group) query.set("group", group);
+  if (search) query.set("search", search);
+  if (cursor) query.set("cursor", cursor);
+  const summary = $("roster-summary");
+  summary.textContent = "Loading users…";
+  try {
+    const { data } = await api("GET", `${T()}/users?${query}`);
+    if (seq !== rosterState.seq) return;
+    rosterState.cursor = cursor;
+    rosterState.next = data.nextCursor || null;
+    $("roster-body").replaceChildren(...data.value.map(rosterRow));
+    const first = rosterState.stack.length * rosterState.size;
+    const n = data.value.length;
+    if (n === 0) {
+      summary.textContent = first ? "No more users." : `No ${$("roster-status").value === "all" ? "" : `${$("roster-status").value} `}users match.`;
+    } else if (!rosterState.next && first === 0) {
+      summary.textContent = `${plural(n, "user")}.`;
+    } else {
+      summary.textContent = `Users ${first + 1}–${first + n}${rosterState.next ? ", more on the next page" : ""}.`;
+    }
+    $("roster-prev").disabled = rosterState.stack.length === 0;
+    $("roster-next").disabled = !rosterState.next;
+  } catch (error) {
+    if (seq !== rosterState.seq) return;
+    summary.textContent = "The users could not be loaded.";
+    showError(error, "Loading users");
+  }
+}
+
+function resetRoster() {
+  rosterState.stack = [];
+  loadRoster();
+}
+
+function rosterRow(user) {
+  const name = user.displayName || user.userPrincipalName;
+  const groups = (user.groups || []).map((id) => state.names.get(id) || id).join(", ");
+  return h("tr", { "data-user-id": user.id },
+    h("td", {}, user.displayName || "—"),
+    h("td", { class: "upn" }, user.userPrincipalName),
+    h("td", { "data-label": "Department" }, user.department || "—"),
+    h("td", { "data-label": "Groups" }, groups || (state.saved?.mode === "all" ? "All users" : "—")),
+    h("td", { "data-label": "Status" }, h("span", { class: `badge user-${user.status === "removed" ? "removed" : "active"}` },
+      user.status === "removed" ? `Removed ${user.removedAt ? when(user.removedAt) : ""}`.trim() : "Active")),
+    h("td", {}, h("button", {
+      type: "button", class: "why", "aria-label": `Why? ${name}`,
+      onclick: () => {
+        $("explain-input").value = user.userPrincipalName || user.id;
+        explain(user.id);
+      },
+    }, "Why?")));
+}
+
+// -- explain ------------------------------------------------------------------------------------
+
+async function explain(who) {
+  const result = $("explain-result");
+  result.replaceChildren(h("p", { class: "muted" }, `Checking ${who}…`));
+  try {
+    const { data } = await api("GET", `${T()}/users/${encodeURIComponent(who)}/explain`);
+    const user = data.user || {};
+    const rosterText = {
+      active: "On the platform (active).",
+      removed: "Removed from the platform (restorable during the grace period).",
+      absent: "Not on the platform.",
+    }[data.rosterStatus] || `Roster status: ${data.rosterStatus}`;
+    result.replaceChildren(
+      h("h3", {}, user.displayName ? `${user.displayName} (${user.userPrincipalName})` : (user.userPrincipalName || who)),
+      h("p", { class: data.included ? "verdict yes" : "verdict no" },
+        data.included ? "Included: this user is synced." : "Not included: this user is not synced."),
+      data.reasons?.length
+        ? h("ul", { class: "reasons", "aria-label": "Reasons" }, data.reasons.map((r) => h("li", {}, h("code", {}, r.code), " ", r.message)))
+        : null,
+      h("p", {}, data.groups?.length
+        ? `In the selected groups: ${data.groups.map((g) => g.displayName).join(", ")}.`
+        : "In none of the selected groups."),
+      h("p", {}, rosterText),
+    );
+    result.focus();
+  } catch (error) {
+    result.replaceChildren(h("p", { class: "error-text" }, error.detail || String(error)));
+    showError(error, "Explaining the user");
+  }
+}
+
+// -- connection ---------------------------------------------------------------------------------
+
+async function loadConnection() {
+  const view = $("connection-view");
+  view.replaceChildren(h("p", { class: "muted" }, "Checking the Microsoft Graph permissions…"));
+  try {
+    const { data } = await api("GET", `${T()}/connection`);
+    const parts = [h("p", { class: data.ok ? "verdict yes" : "verdict no" }, data.ok
+      ? "Connected: every required permission works."
+      : "Missing permissions: the sync cannot read the directory until an administrator grants them.")];
+    parts.push(h("div", { class: "table-wrap" }, h("table", { class: "permissions" },
+      h("caption", { class: "visually-hidden" }, "Microsoft Graph permissions"),
+      h("thead", {}, h("tr", {}, ["Permission", "Reads", "Needed", "Status", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, (data.checks || []).map((check) => h("tr", {},
+        h("th", { scope: "row" }, check.permission),
+        h("td", {}, check.reads),
+        h("td", {}, check.required ? "required" : "optional"),
+        h("td", {}, h("span", { class: `badge ${check.ok ? "ok" : "missing"}` }, check.ok ? "ok" : "missing")),
+        h("td", { class: "small" }, linkify(check.detail || ""))))))));
+    if (data.adminConsentUrl) {
+      parts.push(h("p", {}, "Admin consent: ", linkify(data.adminConsentUrl)));
+    } else if (!data.ok) {
+      parts.push(h("p", { class: "small" }, "Ask a Global Administrator of the tenant to grant the app’s permissions (admin consent)."));
+    }
+    if (data.note) parts.push(h("p", { class: "small" }, data.note));
+    view.replaceChildren(...parts);
+    if (!data.ok) $("trouble-groups").open = true;
+  } catch (error) {
+    view.replaceChildren(h("p", { class: "error-text" }, error.detail || String(error)));
+    showError(error, "Checking the connection");
+  }
+}
+
+// -- wiring -------------------------------------------------------------------------------------
+
+function wire() {
+  const search = debounce(() => {
+    groupsState.search = $("group-search").value.trim();
+    groupsState.next = null;
+    loadGroups();
+  }, 300);
+  $("group-search").addEventListener("input", search);
+  $("group-search").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") event.preventDefault();
+  });
+  $("groups-more").addEventListener("click", () => loadGroups({ more: true }));
+  $("save").addEventListener("click", onSave);
+  $("refresh").addEventListener("click", onRefresh);
+  $("runs-reload").addEventListener("click", () => loadRuns());
+  $("runs-more").addEventListener("click", () => loadRuns({ more: true }));
+  $("connection-check").addEventListener("click", loadConnection);
+  $("roster-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    resetRoster();
+  });
+  $("roster-group").addEventListener("change", resetRoster);
+  $("roster-status").addEventListener("change", resetRoster);
+  $("roster-search").addEventListener("input", debounce(resetRoster, 300));
+  $("roster-next").addEventListener("click", () => {
+    if (!rosterState.next) return;
+    rosterState.stack.push(rosterState.cursor);
+    loadRoster({ cursor: rosterState.next });
+  });
+  $("roster-prev").addEventListener("click", () => {
+    if (!rosterState.stack.length) return;
+    loadRoster({ cursor: rosterState.stack.pop() });
+  });
+  $("explain-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const who = $("explain-input").value.trim();
+    if (who) explain(who);
+  });
+}
+
+init();
