@@ -18,8 +18,8 @@ import msgspec
 from azure.core.exceptions import AzureError
 
 from shared.settings import SettingsError
-from sync.models import Run, RunStatus
-from sync.service import InvalidInput, ServiceError, SyncService, UpstreamError, open_service
+from sync.models import RosterUser, Run, RunStatus
+from sync.service import UNSET, InvalidInput, ServiceError, SyncService, UpstreamError, open_service
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
 
@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     add = tenant_sub.add_parser("add", help="register a tenant (or rename it)")
     add.add_argument("tenant_id")
     add.add_argument("--name", required=True)
+    add.add_argument(
+        "--guard-percent",
+        type=_percent_or_default,
+        help="hold runs removing more than this %% of active users (and --guard-min-users); "
+        "'default' for REMOVAL_GUARD_PERCENT",
+    )
+    add.add_argument(
+        "--guard-min-users",
+        type=_count_or_default,
+        help="hold runs removing more than this many users (and --guard-percent); "
+        "'default' for REMOVAL_GUARD_MIN_USERS",
+    )
     add.add_argument("--json", action="store_true")
     lst = tenant_sub.add_parser("list", help="every tenant with its last run")
     lst.add_argument("--json", action="store_true")
@@ -81,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("run_id")
     approve.add_argument("--json", action="store_true")
 
+    undo = sub.add_parser(
+        "undo",
+        help="put back the users a run removed (default: the last run that removed users)",
+        description="Restores, in one step, every user the run removed who is still removed and "
+        "within the grace period. Fix the cause first (the selection, a Graph fault): the next "
+        "refresh removes them again otherwise.",
+    )
+    undo.add_argument("tenant_id")
+    undo.add_argument("run_id", nargs="?")
+    undo.add_argument("--json", action="store_true")
+
     rules = sub.add_parser("rules", help="show or set the tenant's exclusion rules")
     rules.add_argument("tenant_id")
     rules.add_argument("--pattern", action="append", default=None, help="UPN pattern, e.g. 'svc-*'")
@@ -89,6 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--clear", action="store_true", help="remove every rule")
     rules.add_argument("--json", action="store_true")
     return parser
+
+
+_DEFAULT = "default"
+
+
+def _percent_or_default(text: str) -> float | str:
+    if text.lower() == _DEFAULT:
+        return _DEFAULT
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or 'default')") from None
+
+
+def _count_or_default(text: str) -> int | str:
+    if text.lower() == _DEFAULT:
+        return _DEFAULT
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (or 'default')") from None
+
+
+def _guard_arg(value: object) -> object:
+    """argparse value -> service argument: absent keeps, 'default' clears, a number sets."""
+    if value is None:
+        return UNSET
+    return None if value == _DEFAULT else value
 
 
 def _print_json(value: Any) -> None:
@@ -128,6 +179,10 @@ def _print_run(run: Run) -> None:
         print(f"  approve with: python -m sync approve {run.tenant_id} {run.id}")
     if run.error:
         print(f"  error: {run.error}")
+    if run.undo_of:
+        print(f"  undid the removals of run {run.undo_of}; restored {c.restored} users")
+    if run.note:
+        print(f"  note: {run.note}")
     print(f"  Graph requests {run.graph_requests}  duration {run.duration_seconds}s")
 
 
@@ -144,8 +199,20 @@ async def _dispatch(args: argparse.Namespace, svc: SyncService) -> int:
     as_json = getattr(args, "json", False)
     command = args.command
     if command == "tenant" and args.tenant_command == "add":
-        tenant = await svc.put_tenant(args.tenant_id, args.name)
-        _print_json(tenant) if as_json else print(f"tenant {tenant.id} registered as {tenant.display_name!r}")
+        tenant = await svc.put_tenant(
+            args.tenant_id,
+            args.name,
+            guard_percent=_guard_arg(args.guard_percent),
+            guard_min_users=_guard_arg(args.guard_min_users),
+        )
+        if as_json:
+            _print_json(tenant)
+        else:
+            print(f"tenant {tenant.id} registered as {tenant.display_name!r}")
+            if tenant.guard_percent is not None or tenant.guard_min_users is not None:
+                percent = "default" if tenant.guard_percent is None else f"{tenant.guard_percent:g}"
+                users = "default" if tenant.guard_min_users is None else str(tenant.guard_min_users)
+                print(f"  removal guard: holds runs removing more than {percent}% and {users} users")
     elif command == "tenant":
         tenants = await svc.list_tenants()
         if as_json:
@@ -214,18 +281,19 @@ async def _dispatch(args: argparse.Namespace, svc: SyncService) -> int:
                 ["run", "status", "reason", "requested", "added", "removed", "error"],
             )
     elif command == "users":
-        users, cursor, everyone = None, None, []
+        after: str | None = None
+        everyone: list[RosterUser] = []
         while True:
-            users, cursor = await svc.list_users(
+            rows, after = await svc.list_users(
                 args.tenant_id,
                 status=args.status,
                 group=args.group,
                 search=args.search,
-                cursor=cursor,
+                cursor=after,
                 limit=500,
             )
-            everyone.extend(users)
-            if not cursor:
+            everyone.extend(rows)
+            if not after:
                 break
         if as_json:
             _print_json({"value": everyone})
@@ -249,6 +317,10 @@ async def _dispatch(args: argparse.Namespace, svc: SyncService) -> int:
                 print(f"  via group {group['displayName']} ({group['id']})")
     elif command == "approve":
         run = await svc.approve(args.tenant_id, args.run_id, requested_by=who, in_process=True)
+        _print_json(run) if as_json else _print_run(run)
+        return _run_exit(run)
+    elif command == "undo":
+        run = await svc.undo_removals(args.tenant_id, args.run_id, requested_by=who)
         _print_json(run) if as_json else _print_run(run)
         return _run_exit(run)
     elif command == "rules":

@@ -19,14 +19,26 @@ import azure.functions as func
 import msgspec
 
 from sync.models import Run
-from sync.service import InvalidInput, ServiceError, SyncService, open_service
+from sync.openapi import build_openapi
+from sync.service import (
+    UNSET,
+    InvalidInput,
+    ServiceError,
+    SyncService,
+    open_service,
+    require_run_id,
+    require_tenant_id,
+    require_user_key,
+)
 
 log = logging.getLogger("sync.api")
-bp = func.Blueprint()
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 REQUIRED_ROLE = "Sync.Admin"
+ANONYMOUS_FUNCTIONS = frozenset({"health", "openapi"})  # no data: every other route needs REQUIRED_ROLE
 PRINCIPAL_HEADER = "x-ms-client-principal"
 MAX_BODY_BYTES = 64 * 1024
+MAX_PRINCIPAL_BYTES = 16 * 1024  # App Service's principal header is a few KiB at most
 _ROLE_CLAIMS = {"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"}
 _NAME_CLAIMS = ("preferred_username", "name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
 
@@ -67,7 +79,7 @@ def _platform_auth_missing() -> bool:
 def read_principal(req: func.HttpRequest) -> Principal | None:
     """Decode X-MS-CLIENT-PRINCIPAL; None when absent or unreadable."""
     raw = req.headers.get(PRINCIPAL_HEADER)
-    if not raw:
+    if not raw or len(raw) > MAX_PRINCIPAL_BYTES:
         return None
     try:
         data = json.loads(base64.b64decode(raw, validate=False))
@@ -101,6 +113,7 @@ async def guarded(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
     if REQUIRED_ROLE not in principal.roles:
         return problem(403, "Forbidden", f"The caller {principal.name} lacks the app role {REQUIRED_ROLE}.")
     try:
+        _check_route_ids(req.route_params)
         async with open_service() as service:
             return await handler(req, service, principal)
     except ServiceError as exc:
@@ -113,8 +126,22 @@ async def guarded(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
         )
 
 
-def read_json_body(req: func.HttpRequest) -> dict[str, Any]:
-    """The request body as a JSON object; 400 (as ServiceError) when it is not one."""
+_ROUTE_IDS = {"tenantId": require_tenant_id, "runId": require_run_id, "user": require_user_key}
+
+
+def _check_route_ids(params: dict[str, str]) -> None:
+    """Every id in the path has its shape checked before anything else reads the request."""
+    for name, check in _ROUTE_IDS.items():
+        if name in params:
+            check(params[name])
+
+
+def read_json_body(req: func.HttpRequest, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object; 400 (as ServiceError) when it is not one.
+
+    With `allowed`, a field outside it is refused by name: a misspelt "groupIDs" must not
+    silently save mode "all".
+    """
     body = req.get_body() or b""
     if len(body) > MAX_BODY_BYTES:
         raise InvalidInput(f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB")
@@ -122,11 +149,37 @@ def read_json_body(req: func.HttpRequest) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("the request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidInput("the request body must be a JSON object")
+    if allowed is not None:
+        unknown = sorted(str(k) for k in value if k not in allowed)
+        if unknown:
+            expected = ", ".join(sorted(allowed)) or "no fields"
+            raise InvalidInput(
+                f"unknown field(s) in the request body: {', '.join(u[:64] for u in unknown[:20])}; "
+                f"expected {expected}",
+                errors=[{"field": u[:64], "problem": "unknown field"} for u in unknown[:100]],
+            )
     return value
+
+
+TENANT_FIELDS = frozenset({"displayName", "guardPercent", "guardMinUsers"})
+SELECTION_FIELDS = frozenset({"mode", "groupIds"})
+NO_FIELDS: frozenset[str] = frozenset()
+
+
+def _selection_body(req: func.HttpRequest) -> dict[str, Any]:
+    body = read_json_body(req, SELECTION_FIELDS)
+    if not body:
+        raise InvalidInput(
+            'send {"mode": "groups", "groupIds": [...]} or {"mode": "all"}; an empty body selects nothing'
+        )
+    nulls = sorted(key for key, value in body.items() if value is None)
+    if nulls:
+        raise InvalidInput(f"{' and '.join(nulls)} must not be null; leave a field out instead")
+    return body
 
 
 def _if_match(req: func.HttpRequest) -> int | None:
@@ -148,7 +201,7 @@ def _limit(req: func.HttpRequest, default: int) -> int:
     raw = req.params.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 500:
         raise InvalidInput("limit must be a whole number from 1 to 500")
     return int(raw)
 
@@ -161,6 +214,23 @@ def _limit(req: func.HttpRequest, default: int) -> int:
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     """Liveness only: no data, so no sign-in."""
     return json_response({"status": "ok"})
+
+
+@bp.function_name("openapi")
+@bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """The OpenAPI 3.1 description of this API: no data, so no sign-in."""
+    return json_response(_openapi_document())
+
+
+_OPENAPI: dict[str, Any] | None = None
+
+
+def _openapi_document() -> dict[str, Any]:
+    global _OPENAPI
+    if _OPENAPI is None:
+        _OPENAPI = build_openapi()
+    return _OPENAPI
 
 
 @bp.function_name("tenants_list")
@@ -180,8 +250,14 @@ async def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
     """Register or rename a tenant."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        body = read_json_body(req)
-        return json_response(await svc.put_tenant(req.route_params["tenantId"], body.get("displayName")))
+        body = read_json_body(req, TENANT_FIELDS)
+        tenant = await svc.put_tenant(
+            req.route_params["tenantId"],
+            body.get("displayName"),
+            guard_percent=body.get("guardPercent", UNSET),
+            guard_min_users=body.get("guardMinUsers", UNSET),
+        )
+        return json_response(tenant)
 
     return await guarded(req, handle)
 
@@ -205,6 +281,8 @@ async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
         tid = req.route_params["tenantId"]
         if req.method.upper() == "PUT":
+            if not (req.get_body() or b"").strip():
+                raise InvalidInput("send the rules as a JSON object; {} removes every rule")
             return json_response(await svc.set_rules(tid, read_json_body(req)))
         return json_response(await svc.get_rules(tid))
 
@@ -233,7 +311,7 @@ async def selection(req: func.HttpRequest) -> func.HttpResponse:
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
         tid = req.route_params["tenantId"]
         if req.method.upper() == "PUT":
-            body = read_json_body(req)
+            body = _selection_body(req)
             saved, run = await svc.save_selection(
                 tid,
                 mode=body.get("mode"),
@@ -259,7 +337,7 @@ async def preview(req: func.HttpRequest) -> func.HttpResponse:
     """Queue a dry run of a selection before saving it."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        body = read_json_body(req)
+        body = _selection_body(req)
         run = await svc.preview(
             req.route_params["tenantId"],
             mode=body.get("mode"),
@@ -277,7 +355,7 @@ async def refresh(req: func.HttpRequest) -> func.HttpResponse:
     """ "Refresh Users Now": queue a refresh of the saved selection."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        read_json_body(req)  # an empty body is fine; a malformed one is refused
+        read_json_body(req, NO_FIELDS)  # an empty body (or {}) is fine; anything else is refused
         run = await svc.request_refresh(req.route_params["tenantId"], reason="manual", requested_by=who.name)
         return _run_accepted(req, run)
 
@@ -317,10 +395,27 @@ async def run_approve(req: func.HttpRequest) -> func.HttpResponse:
     """Approve a run held by the removal guard: queue a run allowed to remove that many."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        read_json_body(req, NO_FIELDS)
         run = await svc.approve(
             req.route_params["tenantId"], req.route_params["runId"], requested_by=who.name
         )
         return _run_accepted(req, run)
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("run_undo")
+@bp.route(route="tenants/{tenantId}/runs/{runId}/undo", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def run_undo(req: func.HttpRequest) -> func.HttpResponse:
+    """Undo a run's removals in one call: its removed users are active again (within the grace period)."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        read_json_body(req, NO_FIELDS)
+        run = await svc.undo_removals(
+            req.route_params["tenantId"], req.route_params["runId"], requested_by=who.name
+        )
+        location = f"/api/tenants/{run.tenant_id}/runs/{run.id}"
+        return json_response(run, 201, {"Location": location})
 
     return await guarded(req, handle)
 

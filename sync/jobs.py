@@ -8,14 +8,14 @@ import azure.functions as func
 import msgspec
 
 from shared.storage import queue_client
-from sync.directory import is_object_id
+from shared.telemetry import log_run_summary
 from sync.engine import LeaseBusy, execute_refresh
 from sync.models import RefreshMessage, RunStatus
-from sync.service import open_service
+from sync.service import InvalidInput, is_object_id, open_service, require_run_id
 from sync.store import iso, utc_now
 
 log = logging.getLogger("sync.jobs")
-bp = func.Blueprint()
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 # A refresh that finds its tenant busy comes back after this long instead of burning retries.
 BUSY_RETRY_SECONDS = 30
@@ -30,6 +30,11 @@ def decode_message(body: bytes) -> RefreshMessage | None:
         return None
     if not is_object_id(message.tenant_id):
         log.error("dropped a refresh message with a malformed tenant id")
+        return None
+    try:
+        require_run_id(message.run_id)
+    except InvalidInput:
+        log.error("dropped a refresh message with a malformed run id")
         return None
     return message
 
@@ -72,6 +77,7 @@ async def mark_poisoned(body: bytes) -> None:
         )
         await service.ctx.store.save_run(run)
         await service.ctx.store.record_last_run(run)
+        log_run_summary(run)  # the failed-run alert must see poisoned runs too
     log.error("refresh message poisoned", extra={"tenantId": message.tenant_id, "runId": message.run_id})
 
 

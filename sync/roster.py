@@ -22,10 +22,10 @@ from sync.models import RosterStatus, RosterUser
 TRANSACTION_SIZE = 100  # Table Storage: at most 100 operations per transaction
 _PARALLEL_TRANSACTIONS = 4
 _FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "jobTitle", "groups", "status",
-           "addedAt", "updatedAt", "removedAt"]  # fmt: skip
+           "addedAt", "updatedAt", "removedAt", "removedByRun"]  # fmt: skip
 
 
-def _to_entity(tenant_id: str, user: RosterUser) -> dict[str, Any]:
+def _to_entity(tenant_id: str, user: RosterUser, run_id: str | None = None) -> dict[str, Any]:
     entity: dict[str, Any] = {
         "PartitionKey": tenant_id,
         "RowKey": user.id,
@@ -45,6 +45,12 @@ def _to_entity(tenant_id: str, user: RosterUser) -> dict[str, Any]:
     ):
         if value is not None:
             entity[key] = value
+    if user.status is RosterStatus.REMOVED:
+        # Which run removed the user, so that run's removals can be undone in one call
+        # (a run record keeps only a sample of ids). Active rows never carry it.
+        removed_by = user.removed_by_run or run_id
+        if removed_by:
+            entity["removedByRun"] = removed_by
     return entity
 
 
@@ -62,6 +68,7 @@ def _from_entity(entity: dict[str, Any]) -> RosterUser:
         added_at=entity.get("addedAt"),
         updated_at=entity.get("updatedAt"),
         removed_at=entity.get("removedAt"),
+        removed_by_run=entity.get("removedByRun"),
     )
 
 
@@ -85,24 +92,39 @@ class RosterStore:
             await self._client.close()
             self._client = None
 
-    async def read_roster(self, tenant_id: str) -> list[RosterUser]:
-        """Every roster row of the tenant, active and removed."""
-        query = self._table.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": tenant_id}, select=_FIELDS, results_per_page=1000
-        )
+    async def read_roster(self, tenant_id: str, *, status: RosterStatus | None = None) -> list[RosterUser]:
+        """Every roster row of the tenant (or only those with `status`)."""
+        flt, params = "PartitionKey eq @pk", {"pk": tenant_id}
+        if status is not None:
+            flt, params = flt + " and status eq @status", {**params, "status": str(status)}
+        query = self._table.query_entities(flt, parameters=params, select=_FIELDS, results_per_page=1000)
         return [_from_entity(e) async for e in query]
 
-    async def write(self, tenant_id: str, rows: Iterable[RosterUser]) -> int:
-        """Upsert rows in transactions of 100; returns the number of transactions."""
+    async def write(self, tenant_id: str, rows: Iterable[RosterUser], *, run_id: str | None = None) -> int:
+        """Upsert rows in transactions of 100; returns the number of transactions.
+
+        `run_id` is the run writing them: rows it writes as removed record it as `removedByRun`
+        (unless the row already names its run).
+        """
         operations = [
-            (TransactionOperation.UPSERT, _to_entity(tenant_id, row), {"mode": UpdateMode.REPLACE})
+            (TransactionOperation.UPSERT, _to_entity(tenant_id, row, run_id), {"mode": UpdateMode.REPLACE})
             for row in rows
         ]
         return await self._submit(operations)
 
+    async def removed_rows(self, tenant_id: str) -> list[RosterUser]:
+        """Every removed (restorable) roster row of the tenant."""
+        query = self._table.query_entities(
+            "PartitionKey eq @pk and status eq @status",
+            parameters={"pk": tenant_id, "status": str(RosterStatus.REMOVED)},
+            select=_FIELDS,
+            results_per_page=1000,
+        )
+        return [_from_entity(e) async for e in query]
+
     async def delete(self, tenant_id: str, user_ids: Sequence[str]) -> int:
         """Delete rows (purge) in transactions of 100; returns the number of transactions."""
-        operations = [
+        operations: list[Any] = [
             (TransactionOperation.DELETE, {"PartitionKey": tenant_id, "RowKey": uid}, {}) for uid in user_ids
         ]
         return await self._submit(operations)

@@ -7,13 +7,17 @@ words. Nothing is written until every check has passed.
 from __future__ import annotations
 
 import asyncio
+import enum
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 
 import msgspec
 
-from shared.graph import GraphClients, admin_consent_url
+from shared.graph import GraphClients, GraphHttpOptions, admin_consent_url
 from shared.settings import Settings, get_settings
 from shared.storage import ensure_storage, queue_client
 from sync.directory import (
@@ -21,7 +25,6 @@ from sync.directory import (
     DirectoryReader,
     GraphAccessDenied,
     InvalidCursor,
-    is_object_id,
 )
 from sync.eligibility import (
     ExclusionRules,
@@ -51,7 +54,32 @@ MAX_SELECTED_GROUPS = 1000
 NIGHTLY_FAN_OUT = 32  # storage calls in flight while queueing the nightly refreshes
 MAX_NAME_LENGTH = 256
 MAX_SEARCH_LENGTH = 120
+MAX_CURSOR_LENGTH = 2048
+MAX_UPN_LENGTH = 113  # Entra ID: a user principal name is at most 113 characters
 MAX_PAGE = 500
+MAX_GUARD_MIN_USERS = 1_000_000
+PLAN_SAMPLE_SIZE = 200  # user ids kept on a run record (the full list lives on the roster rows)
+UNDO_LEASE_SECONDS = 120.0
+
+GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+RUN_ID_PATTERN = r"^[0-9]{13}-[0-9a-f]{8}$"
+# An object id, or a user principal name: one "@", no spaces or control characters.
+USER_KEY_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+_GUID = re.compile(GUID_PATTERN.removesuffix("$") + r"\Z")
+_RUN_ID = re.compile(RUN_ID_PATTERN.removesuffix("$") + r"\Z")
+_USER_KEY = re.compile(USER_KEY_PATTERN.removesuffix("$") + r"\Z")
+
+
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+UNSET = _Unset.UNSET  # "not given": keep the current value (None means "clear it")
+
+
+def is_object_id(value: object) -> bool:
+    """An Entra object or tenant id: a GUID, nothing before or after it (not even a newline)."""
+    return isinstance(value, str) and bool(_GUID.match(value))
 
 
 class ServiceError(Exception):
@@ -100,20 +128,64 @@ class UpstreamError(ServiceError):
 
 def require_tenant_id(value: str) -> str:
     """A tenant id must be an Entra tenant GUID; returns it lower-cased."""
-    if not is_object_id(value or ""):
-        raise InvalidInput(f"tenant id {value!r} is not a GUID (Entra tenant ids look like 72f988bf-...)")
+    if not is_object_id(value):
+        raise InvalidInput(
+            f"tenant id {str(value)[:64]!r} is not a GUID (Entra tenant ids look like 72f988bf-...)"
+        )
     return value.lower()
+
+
+def require_run_id(value: str) -> str:
+    """A run id as this API issues them (13 digits, a dash, 8 hex digits)."""
+    if not isinstance(value, str) or not _RUN_ID.match(value):
+        raise InvalidInput(
+            f"run id {str(value)[:64]!r} is malformed (run ids look like 8234567890123-0a1b2c3d)"
+        )
+    return value
+
+
+def require_user_key(value: object) -> str:
+    """A user named by object id (GUID) or user principal name (name@domain, at most 113 characters)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("user is required: an object id or a user principal name")
+    if len(value) > MAX_UPN_LENGTH:
+        raise InvalidInput(f"user is longer than {MAX_UPN_LENGTH} characters (the longest a UPN can be)")
+    if not (is_object_id(value) or _USER_KEY.match(value)):
+        raise InvalidInput(
+            f"user {value[:64]!r} is neither an object id (GUID) nor a user principal name (name@domain)"
+        )
+    return value
 
 
 def _require_text(value: object, what: str, *, max_length: int = MAX_NAME_LENGTH) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{what} is required and must be a non-empty string")
-    text = value.strip()
-    if len(text) > max_length:
+    if len(value) > max_length:  # counted as sent, spaces included
         raise InvalidInput(f"{what} is longer than {max_length} characters")
-    if any(ord(ch) < 32 for ch in text):
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise InvalidInput(f"{what} contains control characters")
-    return text
+    return value.strip()
+
+
+def _guard_percent(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise InvalidInput("guardPercent must be a number from 0 to 100, or null for the app setting")
+    return float(value)
+
+
+def _guard_min_users(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GUARD_MIN_USERS:
+        raise InvalidInput(
+            f"guardMinUsers must be a whole number from 0 to {MAX_GUARD_MIN_USERS:,}, "
+            "or null for the app setting"
+        )
+    return value
 
 
 def parse_selection_input(mode: object, group_ids: object) -> tuple[SelectionMode, list[str]]:
@@ -127,10 +199,9 @@ def parse_selection_input(mode: object, group_ids: object) -> tuple[SelectionMod
     if mode is None:
         chosen = SelectionMode.GROUPS if group_ids else SelectionMode.ALL
     else:
-        try:
-            chosen = SelectionMode(mode)
-        except ValueError:
-            raise InvalidInput(f"mode must be 'all' or 'groups'; got {mode!r}") from None
+        if mode not in ("all", "groups"):
+            raise InvalidInput(f"mode must be 'all' or 'groups'; got {str(mode)[:64]!r}")
+        chosen = SelectionMode(str(mode))
     if chosen is SelectionMode.ALL and group_ids:
         raise InvalidInput("mode 'all' syncs every eligible user; send no groupIds with it")
     if chosen is SelectionMode.GROUPS and not group_ids:
@@ -159,8 +230,19 @@ class SyncService:
 
     # -- tenants --
 
-    async def put_tenant(self, tenant_id: str, display_name: object) -> Tenant:
-        """Register a tenant or rename it."""
+    async def put_tenant(
+        self,
+        tenant_id: str,
+        display_name: object,
+        *,
+        guard_percent: object = UNSET,
+        guard_min_users: object = UNSET,
+    ) -> Tenant:
+        """Register a tenant or rename it; optionally set its own removal guard thresholds.
+
+        A threshold left UNSET keeps its current value; None goes back to the app setting
+        (REMOVAL_GUARD_PERCENT / REMOVAL_GUARD_MIN_USERS).
+        """
         tid = require_tenant_id(tenant_id)
         name = _require_text(display_name, "displayName")
         existing = await self.ctx.store.get_tenant(tid)
@@ -168,6 +250,10 @@ class SyncService:
             tenant = msgspec.structs.replace(existing, display_name=name)
         else:
             tenant = Tenant(id=tid, display_name=name, created_at=iso(utc_now()))
+        if guard_percent is not UNSET:
+            tenant = msgspec.structs.replace(tenant, guard_percent=_guard_percent(guard_percent))
+        if guard_min_users is not UNSET:
+            tenant = msgspec.structs.replace(tenant, guard_min_users=_guard_min_users(guard_min_users))
         await self.ctx.store.put_tenant(tenant)
         return tenant
 
@@ -222,6 +308,10 @@ class SyncService:
         tenant = await self.require_tenant(tenant_id)
         if search is not None and len(search) > MAX_SEARCH_LENGTH:
             raise InvalidInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+        if search is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in search):
+            raise InvalidInput("search contains control characters")
+        if cursor is not None and (not cursor or len(cursor) > MAX_CURSOR_LENGTH):
+            raise InvalidInput("the cursor is not one this API issued")
         try:
             return await self._reader(tenant.id).list_groups(search=search, cursor=cursor)
         except InvalidCursor as exc:
@@ -336,15 +426,14 @@ class SyncService:
     ) -> tuple[list[Run], str | None]:
         """Runs newest first, a page at a time."""
         tenant = await self.require_tenant(tenant_id)
-        if cursor is not None and not _looks_like_run_id(cursor):
+        if cursor is not None and not _RUN_ID.match(cursor):
             raise InvalidInput("the cursor is not one this API issued")
         return await self.ctx.store.list_runs(tenant.id, limit=max(1, min(limit, 100)), after=cursor)
 
     async def get_run(self, tenant_id: str, run_id: str) -> Run:
         """One run, or NotFound."""
         tenant = await self.require_tenant(tenant_id)
-        if not _looks_like_run_id(run_id):
-            raise InvalidInput(f"run id {run_id[:64]!r} is malformed")
+        require_run_id(run_id)
         run = await self.ctx.store.get_run(tenant.id, run_id)
         if run is None:
             raise NotFound(f"run {run_id} does not exist for tenant {tenant.id}")
@@ -368,6 +457,91 @@ class SyncService:
         if in_process:
             return await self._execute_in_process(run)
         await self._enqueue(run)
+        return run
+
+    async def last_run_with_removals(self, tenant_id: str) -> Run:
+        """The newest applied run that removed users (what `undo` without a run id undoes)."""
+        tenant = await self.require_tenant(tenant_id)
+        cursor: str | None = None
+        while True:
+            runs, cursor = await self.ctx.store.list_runs(tenant.id, limit=100, after=cursor)
+            for run in runs:
+                if not run.dry_run and run.counts.removed > 0 and run.status is RunStatus.SUCCEEDED:
+                    return run
+            if not cursor:
+                raise NotFound(f"no run of tenant {tenant.id} removed any user; there is nothing to undo")
+
+    async def undo_removals(self, tenant_id: str, run_id: str | None, *, requested_by: str | None) -> Run:
+        """Put back every user a run removed (status active again), in one call, recorded as its own run.
+
+        Only users still removed by that very run and within REMOVAL_GRACE_DAYS come back; a user
+        restored since, removed again by a later run, or purged is left alone. The undo is for a
+        mistaken removal whose cause is then fixed (a wrong selection, a Graph fault that slipped
+        through): a later refresh removes the users again while the cause stays.
+        """
+        tenant = await self.require_tenant(tenant_id)
+        target = (
+            await self.last_run_with_removals(tenant.id)
+            if run_id is None
+            else await self.get_run(tenant.id, run_id)
+        )
+        if target.dry_run:
+            raise Conflict(f"run {target.id} was a dry run: it removed nobody, so there is nothing to undo")
+        if target.undo_of is not None:
+            raise Conflict(f"run {target.id} is itself an undo; it removed nobody")
+        run = self._new_run(tenant.id, reason="undo", dry_run=False, requested_by=requested_by)
+        owner = f"{run.id}:{secrets.token_hex(4)}"
+        async with self.ctx.store.tenant_lease(tenant.id, owner, UNDO_LEASE_SECONDS) as held:
+            if not held:
+                raise Conflict("a refresh of this tenant is running; undo its removals once it has finished")
+            now = utc_now()
+            rows = await self.ctx.roster.removed_rows(tenant.id)
+            removed = [row for row in rows if _removed_by(row, target)]
+            cutoff = now - timedelta(days=self.ctx.settings.removal_grace_days)
+            restorable = [row for row in removed if _removed_after(row, cutoff)]
+            if not restorable:
+                grace = self.ctx.settings.removal_grace_days
+                why = (
+                    f"the {len(removed)} user(s) it removed are past the {grace}-day grace period"
+                    if removed
+                    else "none of the users it removed is still removed (restored since, removed again by a "
+                    "later run, or purged)"
+                )
+                raise Conflict(f"nothing to undo for run {target.id}: {why}")
+            stamp = iso(now)
+            restored = [
+                msgspec.structs.replace(
+                    row, status=RosterStatus.ACTIVE, removed_at=None, removed_by_run=None, updated_at=stamp
+                )
+                for row in sorted(restorable, key=lambda r: r.id)
+            ]
+            run.status = RunStatus.RUNNING
+            run.started_at = stamp
+            run.undo_of = target.id
+            await self.ctx.store.create_run(run)
+            try:
+                await self.ctx.roster.write(tenant.id, restored)
+            except Exception as exc:
+                run.status = RunStatus.FAILED
+                run.error = (
+                    f"internal error ({type(exc).__name__}: {str(exc)[:300]}); some users may be back "
+                    f"already: undo run {target.id} again to finish"
+                )
+            else:
+                run.status = RunStatus.SUCCEEDED
+            run.counts.restored = len(restored) if run.status is RunStatus.SUCCEEDED else 0
+            run.plan = {"restore": [row.id for row in restored][:PLAN_SAMPLE_SIZE]}
+            if len(restorable) < len(removed):
+                run.note = (
+                    f"{len(removed) - len(restorable)} user(s) removed by run {target.id} are past the "
+                    f"{self.ctx.settings.removal_grace_days}-day grace period and were not restored"
+                )
+            run.finished_at = iso(utc_now())
+            await self.ctx.store.save_run(run)
+            await self.ctx.store.record_last_run(run)
+            if run.status is RunStatus.SUCCEEDED:
+                target.undone_by = run.id
+                await self.ctx.store.save_run(target)
         return run
 
     async def _execute_in_process(self, run: Run, wait_seconds: float = 120.0) -> Run:
@@ -398,7 +572,7 @@ class SyncService:
         """The roster, filtered by status (active, removed, all), group and text."""
         tenant = await self.require_tenant(tenant_id)
         wanted: RosterStatus | None
-        if status in (None, "", "active"):
+        if status in (None, "active"):
             wanted = RosterStatus.ACTIVE
         elif status == "all":
             wanted = None
@@ -410,6 +584,8 @@ class SyncService:
             raise InvalidInput(f"group {group[:64]!r} is not a GUID")
         if search is not None and len(search) > MAX_SEARCH_LENGTH:
             raise InvalidInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+        if search is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in search):
+            raise InvalidInput("search contains control characters")
         if cursor is not None and not is_object_id(cursor):
             raise InvalidInput("the cursor is not one this API issued")
         return await self.ctx.roster.list_users(
@@ -424,7 +600,7 @@ class SyncService:
     async def explain(self, tenant_id: str, user: str) -> dict[str, object]:
         """Why a user is, or is not, on the platform: read live from Graph and the roster."""
         tenant = await self.require_tenant(tenant_id)
-        key = _require_text(user, "user", max_length=256)
+        key = require_user_key(user)
         reader = self._reader(tenant.id)
         rules = parse_exclusion_rules(tenant.exclusion_rules)
         selection = await self.ctx.store.get_selection(tenant.id)
@@ -514,6 +690,32 @@ class SyncService:
         }
 
 
+def _removed_by(row: RosterUser, run: Run) -> bool:
+    """Whether `run` removed this (removed) roster row.
+
+    Rows name their run (`removedByRun`). Rows written before that was recorded are matched
+    by time: a run's removals are stamped between its start and its end, and the tenant lease
+    keeps runs of one tenant from overlapping.
+    """
+    if row.status is not RosterStatus.REMOVED:
+        return False
+    if row.removed_by_run is not None:
+        return row.removed_by_run == run.id
+    if not (row.removed_at and run.started_at and run.finished_at):
+        return False
+    return run.started_at <= row.removed_at <= run.finished_at
+
+
+def _removed_after(row: RosterUser, cutoff: datetime) -> bool:
+    if not row.removed_at:
+        return False
+    try:
+        removed_at = datetime.fromisoformat(row.removed_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return removed_at > cutoff
+
+
 def _message_for(run: Run) -> RefreshMessage:
     return RefreshMessage(
         tenant_id=run.tenant_id,
@@ -525,22 +727,26 @@ def _message_for(run: Run) -> RefreshMessage:
     )
 
 
-def _looks_like_run_id(value: str) -> bool:
-    head, _, tail = value.partition("-")
-    return (
-        len(head) == 13 and head.isdigit() and len(tail) == 8 and all(c in "0123456789abcdef" for c in tail)
-    )
-
-
-_graph_clients: dict[Settings, GraphClients] = {}
+_graph_clients: dict[tuple[Settings, GraphHttpOptions | None], GraphClients] = {}
 _storage_ready: set[tuple[str | None, str | None, str]] = set()
+_graph_http_options: GraphHttpOptions | None = None
+
+
+def use_graph_http_options(options: GraphHttpOptions | None) -> None:
+    """Graph transport options (timeouts, retries) for the clients made from now on; None: defaults.
+
+    For tests and tools that need a short request timeout; the app itself runs on the defaults.
+    """
+    global _graph_http_options
+    _graph_http_options = options
 
 
 def graph_clients_for(settings: Settings) -> GraphClients:
     """One GraphClients (one HTTP pool per loop) per distinct settings, for the whole process."""
-    clients = _graph_clients.get(settings)
+    key = (settings, _graph_http_options)
+    clients = _graph_clients.get(key)
     if clients is None:
-        clients = _graph_clients[settings] = GraphClients(settings)
+        clients = _graph_clients[key] = GraphClients(settings, _graph_http_options)
     return clients
 
 

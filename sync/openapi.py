@@ -1,0 +1,547 @@
+"""The OpenAPI 3.1 description of the HTTP API (served at GET /api/openapi.json).
+
+Resource schemas come from the records themselves (`msgspec.json.schema_components`), so a
+field added to `Run` or `Tenant` appears here without anyone remembering to; request bodies,
+parameters and limits are written out with the same constants the service validates with.
+tests/integration/test_api_contract.py checks that every registered route is described here
+(and nothing else), and fuzzes the API against this document with schemathesis.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgspec
+
+from sync.directory import PermissionCheck
+from sync.eligibility import MAX_EXCLUDED_USERS, MAX_UPN_PATTERNS, ExclusionRules
+from sync.models import GroupPage, RosterUser, Run, Selection, Tenant
+from sync.service import (
+    GUID_PATTERN,
+    MAX_CURSOR_LENGTH,
+    MAX_GUARD_MIN_USERS,
+    MAX_NAME_LENGTH,
+    MAX_SEARCH_LENGTH,
+    MAX_SELECTED_GROUPS,
+    MAX_UPN_LENGTH,
+    RUN_ID_PATTERN,
+    USER_KEY_PATTERN,
+)
+
+REF = "#/components/schemas/{name}"
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+API_VERSION = "1.0.0"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(name=name)}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM: {"schema": _ref("Problem")}}}
+
+
+_PROBLEMS = {
+    "400": "Bad input: the `detail` names every bad value (and `errors` lists them); nothing changed.",
+    "401": "No signed-in caller (App Service Authentication found no identity).",
+    "403": "The caller lacks the app role Sync.Admin.",
+    "404": "The tenant (or run, or user) does not exist.",
+    "409": "The resource is not in a state that allows this (e.g. the run is not held).",
+    "412": "If-Match named a selection version that is no longer current.",
+    "500": "Unexpected failure; the Function App logs have the details.",
+    "502": "Microsoft Graph refused or failed: the `detail` names the missing permission and the "
+    "admin-consent link, or what failed.",
+    "503": "App Service Authentication is not enabled on the Function App, so data routes refuse "
+    "all requests.",
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: _problem(_PROBLEMS[code]) for code in codes}
+
+
+def _guid(description: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": GUID_PATTERN, "description": description}
+
+
+def _path(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+TENANT_ID = _path("tenantId", _guid("The customer's Entra tenant id."))
+RUN_ID = _path("runId", {"type": "string", "pattern": RUN_ID_PATTERN, "description": "A run id."})
+USER_KEY = _path(
+    "user",
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_UPN_LENGTH,
+        "pattern": "^(?:" + GUID_PATTERN.strip("^$") + "|" + USER_KEY_PATTERN.strip("^$") + ")$",
+        "description": "The user's object id or user principal name.",
+    },
+)
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size.")
+LOCATION = {
+    "Location": {
+        "description": "The run's URL.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+ETAG = {
+    "ETag": {
+        "description": 'The selection version, quoted ("3"); send it back as If-Match.',
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _page_of(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["value", "nextCursor"],
+        "properties": {
+            "value": {"type": "array", "items": _ref(item)},
+            "nextCursor": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+        },
+    }
+
+
+def _hand_written_schemas() -> dict[str, Any]:
+    nullable_string = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    return {
+        "Problem": {
+            "type": "object",
+            "description": "RFC 9457 problem details.",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string", "description": "What went wrong and what to do."},
+                "errors": {
+                    "type": "array",
+                    "description": "One entry per bad value.",
+                    "items": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+        "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
+        "TenantList": {
+            "type": "object",
+            "required": ["value"],
+            "properties": {"value": {"type": "array", "items": _ref("Tenant")}},
+        },
+        "RunPage": _page_of("Run"),
+        "UserPage": _page_of("RosterUser"),
+        "TenantInput": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["displayName"],
+            "properties": {
+                "displayName": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
+                "guardPercent": {
+                    "anyOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "null"}],
+                    "description": "Hold a run whose removals exceed this share of the active roster "
+                    "(and guardMinUsers). Left out: unchanged; null: REMOVAL_GUARD_PERCENT.",
+                },
+                "guardMinUsers": {
+                    "anyOf": [
+                        {"type": "integer", "minimum": 0, "maximum": MAX_GUARD_MIN_USERS},
+                        {"type": "null"},
+                    ],
+                    "description": "Hold a run whose removals exceed this many users (and guardPercent). "
+                    "Left out: unchanged; null: REMOVAL_GUARD_MIN_USERS.",
+                },
+            },
+        },
+        "SelectionInput": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "mode": {
+                    "enum": ["all", "groups"],
+                    "description": "`all`: every eligible user of the tenant; `groups`: eligible members "
+                    "of groupIds (nested groups included). Left out: `groups` when groupIds is not empty.",
+                },
+                "groupIds": {
+                    "type": "array",
+                    "maxItems": MAX_SELECTED_GROUPS,
+                    "items": {"type": "string", "pattern": GUID_PATTERN},
+                    "description": "Group object ids, each once; every one must exist in the tenant.",
+                },
+            },
+        },
+        "SelectionSaved": {
+            "allOf": [
+                _ref("Selection"),
+                {"type": "object", "required": ["run"], "properties": {"run": _ref("Run")}},
+            ]
+        },
+        "RulesInput": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "upnPatterns": {
+                    "anyOf": [
+                        {"type": "array", "maxItems": MAX_UPN_PATTERNS, "items": {"type": "string"}},
+                        {"type": "null"},
+                    ],
+                    "description": "fnmatch patterns against the UPN and its part before '@' "
+                    "(e.g. 'svc-*'); a pattern that matches everyone is refused. null: none.",
+                },
+                "excludedUsers": {
+                    "anyOf": [
+                        {"type": "array", "maxItems": MAX_EXCLUDED_USERS, "items": {"type": "string"}},
+                        {"type": "null"},
+                    ],
+                    "description": "Object ids or UPNs kept off the platform. null: none.",
+                },
+                "exclusionGroupId": {
+                    "anyOf": [{"type": "string"}, {"type": "null"}],
+                    "description": "A group whose members (nested included) are kept off the platform.",
+                },
+            },
+        },
+        "Connection": {
+            "type": "object",
+            "required": ["tenantId", "ok", "checks", "adminConsentUrl", "note"],
+            "properties": {
+                "tenantId": {"type": "string"},
+                "ok": {"type": "boolean", "description": "Every required permission works."},
+                "checks": {"type": "array", "items": _ref("PermissionCheck")},
+                "adminConsentUrl": nullable_string,
+                "note": nullable_string,
+            },
+        },
+        "Explanation": {
+            "type": "object",
+            "required": ["user", "included", "reasons", "groups", "rosterStatus", "mailboxPurposeSource"],
+            "properties": {
+                "user": {
+                    "type": "object",
+                    "required": ["id", "userPrincipalName", "displayName"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "userPrincipalName": {"type": "string"},
+                        "displayName": nullable_string,
+                    },
+                },
+                "included": {"type": "boolean"},
+                "reasons": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                },
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "displayName"],
+                        "properties": {"id": {"type": "string"}, "displayName": {"type": "string"}},
+                    },
+                },
+                "rosterStatus": {"enum": ["active", "removed", "absent"]},
+                "mailboxPurposeSource": {"enum": ["mailboxSettings", "heuristic"]},
+            },
+        },
+    }
+
+
+def _operation(
+    op_id: str,
+    summary: str,
+    ok: str,
+    schema: str,
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    errors: tuple[str, ...] = ("400", "401", "403", "404", "500", "503"),
+    headers: dict[str, Any] | None = None,
+    description: str | None = None,
+    anonymous: bool = False,
+) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": summary, "content": _json(_ref(schema))}
+    if headers:
+        response["headers"] = headers
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "parameters": params or [],
+        "responses": {ok: response, **_errors(*errors)},
+    }
+    if description:
+        op["description"] = description
+    if body:
+        op["requestBody"] = {"required": True, "content": _json(_ref(body))}
+    if anonymous:
+        op["security"] = []
+    return op
+
+
+def _paths() -> dict[str, Any]:
+    tenant = [TENANT_ID]
+    graph_errors = ("400", "401", "403", "404", "500", "502", "503")
+    search = _query(
+        "search", {"type": "string", "maxLength": MAX_SEARCH_LENGTH}, "Words in the display name."
+    )
+    return {
+        "/api/health": {
+            "get": _operation(
+                "health", "Liveness (no data, no sign-in).", "200", "Health", errors=("500",), anonymous=True
+            )
+        },
+        "/api/openapi.json": {
+            "get": _operation(
+                "openapi", "This document.", "200", "OpenApiDocument", errors=("500",), anonymous=True
+            )
+        },
+        "/api/tenants": {
+            "get": _operation(
+                "tenants_list",
+                "Every tenant with its last run (fleet view).",
+                "200",
+                "TenantList",
+                errors=("401", "403", "500", "503"),
+            )
+        },
+        "/api/tenants/{tenantId}": {
+            "put": _operation(
+                "tenant_put",
+                "Register or rename a tenant; set its own removal guard thresholds.",
+                "200",
+                "Tenant",
+                params=tenant,
+                body="TenantInput",
+                errors=("400", "401", "403", "500", "503"),
+            )
+        },
+        "/api/tenants/{tenantId}/connection": {
+            "get": _operation(
+                "tenant_connection",
+                "Which Graph permissions work in the tenant, with the admin-consent link.",
+                "200",
+                "Connection",
+                params=tenant,
+            )
+        },
+        "/api/tenants/{tenantId}/rules": {
+            "get": _operation(
+                "tenant_rules_get", "The tenant's exclusion rules.", "200", "ExclusionRules", params=tenant
+            ),
+            "put": _operation(
+                "tenant_rules_put",
+                "Replace the tenant's exclusion rules.",
+                "200",
+                "ExclusionRules",
+                params=tenant,
+                body="RulesInput",
+                errors=graph_errors,
+            ),
+        },
+        "/api/tenants/{tenantId}/groups": {
+            "get": _operation(
+                "groups_list",
+                "A page of the tenant's groups, live from Graph, with kinds and member counts.",
+                "200",
+                "GroupPage",
+                params=[
+                    *tenant,
+                    search,
+                    _query(
+                        "cursor",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_CURSOR_LENGTH},
+                        "nextCursor of the previous page.",
+                    ),
+                ],
+                errors=graph_errors,
+            )
+        },
+        "/api/tenants/{tenantId}/selection": {
+            "get": _operation(
+                "selection_get",
+                "The saved selection (mode `all`, version 0 when nothing was saved).",
+                "200",
+                "Selection",
+                params=tenant,
+                headers=ETAG,
+            ),
+            "put": _operation(
+                "selection_put",
+                "Save a selection (If-Match: the version read) and queue the refresh that applies it.",
+                "200",
+                "SelectionSaved",
+                params=[
+                    *tenant,
+                    {
+                        "name": "If-Match",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "The ETag of the selection this change is based on; * or absent: any.",
+                    },
+                ],
+                body="SelectionInput",
+                errors=("400", "401", "403", "404", "412", "500", "502", "503"),
+                headers={**ETAG, **LOCATION},
+            ),
+        },
+        "/api/tenants/{tenantId}/preview": {
+            "post": _operation(
+                "preview",
+                "Queue a dry run of a selection that is not saved: who would be added and removed.",
+                "202",
+                "Run",
+                params=tenant,
+                body="SelectionInput",
+                errors=graph_errors,
+                headers=LOCATION,
+            )
+        },
+        "/api/tenants/{tenantId}/refresh": {
+            "post": _operation(
+                "refresh",
+                '"Refresh Users Now": queue a refresh of the saved selection.',
+                "202",
+                "Run",
+                params=tenant,
+                headers=LOCATION,
+            )
+        },
+        "/api/tenants/{tenantId}/runs": {
+            "get": _operation(
+                "runs_list",
+                "Runs, newest first.",
+                "200",
+                "RunPage",
+                params=[
+                    *tenant,
+                    _query("cursor", {"type": "string", "pattern": RUN_ID_PATTERN}, "nextCursor."),
+                    LIMIT,
+                ],
+            )
+        },
+        "/api/tenants/{tenantId}/runs/{runId}": {
+            "get": _operation(
+                "run_get",
+                "One run: status, counts, per-group numbers, error.",
+                "200",
+                "Run",
+                params=[*tenant, RUN_ID],
+            )
+        },
+        "/api/tenants/{tenantId}/runs/{runId}/approve": {
+            "post": _operation(
+                "run_approve",
+                "Approve a run held by the removal guard: queue a run allowed to remove what it planned.",
+                "202",
+                "Run",
+                params=[*tenant, RUN_ID],
+                errors=("400", "401", "403", "404", "409", "500", "503"),
+                headers=LOCATION,
+            )
+        },
+        "/api/tenants/{tenantId}/runs/{runId}/undo": {
+            "post": _operation(
+                "run_undo",
+                "Undo a run's removals: the users it removed are active again, recorded as a run.",
+                "201",
+                "Run",
+                params=[*tenant, RUN_ID],
+                errors=("400", "401", "403", "404", "409", "500", "503"),
+                headers=LOCATION,
+                description="Users restored since, removed again by a later run, or past the "
+                "REMOVAL_GRACE_DAYS grace period are left alone (the run's `note` says how many). "
+                "A later refresh removes them again unless the cause of the removal (a wrong "
+                "selection, a Graph fault) has been fixed.",
+            )
+        },
+        "/api/tenants/{tenantId}/users": {
+            "get": _operation(
+                "users_list",
+                "The roster, filtered by status, selected group and text.",
+                "200",
+                "UserPage",
+                params=[
+                    *tenant,
+                    _query("status", {"enum": ["active", "removed", "all"]}, "Default: active."),
+                    _query("group", {"type": "string", "pattern": GUID_PATTERN}, "A selected group's id."),
+                    _query(
+                        "search",
+                        {"type": "string", "maxLength": MAX_SEARCH_LENGTH},
+                        "Text in the UPN, name or mail.",
+                    ),
+                    _query("cursor", {"type": "string", "pattern": GUID_PATTERN}, "nextCursor."),
+                    LIMIT,
+                ],
+            )
+        },
+        "/api/tenants/{tenantId}/users/{user}/explain": {
+            "get": _operation(
+                "user_explain",
+                "Why a user is, or is not, on the platform (read live from Graph).",
+                "200",
+                "Explanation",
+                params=[*tenant, USER_KEY],
+                errors=graph_errors,
+            )
+        },
+    }
+
+
+def build_openapi(server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document as a dict (JSON-ready)."""
+    _, models = msgspec.json.schema_components(
+        [Tenant, Run, Selection, GroupPage, RosterUser, ExclusionRules, PermissionCheck], ref_template=REF
+    )
+    schemas = {**copy.deepcopy(models), **_hand_written_schemas()}
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "O365 Groups Sync",
+            "version": API_VERSION,
+            "description": "Keeps a training platform's roster in step with Microsoft 365 group "
+            "membership. Every route but health and this document needs an Entra ID caller with the "
+            "app role Sync.Admin (App Service Authentication). Errors are RFC 9457 problem+json.",
+        },
+        "servers": [{"url": server_url or "/"}],
+        "security": [{"entraId": []}],
+        "paths": _paths(),
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "entraId": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An Entra ID token, checked by App Service Authentication in front of "
+                    "the app, which passes the caller on as X-MS-CLIENT-PRINCIPAL; the app requires "
+                    "the app role Sync.Admin.",
+                }
+            },
+        },
+    }
+    return document
