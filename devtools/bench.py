@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import time
 from typing import Any
+
+import msgspec
 
 BIG_TENANT = "0b3e54b4-7a71-4a3b-9f2d-100000000000"
 SLICE_TENANT = "0b3e54b4-7a71-4a3b-9f2d-010000000000"
@@ -83,8 +86,76 @@ async def _read_with_typed_models(base_url: str, tenant_id: str) -> int:
         await clients.aclose()
 
 
+async def _refresh_phases(args: argparse.Namespace) -> dict[str, Any]:
+    """Full refresh, unchanged full re-run, unchanged incremental run: one tenant, real Azurite."""
+    import httpx
+
+    from shared.settings import load_settings
+    from shared.storage import ensure_storage
+    from sync.engine import SyncContext, execute_refresh
+    from sync.models import RefreshMessage, Run, RunStatus, SelectedGroup, Selection, SelectionMode, Tenant
+    from sync.store import iso, new_run_id, utc_now
+
+    settings = load_settings(
+        {"SYNC_STORAGE": args.storage, "GRAPH_AUTH": "demo", "GRAPH_BASE_URL": args.base_url},
+        local_settings=None,
+    )
+    await ensure_storage(settings)
+    ctx = SyncContext.create(settings)
+    group_ids = json.loads(args.groups)
+    await ctx.store.put_tenant(Tenant(id=args.tenant, display_name="Bench", guard_percent=100.0))
+    await ctx.store.save_selection(
+        args.tenant,
+        Selection(
+            mode=SelectionMode.GROUPS,
+            groups=tuple(SelectedGroup(id=g, display_name=g) for g in group_ids),
+        ),
+        expected_version=None,
+    )
+    control = httpx.AsyncClient(base_url=args.root_url, timeout=30)
+    phases: dict[str, Any] = {}
+    try:
+        for name, reason in (
+            ("full", "manual"),
+            ("unchanged_full", "manual"),
+            ("unchanged_incremental", "nightly"),
+        ):
+            await control.delete("/_demo/requests")
+            transactions_before = ctx.roster.transactions
+            run = Run(id=new_run_id(), tenant_id=args.tenant, status=RunStatus.QUEUED, reason=reason,
+                      requested_at=iso(utc_now()))  # fmt: skip
+            await ctx.store.create_run(run)
+            cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+            done = await execute_refresh(
+                ctx, RefreshMessage(tenant_id=args.tenant, run_id=run.id, reason=reason)
+            )
+            wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
+            http_requests = (await control.get("/_demo/requests?inBatch=false&limit=0")).json()["counts"]
+            batched = (await control.get("/_demo/requests?inBatch=true&limit=0")).json()["counts"]
+            phases[name] = {
+                "status": str(done.status),
+                "error": done.error,
+                "incremental": done.incremental,
+                "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
+                "graph_requests_by_kind": http_requests,  # HTTP requests; a $batch counts once
+                "batched_items_by_kind": batched,
+                "run_counts": msgspec.to_builtins(done.counts),
+                "table_transactions": ctx.roster.transactions - transactions_before,
+            }
+    finally:
+        await control.aclose()
+        await ctx.aclose()
+        await ctx.graph.aclose()
+    phases["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return phases
+
+
 def _child(args: argparse.Namespace) -> int:
-    """Measure one read in this process and print one JSON line."""
+    """Measure one read (or the refresh phases) in this process and print one JSON line."""
+    if args.reader == "refresh":
+        print(json.dumps(asyncio.run(_refresh_phases(args))))
+        return 0
     reader = _read_with_directory if args.reader == "directory" else _read_with_typed_models
     baseline = _peak_rss_mb()
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
@@ -101,9 +172,9 @@ def _child(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(reader: str, base_url: str, tenant: str) -> dict[str, Any]:
+def _measure(reader: str, base_url: str, tenant: str, *extra: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "devtools.bench", "child", reader, base_url, tenant],
+        [sys.executable, "-m", "devtools.bench", "child", reader, base_url, tenant, *extra],
         check=True,
         capture_output=True,
         text=True,
@@ -136,6 +207,112 @@ def bench_directory(users: int, groups: int) -> dict[str, Any]:
     }
 
 
+# Graph-like throttling for the directory (users, groups): Entra ID allows 3,500-8,000 resource
+# units per 10 s per app and tenant; transitiveMembers costs 5 units, so ~1,500 requests / 10 s.
+DIRECTORY_BUDGET = (1500, 10.0, r"^/(users|groups)")
+
+
+def member_page_lower_bound(tenant: Any, group_ids: list[str]) -> int:
+    """Per-group expansion can not take fewer member pages than this."""
+    return sum(max(1, math.ceil(len(tenant.transitive_user_ids(g)) / 999)) for g in group_ids)
+
+
+def bench_refresh(users: int, groups: int, latency: float) -> dict[str, Any]:
+    """A 60% selection of the big tenant, with latency and throttling, on real Azurite."""
+    from devtools.azurite import Azurite
+    from devtools.demo_tenant.generator import build_tenant, pick_groups_covering
+    from devtools.demo_tenant.server import DemoGraphServer
+
+    big = build_tenant(BIG_TENANT, "Bench 100k", users=users, groups=groups, seed=7)
+    small = build_tenant(SLICE_TENANT, "Bench 10k", users=10_000, groups=200, seed=7)
+    selected = pick_groups_covering(big, 0.6, 50)
+    covered = set().union(*(big.transitive_user_ids(g) for g in selected))
+    with Azurite() as azurite, DemoGraphServer([big, small]) as server:
+        slice_fast = _measure("directory", server.base_url, SLICE_TENANT)
+        slice_typed = _measure("typed", server.base_url, SLICE_TENANT)
+        server.set_latency(latency)
+        server.set_rate_limit(*DIRECTORY_BUDGET)
+        phases = _measure(
+            "refresh",
+            server.base_url,
+            BIG_TENANT,
+            "--root-url",
+            server.root_url,
+            "--storage",
+            azurite.connection_string,
+            "--groups",
+            json.dumps(selected),
+        )
+    return {
+        "tenant_users": len(big.users),
+        "tenant_groups": len(big.groups),
+        "selected_groups": len(selected),
+        "selected_users": len(covered),
+        "latency_s": latency,
+        "directory_budget": {"requests": DIRECTORY_BUDGET[0], "per_seconds": DIRECTORY_BUDGET[1]},
+        "member_page_lower_bound": member_page_lower_bound(big, selected),
+        "phases": phases,
+        "slice_cpu_ratio": round(slice_typed["cpu_s"] / max(slice_fast["cpu_s"], 1e-9), 1),
+        "slice_directory": slice_fast,
+        "slice_typed_models": slice_typed,
+    }
+
+
+def _print_refresh(report: dict[str, Any]) -> None:
+    phases = report["phases"]
+    print(
+        f"Refresh: {report['selected_groups']} groups covering {report['selected_users']:,} of "
+        f"{report['tenant_users']:,} users; {report['latency_s'] * 1000:.0f} ms per Graph request; "
+        f"throttled past {report['directory_budget']['requests']} directory requests per "
+        f"{report['directory_budget']['per_seconds']:.0f} s"
+    )
+    print("| phase | status | wall s | CPU s | Graph requests | member pages (lower bound) | transactions |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in ("full", "unchanged_full", "unchanged_incremental"):
+        p = phases[name]
+        kinds = p["graph_requests_by_kind"]
+        total = sum(v for k, v in kinds.items() if not k.startswith("_"))
+        pages = kinds.get("groups.transitiveMembers", 0)
+        print(
+            f"| {name} | {p['status']} | {p['wall_s']} | {p['cpu_s']} | {total} | "
+            f"{pages} ({report['member_page_lower_bound']}) | {p['table_transactions']} |"
+        )
+    print(f"Peak RSS of the refresh process: {phases['peak_rss_mb']} MB")
+    print("Requests by kind, full refresh:", json.dumps(phases["full"]["graph_requests_by_kind"]))
+    print(f"Typed models / sync.directory CPU on the same 10k pages: {report['slice_cpu_ratio']}x")
+
+
+async def bench_fleet(tenants: int) -> dict[str, Any]:
+    """How long the nightly timer takes to queue one refresh per tenant."""
+    import uuid
+
+    from devtools.azurite import Azurite
+    from shared.settings import load_settings
+    from sync.models import Tenant
+    from sync.service import open_service
+
+    with Azurite() as azurite:
+        settings = load_settings({"SYNC_STORAGE": azurite.connection_string}, local_settings=None)
+        async with open_service(settings) as service:
+            gate = asyncio.Semaphore(32)
+
+            async def register(i: int) -> None:
+                async with gate:
+                    tid = str(uuid.UUID(int=i + 1))
+                    await service.ctx.store.put_tenant(Tenant(id=tid, display_name=f"Tenant {i}"))
+
+            await asyncio.gather(*(register(i) for i in range(tenants)))
+            started = time.perf_counter()
+            runs = await service.nightly()
+            elapsed = time.perf_counter() - started
+    return {"tenants": tenants, "queued": len(runs), "seconds": round(elapsed, 2)}
+
+
+def _print_fleet(report: dict[str, Any]) -> None:
+    print(f"Nightly fan-out: {report['queued']:,} refreshes queued for {report['tenants']:,} tenants "
+          f"in {report['seconds']} s")  # fmt: skip
+
+
 def _print_directory(report: dict[str, Any]) -> None:
     full, fast, typed = report["full_read"], report["slice_directory"], report["slice_typed_models"]
     print("Directory read (demo tenant on loopback, no added latency)")
@@ -162,12 +339,31 @@ def main(argv: list[str] | None = None) -> int:
     directory.add_argument("--groups", type=int, default=2_000)
     directory.add_argument("--json", action="store_true")
     child = sub.add_parser("child")
-    child.add_argument("reader", choices=["directory", "typed"])
+    child.add_argument("reader", choices=["directory", "typed", "refresh"])
     child.add_argument("base_url")
     child.add_argument("tenant")
+    child.add_argument("--root-url")
+    child.add_argument("--storage")
+    child.add_argument("--groups")
+    refresh = sub.add_parser("refresh", help="full / unchanged / incremental refresh of a 60k selection")
+    refresh.add_argument("--users", type=int, default=100_000)
+    refresh.add_argument("--groups", type=int, default=2_000)
+    refresh.add_argument("--latency", type=float, default=0.05)
+    refresh.add_argument("--json", action="store_true")
+    fleet = sub.add_parser("fleet", help="the nightly timer queueing refreshes for many tenants")
+    fleet.add_argument("--tenants", type=int, default=1000)
+    fleet.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.what == "child":
         return _child(args)
+    if args.what == "refresh":
+        report = bench_refresh(args.users, args.groups, args.latency)
+        print(json.dumps(report, indent=2)) if args.json else _print_refresh(report)
+        return 0
+    if args.what == "fleet":
+        fleet_report = asyncio.run(bench_fleet(args.tenants))
+        print(json.dumps(fleet_report, indent=2)) if args.json else _print_fleet(fleet_report)
+        return 0
     if args.what in (None, "directory"):
         report = bench_directory(getattr(args, "users", 100_000), getattr(args, "groups", 2_000))
         if getattr(args, "json", False):

@@ -258,7 +258,7 @@ def group_kind(
 
 def is_object_id(value: str) -> bool:
     """Whether `value` has the shape of an Entra object id (a GUID)."""
-    return bool(_GUID.match(value))
+    return bool(_GUID.fullmatch(value))
 
 
 def _search_clause(text: str) -> str:
@@ -287,7 +287,7 @@ class DirectoryReader:
         self,
         client: GraphServiceClient,
         *,
-        concurrency: int = 8,
+        concurrency: int = 16,
         batch_retry_limit: int = 5,
     ) -> None:
         self._client = client

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,6 +19,7 @@ import msgspec
 
 from shared.graph import GraphClients, admin_consent_url
 from shared.settings import Settings
+from shared.telemetry import log_run_summary, run_context
 from sync.directory import DeltaExpired, DirectoryError, DirectoryReader, GraphAccessDenied
 from sync.eligibility import (
     ExclusionRules,
@@ -45,6 +46,7 @@ from sync.models import (
 )
 from sync.planner import Plan, RemovalGuard, changed_rows, plan_roster_changes, purge_due
 from sync.roster import RosterStore
+from sync.safety import emptied_group_guard
 from sync.store import SyncStore, iso, utc_now
 
 log = logging.getLogger("sync.engine")
@@ -237,6 +239,11 @@ async def execute_refresh(ctx: SyncContext, message: RefreshMessage) -> Run:
 
     Raises LeaseBusy when another refresh of the tenant is running (the caller retries later).
     """
+    with run_context(message.tenant_id, message.run_id):  # every log line carries both ids
+        return await _execute_refresh(ctx, message)
+
+
+async def _execute_refresh(ctx: SyncContext, message: RefreshMessage) -> Run:
     store = ctx.store
     run = await store.get_run(message.tenant_id, message.run_id)
     if run is None:  # a message whose run record was never written (e.g. sent by hand)
@@ -254,6 +261,9 @@ async def execute_refresh(ctx: SyncContext, message: RefreshMessage) -> Run:
     if run.status.finished:
         return run  # at-least-once delivery: this message was already handled
     owner = f"{run.id}:{secrets.token_hex(4)}"
+    if run.dry_run:
+        # A preview writes only its own run record: it needs no lease and never waits for one.
+        return await _run_under_lease(ctx, run, owner, renew=False)
     async with store.tenant_lease(run.tenant_id, owner, LEASE_SECONDS) as held:
         if not held:
             raise LeaseBusy(f"another refresh of tenant {run.tenant_id} is running")
@@ -303,7 +313,7 @@ async def read_incremental(
     ctx: SyncContext,
     tenant: Tenant,
     selection: Selection,
-    roster: Mapping[str, RosterUser],
+    load_roster: Callable[[], Awaitable[Mapping[str, RosterUser]]],
     run: Run,
 ) -> _DeltaResult:
     """Re-read only the groups and users that changed since the last successful run.
@@ -323,6 +333,7 @@ async def read_incremental(
         )
         if not changed_users and not changed_groups:
             return _DeltaResult(classification=None, users_link=users_link, groups_link=groups_link)
+        roster = await load_roster()
         selected = [g.id for g in selection.groups]
         names = {g.id: g.display_name for g in selection.groups}
         closure = await reader.group_closure(
@@ -400,7 +411,7 @@ async def _keep_lease(ctx: SyncContext, tenant_id: str, owner: str) -> None:
             return
 
 
-async def _run_under_lease(ctx: SyncContext, run: Run, owner: str) -> Run:
+async def _run_under_lease(ctx: SyncContext, run: Run, owner: str, *, renew: bool = True) -> Run:
     store = ctx.store
     started = time.monotonic()
     run.status = RunStatus.RUNNING
@@ -410,7 +421,7 @@ async def _run_under_lease(ctx: SyncContext, run: Run, owner: str) -> Run:
     await store.save_run(run)
     await _supersede_covered_runs(ctx, run, run.started_at)
     log.info("run started", extra={"tenantId": run.tenant_id, "runId": run.id, "reason": run.reason})
-    renewer = asyncio.create_task(_keep_lease(ctx, run.tenant_id, owner))
+    renewer = asyncio.create_task(_keep_lease(ctx, run.tenant_id, owner)) if renew else None
     try:
         await _refresh(ctx, run)
     except Exception as exc:
@@ -423,16 +434,14 @@ async def _run_under_lease(ctx: SyncContext, run: Run, owner: str) -> Run:
             exc_info=not isinstance(exc, DirectoryError),
         )
     finally:
-        renewer.cancel()
+        if renewer is not None:
+            renewer.cancel()
     run.finished_at = iso(utc_now())
     run.duration_seconds = round(time.monotonic() - started, 3)
     await store.save_run(run)
     if not run.dry_run:
         await store.record_last_run(run)
-    log.info(
-        "run finished",
-        extra={"tenantId": run.tenant_id, "runId": run.id, "status": str(run.status)},
-    )
+    log_run_summary(run)  # one SyncRunSummary record per finished run (the alert and KQL read it)
     return run
 
 
@@ -447,13 +456,20 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
         mode, group_ids = run.preview_mode, list(run.preview_group_ids or [])
     else:
         mode, group_ids = selection.mode, [g.id for g in selection.groups]
-    roster = {row.id: row for row in await ctx.roster.read_roster(run.tenant_id)}
+    cached: dict[str, RosterUser] = {}
+
+    async def load_roster() -> dict[str, RosterUser]:
+        # Read once, and only when needed: an unchanged incremental night never reads it.
+        if not cached:
+            cached.update({row.id: row for row in await ctx.roster.read_roster(run.tenant_id)})
+        return cached
+
     links: tuple[str, str] | None = None
     classification: Classification | None = None
     full = True
     if _incremental_allowed(tenant, selection, run, utc_now()):
         try:
-            delta = await read_incremental(ctx, tenant, selection, roster, run)
+            delta = await read_incremental(ctx, tenant, selection, load_roster, run)
         except (DeltaExpired, _NeedFullRefresh) as exc:
             log.info(
                 "full refresh instead of incremental: %s", exc, extra={"tenantId": tenant.id, "runId": run.id}
@@ -462,11 +478,12 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
             full, run.incremental = False, True
             links = (delta.users_link, delta.groups_link)
             if delta.classification is None:  # nothing changed: the roster stands as it is
-                active = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
+                active = tenant.active_users or 0
                 run.counts = RunCounts(eligible=active, unchanged=active)
-                await _purge_past_grace(ctx, run.tenant_id, roster.values(), utc_now())
+                removed = await ctx.roster.read_roster(run.tenant_id, status=RosterStatus.REMOVED)
+                await _purge_past_grace(ctx, run.tenant_id, removed, utc_now())
                 run.status = RunStatus.SUCCEEDED
-                await _advance_delta(ctx, tenant, selection, links, full=False)
+                await _advance_delta(ctx, tenant, selection, links, full=False, active_users=active)
                 return
             classification = delta.classification
     if classification is None:
@@ -478,31 +495,37 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
             finally:
                 run.graph_requests += reader.requests_sent
         classification = await read_and_classify(ctx, tenant, mode, group_ids, run)
+    roster = await load_roster()
 
     plan = plan_roster_changes(roster.values(), classification.eligible)
     active_before = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
     approved = run.allow_removals is not None and len(plan.removals) <= run.allow_removals
     decision = tenant_guard(ctx.settings, tenant).check(plan, active_before, allow_removals=approved)
+    if not decision.held:
+        # A selected group that suddenly reads as empty holds the run even below the percentages.
+        decision = (
+            emptied_group_guard(roster.values(), classification.groups, plan, approved=approved) or decision
+        )
     run.groups = classification.groups
     run.mailbox_purpose_source = str(classification.purpose_source)
     run.counts = _counts(classification, plan)
+    if decision.held:
+        run.guard = decision.detail  # on a preview too: saving it will need an approval
     if run.dry_run or decision.held:
         run.plan = _plan_sample(plan)
-        if decision.held and not run.dry_run:
-            run.status = RunStatus.HELD
-            run.guard = decision.detail
-        else:
-            run.status = RunStatus.SUCCEEDED
+        run.status = RunStatus.HELD if decision.held and not run.dry_run else RunStatus.SUCCEEDED
         return
     now = utc_now()
-    await ctx.roster.write(run.tenant_id, changed_rows(roster, plan, now=iso(now)))
+    await ctx.roster.write(run.tenant_id, changed_rows(roster, plan, now=iso(now)), run_id=run.id)
     restored = {user.id for user in plan.restores}
     await _purge_past_grace(
         ctx, run.tenant_id, (row for row in roster.values() if row.id not in restored), now
     )
     run.status = RunStatus.SUCCEEDED
     if links is not None:
-        await _advance_delta(ctx, tenant, selection, links, full=full)
+        await _advance_delta(
+            ctx, tenant, selection, links, full=full, active_users=len(classification.eligible)
+        )
 
 
 async def _purge_past_grace(
@@ -515,11 +538,18 @@ async def _purge_past_grace(
 
 
 async def _advance_delta(
-    ctx: SyncContext, tenant: Tenant, selection: Selection, links: tuple[str, str], *, full: bool
+    ctx: SyncContext,
+    tenant: Tenant,
+    selection: Selection,
+    links: tuple[str, str],
+    *,
+    full: bool,
+    active_users: int,
 ) -> None:
     """Move the delta links forward: only ever after a successful run."""
     await ctx.store.save_delta_state(
         tenant.id,
+        active_users=active_users,
         users_link=links[0],
         groups_link=links[1],
         selection_version=selection.version,

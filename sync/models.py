@@ -145,6 +145,7 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     delta_selection_version: int | None = None
     delta_rules: str | None = None
     last_full_refresh_at: str | None = None
+    active_users: int | None = None  # on the roster after the last successful run
 
 
 class RunStatus(enum.StrEnum):

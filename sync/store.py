@@ -148,6 +148,7 @@ class SyncStore:
         self,
         tenant_id: str,
         *,
+        active_users: int | None = None,
         users_link: str | None,
         groups_link: str | None,
         selection_version: int | None,
@@ -166,6 +167,8 @@ class SyncStore:
         }
         if full_refresh_at is not None:
             entity["lastFullRefreshAt"] = full_refresh_at
+        if active_users is not None:
+            entity["activeUsers"] = active_users
         await self._table(TENANTS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
 
     # -- selections --

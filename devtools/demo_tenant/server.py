@@ -2165,9 +2165,11 @@ class DemoGraphServer:
         tenant_id = request.query.get("tenant")
         limit = int(request.query.get("limit", "500"))
         records = self.request_log(kind, tenant_id)
+        in_batch_text = request.query.get("inBatch")
+        in_batch = None if in_batch_text is None else in_batch_text.lower() == "true"
         return self._json(
             {
-                "counts": self.request_counts(tenant_id),
+                "counts": self.request_counts(tenant_id, in_batch=in_batch),
                 "total": len(records),
                 "requests": [msgspec.to_builtins(record) for record in records[-limit:]] if limit > 0 else [],
             }
