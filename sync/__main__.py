@@ -174,9 +174,11 @@ def _print_run(run: Run) -> None:
         )
     if run.mailbox_purpose_source:
         print(f"  shared mailboxes recognised by: {run.mailbox_purpose_source}")
-    if run.guard:
+    if run.guard and run.status is RunStatus.HELD:
         print(f"  held: {run.guard}")
         print(f"  approve with: python -m sync approve {run.tenant_id} {run.id}")
+    elif run.guard:  # a dry run whose real run would wait for an approval
+        print(f"  a real run would be held: {run.guard}")
     if run.error:
         print(f"  error: {run.error}")
     if run.undo_of:

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -662,35 +662,53 @@ class DirectoryReader:
                 raise GraphUnavailable("a delta round ended without a deltaLink")
             return changed, page.delta_link
 
-    async def group_closure(self, group_ids: Sequence[str]) -> dict[str, frozenset[str]]:
-        """For each group, itself and every group nested in it (transitively), 20 groups per $batch."""
-        closure: dict[str, frozenset[str]] = {}
+    async def _id_sets(
+        self, object_ids: Sequence[str], url_for: Callable[[str], str]
+    ) -> dict[str, frozenset[str] | None]:
+        """For each object, the ids of a directory-object list (`url_for(id)`), 20 objects per $batch.
+
+        An object Graph does not know maps to None; a list over 999 entries is followed to its end.
+        """
+        found: dict[str, frozenset[str] | None] = {}
 
         async def one_batch(chunk: Sequence[str]) -> None:
             requests = [
                 _BatchRequest(
-                    id=str(i),
-                    method="GET",
-                    url=f"/groups/{gid}/transitiveMembers/microsoft.graph.group?$select=id&$top=999&$count=true",
-                    headers={"ConsistencyLevel": "eventual"},
+                    id=str(i), method="GET", url=url_for(oid), headers={"ConsistencyLevel": "eventual"}
                 )
-                for i, gid in enumerate(chunk)
+                for i, oid in enumerate(chunk)
             ]
             async with self._limit:
                 items = await self._batch(requests, "GroupMember.Read.All")
-            for i, gid in enumerate(chunk):
+            for i, oid in enumerate(chunk):
                 item = items[str(i)]
                 if item.status == 404:
-                    raise GroupNotFound(gid)
+                    found[oid] = None
+                    continue
                 if item.status != 200:
                     raise _error_from_batch_item(item, "GroupMember.Read.All")
                 page = _ID_PAGE.decode(item.body)
-                nested = {entry.id for entry in page.value}
-                if page.next_link:  # more than 999 nested groups: follow the rest outside the batch
-                    nested |= set(await self._follow_ids(page.next_link))
-                closure[gid] = frozenset({gid, *nested})
+                ids = {entry.id for entry in page.value}
+                if page.next_link:  # more than 999: follow the rest outside the batch
+                    ids |= set(await self._follow_ids(page.next_link))
+                found[oid] = frozenset(ids)
 
-        await asyncio.gather(*(one_batch(c) for c in _chunks(list(group_ids), MAX_BATCH_SIZE)))
+        await asyncio.gather(*(one_batch(c) for c in _chunks(list(object_ids), MAX_BATCH_SIZE)))
+        return found
+
+    async def group_closure(self, group_ids: Sequence[str]) -> dict[str, frozenset[str]]:
+        """For each group, itself and every group nested in it (transitively), 20 groups per $batch."""
+        nested = await self._id_sets(
+            group_ids,
+            lambda gid: (
+                f"/groups/{gid}/transitiveMembers/microsoft.graph.group?$select=id&$top=999&$count=true"
+            ),
+        )
+        closure: dict[str, frozenset[str]] = {}
+        for gid, ids in nested.items():
+            if ids is None:
+                raise GroupNotFound(gid)
+            closure[gid] = ids | {gid}
         return closure
 
     async def _follow_ids(self, next_link: str) -> list[str]:
@@ -729,36 +747,14 @@ class DirectoryReader:
         return found
 
     async def groups_of_users(self, user_ids: Sequence[str]) -> dict[str, frozenset[str]]:
-        """Every group each user is in (transitively), 20 users per $batch."""
-        groups: dict[str, frozenset[str]] = {}
-
-        async def one_batch(chunk: Sequence[str]) -> None:
-            requests = [
-                _BatchRequest(
-                    id=str(i),
-                    method="GET",
-                    url=f"/users/{uid}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999&$count=true",
-                    headers={"ConsistencyLevel": "eventual"},
-                )
-                for i, uid in enumerate(chunk)
-            ]
-            async with self._limit:
-                items = await self._batch(requests, "GroupMember.Read.All")
-            for i, uid in enumerate(chunk):
-                item = items[str(i)]
-                if item.status == 404:
-                    groups[uid] = frozenset()
-                    continue
-                if item.status != 200:
-                    raise _error_from_batch_item(item, "GroupMember.Read.All")
-                page = _ID_PAGE.decode(item.body)
-                ids = {entry.id for entry in page.value}
-                if page.next_link:
-                    ids |= set(await self._follow_ids(page.next_link))
-                groups[uid] = frozenset(ids)
-
-        await asyncio.gather(*(one_batch(c) for c in _chunks(list(user_ids), MAX_BATCH_SIZE)))
-        return groups
+        """Every group each user is in (transitively), 20 users per $batch; a deleted user is in none."""
+        found = await self._id_sets(
+            user_ids,
+            lambda uid: (
+                f"/users/{uid}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999&$count=true"
+            ),
+        )
+        return {uid: ids or frozenset() for uid, ids in found.items()}
 
     async def list_all_users(self) -> list[DirectoryUser]:
         """Every user of the tenant (mode `all`), following every page."""

@@ -184,40 +184,30 @@ def changed_rows(roster: Mapping[str, RosterUser], plan: Plan, *, now: str) -> l
         )
     for change in plan.updates:
         _require(roster, change.id, "updates")
-        user = change.after
-        out.append(
-            replace(
-                roster[user.id],
-                user_principal_name=user.user_principal_name,
-                display_name=user.display_name,
-                mail=user.mail,
-                department=user.department,
-                job_title=user.job_title,
-                groups=user.groups,
-                updated_at=now,
-            )
-        )
+        out.append(_with_attributes(roster[change.id], change.after, now))
     for user in plan.restores:
         _require(roster, user.id, "restores")
         # Restored, not re-created: added_at survives so the platform keeps the history.
-        out.append(
-            replace(
-                roster[user.id],
-                user_principal_name=user.user_principal_name,
-                display_name=user.display_name,
-                mail=user.mail,
-                department=user.department,
-                job_title=user.job_title,
-                groups=user.groups,
-                status=RosterStatus.ACTIVE,
-                removed_at=None,
-                updated_at=now,
-            )
-        )
+        restored = _with_attributes(roster[user.id], user, now)
+        out.append(replace(restored, status=RosterStatus.ACTIVE, removed_at=None))
     for removed in plan.removals:
         _require(roster, removed.id, "removes")
         out.append(replace(roster[removed.id], status=RosterStatus.REMOVED, removed_at=now, updated_at=now))
     return out
+
+
+def _with_attributes(row: RosterUser, user: EligibleUser, now: str) -> RosterUser:
+    """The row with the directory's current attributes and groups."""
+    return msgspec.structs.replace(
+        row,
+        user_principal_name=user.user_principal_name,
+        display_name=user.display_name,
+        mail=user.mail,
+        department=user.department,
+        job_title=user.job_title,
+        groups=user.groups,
+        updated_at=now,
+    )
 
 
 def _require(rows: Mapping[str, RosterUser], user_id: str, verb: str) -> None:

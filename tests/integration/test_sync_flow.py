@@ -448,3 +448,20 @@ def test_run_resource_matches_the_contract() -> None:
     )
     contract = {"id", "tenantId", "status", "reason", "dryRun", "requestedAt", "startedAt", "finishedAt"}
     assert contract | {"counts", "groups", "graphRequests", "error"} <= keys
+
+
+async def test_a_preview_says_when_saving_would_need_an_approval(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    await register(app, own_tenant)
+    await select(app, own_tenant, [])
+    await app.deliver()
+    small = own_tenant.landmarks.nested_chain[-1]
+    code, queued, _ = await app.http(
+        "preview", "POST", "x", route={"tenantId": own_tenant.tenant_id}, body={"groupIds": [small]}
+    )
+    assert code == 202
+    await app.deliver()
+    result = await run(app, own_tenant, queued["id"])
+    assert result["status"] == "succeeded" and result["dryRun"] is True  # a preview is never held itself
+    assert result["guard"] and "approve" in result["guard"]  # but it warns that the save will be
