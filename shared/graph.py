@@ -22,7 +22,8 @@ from kiota_authentication_azure.azure_identity_authentication_provider import (
     AzureIdentityAuthenticationProvider,
 )
 from kiota_http.middleware.options import RetryHandlerOption
-from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.graph_request_adapter import GraphRequestAdapter
+from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
 from shared.settings import GraphAuthMode, Settings
@@ -120,7 +121,8 @@ def _credential_for(settings: Settings, tenant_id: str) -> AsyncTokenCredential:
         identity = ManagedIdentityCredential(client_id=settings.azure_client_id)
 
         async def assertion() -> str:
-            return (await identity.get_token(FEDERATION_AUDIENCE)).token
+            token: AccessToken = await identity.get_token(FEDERATION_AUDIENCE)
+            return token.token
 
         assert settings.graph_app_client_id  # load_settings enforces it
         return _AsyncAssertionCredential(

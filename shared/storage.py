@@ -50,14 +50,23 @@ def queue_client(settings: Settings, queue: str | None = None) -> QueueClient:
     """The refresh queue, base64-encoded as the Functions queue trigger expects by default."""
     storage = settings.storage
     name = queue or settings.queue_name
-    policies = {
-        "message_encode_policy": BinaryBase64EncodePolicy(),
-        "message_decode_policy": BinaryBase64DecodePolicy(),
-    }
+    encode_policy = BinaryBase64EncodePolicy()
+    decode_policy = BinaryBase64DecodePolicy()
     if storage.connection_string:
-        return QueueClient.from_connection_string(storage.connection_string, name, **policies)
+        return QueueClient.from_connection_string(
+            storage.connection_string,
+            name,
+            message_encode_policy=encode_policy,
+            message_decode_policy=decode_policy,
+        )
     assert storage.queue_service_uri
-    return QueueClient(storage.queue_service_uri, name, credential=_identity_credential(settings), **policies)
+    return QueueClient(
+        storage.queue_service_uri,
+        name,
+        credential=_identity_credential(settings),
+        message_encode_policy=encode_policy,
+        message_decode_policy=decode_policy,
+    )
 
 
 async def ensure_storage(settings: Settings) -> None:

@@ -20,7 +20,14 @@ import msgspec
 from shared.graph import GraphClients, admin_consent_url
 from shared.settings import Settings
 from shared.telemetry import log_run_summary, run_context
-from sync.directory import DeltaExpired, DirectoryError, DirectoryReader, GraphAccessDenied
+from sync.directory import (
+    DeltaExpired,
+    DirectoryError,
+    DirectoryReader,
+    GraphAccessDenied,
+    MemberStrategy,
+    cheaper_member_strategy,
+)
 from sync.eligibility import (
     ExclusionRules,
     MailboxPurposeSource,
@@ -191,7 +198,15 @@ async def read_and_classify(
                     + "; nobody was removed. Update the selection."
                 )
             names = {gid: group.display_name for gid, group in found.items() if group is not None}
-            members = await reader.read_group_users(group_ids)
+            counts = await reader.count_group_users(group_ids)
+            strategy = cheaper_member_strategy(
+                [counts.get(gid, 0) for gid in group_ids], await reader.count_tenant_users()
+            )
+            run.member_strategy = str(strategy)
+            if strategy is MemberStrategy.ALL_USERS:
+                members = await reader.read_group_users_via_all_users(group_ids)
+            else:
+                members = await reader.read_group_users(group_ids)
             users, groups_of_user = members.users, members.groups_of_user
         excluded_ids: frozenset[str] = frozenset()
         if rules.exclusion_group_id:

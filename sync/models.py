@@ -221,6 +221,7 @@ class Run(msgspec.Struct, kw_only=True, rename="camel"):
     error: str | None = None
     superseded_by: str | None = None
     incremental: bool = False  # read only what changed since the last successful run (Graph delta)
+    member_strategy: str | None = None  # "perGroup" or "allUsers": how the members were read
     preview_mode: SelectionMode | None = None  # dry runs of a selection not saved yet
     preview_group_ids: list[str] | None = None
     undo_of: str | None = None  # an undo run: the run whose removals it restored

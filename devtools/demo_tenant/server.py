@@ -832,6 +832,7 @@ class Fault:
     delay: float | None = None
     code: str | None = None
     message: str | None = None
+    in_batch: bool | None = None  # only $batch items (True), only whole requests (False), or both
     matched: int = 0
     fired: int = 0
     pattern: re.Pattern[str] | None = None
@@ -1107,6 +1108,7 @@ class DemoGraphServer:
         delay: float | None = None,
         code: str | None = None,
         message: str | None = None,
+        in_batch: bool | None = None,
     ) -> int:
         """Make matching requests fail with `status` (see `Fault`); returns the fault id.
 
@@ -1127,6 +1129,7 @@ class DemoGraphServer:
                 delay=delay,
                 code=code,
                 message=message,
+                in_batch=in_batch,
                 pattern=re.compile(path_regex),
             )
             self._next_fault_id += 1
@@ -1311,6 +1314,8 @@ class DemoGraphServer:
                 if fault.times is not None and fault.fired >= fault.times:
                     continue
                 if fault.pattern is None or not fault.pattern.search(call.path):
+                    continue
+                if fault.in_batch is not None and fault.in_batch != call.in_batch:
                     continue
                 fault.matched += 1
                 if fault.matched <= fault.after:

@@ -15,6 +15,8 @@ from sync.directory import (
     GraphUnavailable,
     GroupNotFound,
     InvalidCursor,
+    MemberStrategy,
+    cheaper_member_strategy,
 )
 from sync.models import GroupKind
 
@@ -183,3 +185,35 @@ async def test_other_tenant_token_sees_its_own_directory(
     fabrikam = demo_tenants[1]
     users = await DirectoryReader(graph_clients.for_tenant(fabrikam.tenant_id)).list_all_users()
     assert {u.id for u in users} == set(fabrikam.users)
+
+
+@pytest.mark.parametrize(
+    ("counts", "tenant_users", "expected"),
+    [
+        ([50] * 60, 2_000, MemberStrategy.ALL_USERS),  # many small groups: 60 requests vs 2 + 3
+        ([1_500, 40], 2_000, MemberStrategy.PER_GROUP),  # two groups: 3 requests vs 2 + 1
+        ([1_200] * 50, 100_000, MemberStrategy.PER_GROUP),  # a user chain of 101 pages is too long
+        ([0], 10, MemberStrategy.PER_GROUP),
+    ],
+)
+def test_the_cheaper_member_read_is_chosen_from_counts(
+    counts: list[int], tenant_users: int, expected: MemberStrategy
+) -> None:
+    assert cheaper_member_strategy(counts, tenant_users) is expected
+
+
+async def test_all_users_plus_member_ids_reads_the_same_members_with_fewer_requests(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    groups = sorted(contoso.groups)
+    graph.reset_log()
+    per_group = await reader.read_group_users(groups)
+    per_group_requests = sum(graph.request_counts(in_batch=False).values())
+    graph.reset_log()
+    via_all_users = await reader.read_group_users_via_all_users(groups)
+    all_users_requests = sum(graph.request_counts(in_batch=False).values())
+    assert via_all_users.users == per_group.users
+    assert via_all_users.groups_of_user == per_group.groups_of_user
+    assert via_all_users.members_per_group == per_group.members_per_group
+    assert all_users_requests < per_group_requests / 4
+    assert await reader.count_tenant_users() == len(contoso.users)

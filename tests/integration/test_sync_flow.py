@@ -465,3 +465,19 @@ async def test_a_preview_says_when_saving_would_need_an_approval(
     result = await run(app, own_tenant, queued["id"])
     assert result["status"] == "succeeded" and result["dryRun"] is True  # a preview is never held itself
     assert result["guard"] and "approve" in result["guard"]  # but it warns that the save will be
+
+
+async def test_selecting_many_groups_reads_all_users_once_and_gets_the_same_roster(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    await register(app, own_tenant)
+    every_group = sorted(own_tenant.groups)
+    _, saved = await select(app, own_tenant, every_group)
+    await app.deliver()
+    result = await run(app, own_tenant, saved["run"]["id"])
+    assert result["status"] == "succeeded" and result["memberStrategy"] == "allUsers"
+    expected = expected_roster(own_tenant, every_group)
+    users = await roster(app, own_tenant)
+    assert {uid: set(u["groups"]) for uid, u in users.items()} == expected
+    by_group = {g["id"]: g for g in result["groups"]}
+    assert all(by_group[g]["members"] == len(own_tenant.transitive_user_ids(g)) for g in every_group)
