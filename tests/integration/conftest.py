@@ -83,8 +83,12 @@ class AppUnderTest:
         async with queue_client(self.settings) as queue:
             return [m.content for m in await queue.peek_messages(max_messages=32)]
 
-    async def deliver(self, *, max_messages: int = 32) -> int:
-        """Hand every visible refresh message to the real queue trigger, deleting each after success."""
+    async def deliver(self, *, max_messages: int = 32, only_tenant: str | None = None) -> int:
+        """Hand every visible refresh message to the real queue trigger, deleting each after success.
+
+        With `only_tenant`, messages for other tenants (the nightly timer queues one for every
+        tenant in the shared Azurite) are taken off the queue without running.
+        """
         handler = self.functions["refresh_worker"].get_user_function()
         delivered = 0
         async with queue_client(self.settings) as queue:
@@ -93,6 +97,9 @@ class AppUnderTest:
                 if not batch:
                     break
                 message = batch[0]
+                if only_tenant and json.loads(message.content).get("tenantId") != only_tenant:
+                    await queue.delete_message(message)
+                    continue
                 await handler(
                     func.QueueMessage(
                         id=message.id,
