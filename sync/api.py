@@ -18,7 +18,7 @@ from typing import Any
 import azure.functions as func
 import msgspec
 
-from sync.models import Run
+from sync.models import Run, TenantView
 from sync.openapi import build_openapi
 from sync.service import (
     UNSET,
@@ -239,7 +239,7 @@ async def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
     """Every tenant with its last run (fleet view)."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        return json_response({"value": await svc.list_tenants()})
+        return json_response({"value": [TenantView.of(t) for t in await svc.list_tenants()]})
 
     return await guarded(req, handle)
 
@@ -257,7 +257,7 @@ async def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
             guard_percent=body.get("guardPercent", UNSET),
             guard_min_users=body.get("guardMinUsers", UNSET),
         )
-        return json_response(tenant)
+        return json_response(TenantView.of(tenant))
 
     return await guarded(req, handle)
 

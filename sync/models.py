@@ -148,6 +148,29 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     active_users: int | None = None  # on the roster after the last successful run
 
 
+class TenantView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A tenant as the API shows it: the fleet view, without the internal sync state
+    (delta links, the rules snapshot); the rules have their own route."""
+
+    id: str
+    display_name: str
+    enabled: bool = True
+    created_at: str | None = None
+    guard_percent: float | None = None
+    guard_min_users: int | None = None
+    last_run_id: str | None = None
+    last_run_status: str | None = None
+    last_run_at: str | None = None
+    last_full_refresh_at: str | None = None
+    active_users: int | None = None
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantView:
+        """The public view of a tenant record."""
+        fields = {name: getattr(tenant, name) for name in cls.__struct_fields__}
+        return cls(**fields)
+
+
 class RunStatus(enum.StrEnum):
     """Where a refresh run is in its life."""
 

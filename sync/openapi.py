@@ -16,7 +16,7 @@ import msgspec
 
 from sync.directory import PermissionCheck
 from sync.eligibility import MAX_EXCLUDED_USERS, MAX_UPN_PATTERNS, ExclusionRules
-from sync.models import GroupPage, RosterUser, Run, Selection, Tenant
+from sync.models import GroupPage, RosterUser, Run, Selection, TenantView
 from sync.service import (
     GUID_PATTERN,
     MAX_CURSOR_LENGTH,
@@ -515,8 +515,10 @@ def _paths() -> dict[str, Any]:
 def build_openapi(server_url: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document as a dict (JSON-ready)."""
     _, models = msgspec.json.schema_components(
-        [Tenant, Run, Selection, GroupPage, RosterUser, ExclusionRules, PermissionCheck], ref_template=REF
+        [TenantView, Run, Selection, GroupPage, RosterUser, ExclusionRules, PermissionCheck], ref_template=REF
     )
+    # The API's tenant resource is the public view of the record: documented as "Tenant".
+    models["Tenant"] = {**models.pop("TenantView"), "title": "Tenant"}
     schemas = {**copy.deepcopy(models), **_hand_written_schemas()}
     document: dict[str, Any] = {
         "openapi": "3.1.0",

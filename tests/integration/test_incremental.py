@@ -164,3 +164,14 @@ async def test_a_changed_selection_is_never_read_incrementally(
     assert result["status"] == RunStatus.SUCCEEDED and result["incremental"] is False
     expected = expected_roster(own_tenant, [lm.big_group_id, lm.nested_chain[0]])
     assert set(await roster(app, own_tenant)) == set(expected)
+
+
+async def test_the_tenant_resource_hides_the_sync_state(app: AppUnderTest, own_tenant: DemoTenant) -> None:
+    await register(app, own_tenant)
+    await select(app, own_tenant, [own_tenant.landmarks.big_group_id])
+    await app.deliver()
+    code, tenants, _ = await app.http("tenants_list", "GET", "tenants")
+    assert code == 200
+    mine = next(t for t in tenants["value"] if t["id"] == own_tenant.tenant_id)
+    assert mine["lastFullRefreshAt"] and mine["activeUsers"] > 0
+    assert not {"usersDeltaLink", "groupsDeltaLink", "deltaRules", "exclusionRules"} & set(mine)
