@@ -60,6 +60,8 @@ log = logging.getLogger("sync.engine")
 
 LEASE_SECONDS = 300.0  # renewed every third of it while a run works; a crashed worker's lapses
 FULL_REFRESH_EVERY = timedelta(days=7)
+# A person's mailbox rarely turns into a shared one: re-read it weekly, not on every full run.
+PURPOSE_RECHECK = timedelta(days=7)
 INCREMENTAL_REASONS = frozenset({"nightly"})  # runs people start read everything, for exact counts
 PLAN_SAMPLE_SIZE = 200  # user ids per list kept on a held or dry run (Table properties cap at 64 KiB)
 
@@ -95,6 +97,7 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
     verdicts: dict[str, Verdict]
     groups: list[RunGroup]
     purpose_source: MailboxPurposeSource
+    purposes_checked: frozenset[str] = frozenset()  # users whose mailbox purpose Graph gave this run
 
 
 def classify_members(
@@ -122,9 +125,10 @@ def classify_members(
         verdicts[uid] = verdict
         member_of = groups_of_user.get(uid, ())
         for gid in member_of:
-            tally = per_group[gid]
-            tally[0] += 1
-            tally[1] += verdict.included
+            tally = per_group.get(gid)  # incremental runs count only the groups they re-read
+            if tally is not None:
+                tally[0] += 1
+                tally[1] += verdict.included
         if verdict.included:
             eligible.append(
                 EligibleUser(
@@ -178,9 +182,19 @@ def tenant_guard(settings: Settings, tenant: Tenant) -> RemovalGuard:
 
 
 async def read_and_classify(
-    ctx: SyncContext, tenant: Tenant, mode: SelectionMode, group_ids: list[str], run: Run
+    ctx: SyncContext,
+    tenant: Tenant,
+    mode: SelectionMode,
+    group_ids: list[str],
+    run: Run,
+    *,
+    known_people: frozenset[str] = frozenset(),
 ) -> Classification:
-    """Read the directory for a selection and classify every member (reads only)."""
+    """Read the directory for a selection and classify every member (reads only).
+
+    `known_people` are users whose mailbox was checked recently and found to be a person's:
+    their mailbox purpose is not read again (it is one $batch item per user).
+    """
     reader = DirectoryReader(ctx.graph.for_tenant(tenant.id))
     rules = parse_exclusion_rules(tenant.exclusion_rules)
     try:
@@ -211,10 +225,14 @@ async def read_and_classify(
         excluded_ids: frozenset[str] = frozenset()
         if rules.exclusion_group_id:
             excluded_ids = frozenset((await reader.read_group_users([rules.exclusion_group_id])).users)
-        purposes = await reader.read_mailbox_purposes(_candidates_for_purpose(users, rules))
+        candidates = _candidates_for_purpose(users, rules)
+        to_check = [uid for uid in candidates if uid not in known_people]
+        purposes = await reader.read_mailbox_purposes(to_check)
     finally:
         run.graph_requests += reader.requests_sent
-    return classify_members(
+    if purposes is not None:
+        purposes.update({uid: "user" for uid in candidates if uid in known_people})
+    classification = classify_members(
         users,
         groups_of_user,
         group_names=names,
@@ -222,6 +240,44 @@ async def read_and_classify(
         purposes=purposes,
         excluded_ids=excluded_ids,
     )
+    checked = frozenset(to_check) if purposes is not None else frozenset()
+    return msgspec.structs.replace(classification, purposes_checked=checked)
+
+
+def _known_people(roster: Mapping[str, RosterUser], now: datetime) -> frozenset[str]:
+    """Active users whose mailbox was found to be a person's within PURPOSE_RECHECK."""
+    known: set[str] = set()
+    for uid, row in roster.items():
+        if row.status is RosterStatus.ACTIVE and row.purpose_checked_at:
+            checked = datetime.fromisoformat(row.purpose_checked_at.replace("Z", "+00:00"))
+            if now - checked < PURPOSE_RECHECK:
+                known.add(uid)
+    return frozenset(known)
+
+
+def _stamp_purpose_checks(
+    roster: Mapping[str, RosterUser],
+    written: list[RosterUser],
+    classification: Classification,
+    now: str,
+) -> list[RosterUser]:
+    """The rows to write, with the time their mailbox was checked, unchanged rows included."""
+    checked = classification.purposes_checked
+    if not checked:
+        return written
+    eligible = {user.id for user in classification.eligible}
+    replace = msgspec.structs.replace
+    rows = [
+        replace(row, purpose_checked_at=now) if row.id in checked and row.id in eligible else row
+        for row in written
+    ]
+    touched = {row.id for row in written}
+    rows.extend(
+        replace(roster[uid], purpose_checked_at=now)
+        for uid in sorted(checked & eligible - touched)
+        if uid in roster and roster[uid].status is RosterStatus.ACTIVE
+    )
+    return rows
 
 
 def _counts(classification: Classification, plan: Plan) -> RunCounts:
@@ -363,7 +419,14 @@ async def read_incremental(
         fetched = await reader.get_users(others) if others else {}
         users.update({uid: user for uid, user in fetched.items() if user is not None})
         gone = {uid for uid, user in fetched.items() if user is None}
-        memberships = await reader.groups_of_users([uid for uid in others if uid not in gone])
+        # Newcomers found in a re-read group may also be in groups that were not re-read: the
+        # roster knows nothing of them, so their memberships are read like a changed user's.
+        newcomers = [
+            uid
+            for uid in (fresh.users if fresh else {})
+            if uid not in roster or roster[uid].status is not RosterStatus.ACTIVE
+        ]
+        memberships = await reader.groups_of_users(sorted({*others, *newcomers} - gone))
         excluded_ids = frozenset(
             uid for uid, groups in memberships.items() if rules.exclusion_group_id in groups
         )
@@ -509,7 +572,10 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
                 links = await reader.latest_delta_links()
             finally:
                 run.graph_requests += reader.requests_sent
-        classification = await read_and_classify(ctx, tenant, mode, group_ids, run)
+        roster = await load_roster()
+        classification = await read_and_classify(
+            ctx, tenant, mode, group_ids, run, known_people=_known_people(roster, utc_now())
+        )
     roster = await load_roster()
 
     plan = plan_roster_changes(roster.values(), classification.eligible)
@@ -531,7 +597,8 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
         run.status = RunStatus.HELD if decision.held and not run.dry_run else RunStatus.SUCCEEDED
         return
     now = utc_now()
-    await ctx.roster.write(run.tenant_id, changed_rows(roster, plan, now=iso(now)), run_id=run.id)
+    rows = _stamp_purpose_checks(roster, changed_rows(roster, plan, now=iso(now)), classification, iso(now))
+    await ctx.roster.write(run.tenant_id, rows, run_id=run.id)
     restored = {user.id for user in plan.restores}
     await _purge_past_grace(
         ctx, run.tenant_id, (row for row in roster.values() if row.id not in restored), now

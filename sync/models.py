@@ -88,6 +88,7 @@ class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     updated_at: str | None = None
     removed_at: str | None = None
     removed_by_run: str | None = None  # the run that removed the user (set while status is removed)
+    purpose_checked_at: str | None = None  # when mailboxSettings.userPurpose last said "a person"
 
 
 class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

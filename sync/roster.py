@@ -22,7 +22,7 @@ from sync.models import RosterStatus, RosterUser
 TRANSACTION_SIZE = 100  # Table Storage: at most 100 operations per transaction
 _PARALLEL_TRANSACTIONS = 4
 _FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "jobTitle", "groups", "status",
-           "addedAt", "updatedAt", "removedAt", "removedByRun"]  # fmt: skip
+           "addedAt", "updatedAt", "removedAt", "removedByRun", "purposeCheckedAt"]  # fmt: skip
 
 
 def _to_entity(tenant_id: str, user: RosterUser, run_id: str | None = None) -> dict[str, Any]:
@@ -42,6 +42,7 @@ def _to_entity(tenant_id: str, user: RosterUser, run_id: str | None = None) -> d
         ("addedAt", user.added_at),
         ("updatedAt", user.updated_at),
         ("removedAt", user.removed_at),
+        ("purposeCheckedAt", user.purpose_checked_at),
     ):
         if value is not None:
             entity[key] = value
@@ -69,6 +70,7 @@ def _from_entity(entity: dict[str, Any]) -> RosterUser:
         updated_at=entity.get("updatedAt"),
         removed_at=entity.get("removedAt"),
         removed_by_run=entity.get("removedByRun"),
+        purpose_checked_at=entity.get("purposeCheckedAt"),
     )
 
 

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +185,16 @@ def transitive_reads(graph: DemoGraphServer, group_id: str) -> list[Any]:
 
 
 async def test_429_storm_with_retry_after_completes_correctly(
-    app: AppUnderTest, own_tenant: DemoTenant
+    app: AppUnderTest, own_tenant: DemoTenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     groups = list(department_pair(own_tenant))
     await baseline(app, own_tenant, groups)
     leaver = make_a_leaver(own_tenant, groups)
     # Production retry count: the storm is ridden out by honouring Retry-After, not by luck.
     use_graph_http_options(GraphHttpOptions(retry_delay_seconds=0.0, max_retries=5))
+    monkeypatch.setattr(
+        sync.engine, "PURPOSE_RECHECK", timedelta(0)
+    )  # every mailbox read again: more traffic
     app.graph.set_rate_limit(100, 1.0)  # Graph's per-app throttling: then 429 + Retry-After
     app.graph.add_fault(  # whole member-page requests: the batched member counts are throttled by the budget
         429, rf"/groups/{groups[0]}/transitiveMembers", times=3, retry_after=1, in_batch=False

@@ -175,3 +175,57 @@ async def test_the_tenant_resource_hides_the_sync_state(app: AppUnderTest, own_t
     mine = next(t for t in tenants["value"] if t["id"] == own_tenant.tenant_id)
     assert mine["lastFullRefreshAt"] and mine["activeUsers"] > 0
     assert not {"usersDeltaLink", "groupsDeltaLink", "deltaRules", "exclusionRules"} & set(mine)
+
+
+async def test_a_changed_user_in_a_group_that_was_not_re_read_is_handled(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    await register(app, own_tenant)
+    lm = own_tenant.landmarks
+    selected = sorted(lm.department_group_ids.values())[:2]
+    await select(app, own_tenant, selected)
+    await app.deliver()
+    member = sorted(expected_roster(own_tenant, [selected[0]]))[0]
+    own_tenant.update_user(member, department="Renamed")
+    result = await nightly(app, own_tenant)
+    assert result["status"] == "succeeded" and result["incremental"] is True, result["error"]
+    assert (await roster(app, own_tenant))[member]["department"] == "Renamed"
+
+
+async def test_a_newcomer_keeps_every_selected_group_they_are_in(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    """A disabled user in groups A and B is enabled and A changes: the nightly must record B too,
+    or leaving A later would remove someone still in B."""
+    await register(app, own_tenant)
+    a, b = sorted(own_tenant.landmarks.department_group_ids.values())[:2]
+    await select(app, own_tenant, [a, b])
+    await app.deliver()
+    person = next(
+        uid
+        for uid in sorted(expected_roster(own_tenant, [a]))
+        if uid in own_tenant.direct_member_ids(a) and uid not in own_tenant.transitive_user_ids(b)
+    )
+    own_tenant.add_member(b, person)
+    own_tenant.update_user(person, account_enabled=False)
+    await full_then_quiet(app, own_tenant)
+    assert person not in await roster(app, own_tenant)
+
+    own_tenant.update_user(person, account_enabled=True)
+    other = next(uid for uid in sorted(own_tenant.users) if uid not in own_tenant.transitive_user_ids(a))
+    own_tenant.add_member(a, other)  # group A changes too, so it is re-read
+    assert (await nightly(app, own_tenant))["incremental"] is True
+    assert set((await roster(app, own_tenant))[person]["groups"]) == {a, b}
+
+    assert own_tenant.remove_member(a, person)
+    result = await nightly(app, own_tenant)
+    assert result["status"] == "succeeded" and result["incremental"] is True
+    users = await roster(app, own_tenant)
+    assert person in users and users[person]["groups"] == [b]
+    assert set(users) == set(expected_roster(own_tenant, [a, b]))
+
+
+async def full_then_quiet(app: AppUnderTest, tenant: DemoTenant) -> None:
+    """A full refresh (which also takes fresh delta links)."""
+    result = await full(app, tenant)
+    assert result["status"] == "succeeded", result["error"]

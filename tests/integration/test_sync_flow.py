@@ -112,8 +112,17 @@ async def test_save_queues_a_refresh_and_the_worker_builds_exactly_the_eligible_
     assert result["mailboxPurposeSource"] == "mailboxSettings"
     assert result["graphRequests"] > 0
 
-    # Idempotent: the same selection again changes nothing.
+    # Idempotent: the same selection again changes nothing, and re-reads no mailbox purposes
+    # (checked within the week) for the people already on the platform.
+    app.graph.reset_log()
     again = await refresh(app, own_tenant)
+    not_people = {
+        uid
+        for gid in groups
+        for uid in own_tenant.transitive_user_ids(gid)
+        if own_tenant.users[uid].user_purpose in ("shared", "room", "equipment")
+    }
+    assert app.graph.request_counts().get("mailboxSettings", 0) <= len(not_people)
     assert again["status"] == "succeeded"
     assert (again["counts"]["added"], again["counts"]["removed"], again["counts"]["updated"]) == (0, 0, 0)
     assert again["counts"]["unchanged"] == len(expected)
@@ -482,3 +491,21 @@ async def test_selecting_many_groups_reads_all_users_once_and_gets_the_same_rost
     assert {uid: set(u["groups"]) for uid, u in users.items()} == expected
     by_group = {g["id"]: g for g in result["groups"]}
     assert all(by_group[g]["members"] == len(own_tenant.transitive_user_ids(g)) for g in every_group)
+
+
+async def test_a_person_whose_mailbox_becomes_shared_is_caught_at_the_weekly_recheck(
+    app: AppUnderTest, own_tenant: DemoTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register(app, own_tenant)
+    group = own_tenant.landmarks.big_group_id
+    await select(app, own_tenant, [group])
+    await app.deliver()
+    person = sorted(expected_roster(own_tenant, [group]))[0]
+    own_tenant.update_user(person, user_purpose="shared")
+    await refresh(app, own_tenant)
+    assert person in await roster(app, own_tenant)  # within the week: not re-read
+    import sync.engine
+
+    monkeypatch.setattr(sync.engine, "PURPOSE_RECHECK", sync.engine.timedelta(0))
+    result = await refresh(app, own_tenant)
+    assert result["counts"]["removed"] == 1 and person not in await roster(app, own_tenant)
