@@ -51,7 +51,7 @@ from sync.models import (
     SelectionMode,
     Tenant,
 )
-from sync.planner import Plan, RemovalGuard, changed_rows, plan_roster_changes, purge_due
+from sync.planner import Plan, RemovalGuard, changed_rows, plan_roster_changes, purge_due, removal_digest
 from sync.roster import RosterStore
 from sync.safety import emptied_group_guard
 from sync.store import SyncStore, iso, utc_now
@@ -580,7 +580,8 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
 
     plan = plan_roster_changes(roster.values(), classification.eligible)
     active_before = sum(1 for row in roster.values() if row.status is RosterStatus.ACTIVE)
-    approved = run.allow_removals is not None and len(plan.removals) <= run.allow_removals
+    # An approval covers exactly the users the held run showed, not merely as many of them.
+    approved = run.approved_digest is not None and removal_digest(plan) == run.approved_digest
     decision = tenant_guard(ctx.settings, tenant).check(plan, active_before, allow_removals=approved)
     if not decision.held:
         # A selected group that suddenly reads as empty holds the run even below the percentages.
@@ -594,6 +595,7 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
         run.guard = decision.detail  # on a preview too: saving it will need an approval
     if run.dry_run or decision.held:
         run.plan = _plan_sample(plan)
+        run.removal_digest = removal_digest(plan)
         run.status = RunStatus.HELD if decision.held and not run.dry_run else RunStatus.SUCCEEDED
         return
     now = utc_now()

@@ -246,6 +246,8 @@ class Run(msgspec.Struct, kw_only=True, rename="camel"):
     superseded_by: str | None = None
     incremental: bool = False  # read only what changed since the last successful run (Graph delta)
     member_strategy: str | None = None  # "perGroup" or "allUsers": how the members were read
+    removal_digest: str | None = None  # held and dry runs: fingerprint of exactly who they would remove
+    approved_digest: str | None = None  # an approved run: may remove exactly the users with this fingerprint
     preview_mode: SelectionMode | None = None  # dry runs of a selection not saved yet
     preview_group_ids: list[str] | None = None
     undo_of: str | None = None  # an undo run: the run whose removals it restored

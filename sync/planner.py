@@ -11,6 +11,7 @@ eligible user's group order is kept.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -218,6 +219,14 @@ def _require(rows: Mapping[str, RosterUser], user_id: str, verb: str) -> None:
 # ---------------------------------------------------------------------------
 # Safety
 # ---------------------------------------------------------------------------
+
+
+def removal_digest(plan: Plan) -> str:
+    """A fingerprint of exactly who the plan removes: an approval applies to those users only."""
+    digest = hashlib.sha256()
+    for user in plan.removals:  # sorted by id
+        digest.update(user.id.encode() + b"\n")
+    return digest.hexdigest()[:32]
 
 
 class GuardDecision(msgspec.Struct, frozen=True, kw_only=True):

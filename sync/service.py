@@ -448,6 +448,7 @@ class SyncService:
             raise Conflict(f"run {run_id} is {held.status}, not held; only held runs can be approved")
         run = self._new_run(held.tenant_id, reason="approved", dry_run=False, requested_by=requested_by)
         run.allow_removals = held.counts.removed
+        run.approved_digest = held.removal_digest
         run.approved_run = held.id
         await self.ctx.store.create_run(run)
         # The held run is answered: approving it twice would allow its removals twice.

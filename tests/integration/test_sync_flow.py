@@ -509,3 +509,29 @@ async def test_a_person_whose_mailbox_becomes_shared_is_caught_at_the_weekly_rec
     monkeypatch.setattr(sync.engine, "PURPOSE_RECHECK", sync.engine.timedelta(0))
     result = await refresh(app, own_tenant)
     assert result["counts"]["removed"] == 1 and person not in await roster(app, own_tenant)
+
+
+async def test_an_approval_covers_only_the_users_the_held_run_showed(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    await register(app, own_tenant)
+    await select(app, own_tenant, [])
+    await app.deliver()
+    everyone = await roster(app, own_tenant)
+    small = own_tenant.landmarks.nested_chain[-1]
+    _, saved = await select(app, own_tenant, [small])
+    await app.deliver()
+    held = await run(app, own_tenant, saved["run"]["id"])
+    assert held["status"] == "held"
+    # Before anyone approves, one more person drops out of the group: the plan is no longer
+    # what the admin saw, so the approval must not apply it.
+    leaver = next(uid for uid in own_tenant.direct_member_ids(small) if uid in everyone)
+    assert own_tenant.remove_member(small, leaver)
+    code, approved, _ = await app.http(
+        "run_approve", "POST", "x", route={"tenantId": own_tenant.tenant_id, "runId": held["id"]}
+    )
+    assert code == 202
+    await app.deliver()
+    again = await run(app, own_tenant, approved["id"])
+    assert again["status"] == "held" and again["counts"]["removed"] == held["counts"]["removed"] + 1
+    assert await roster(app, own_tenant) == everyone
