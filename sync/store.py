@@ -66,6 +66,33 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 _RUN_JSON_FIELDS = ("counts", "groups", "plan", "previewGroupIds")
+# Table Storage caps a property at 64 KiB and stores strings as UTF-16: longer JSON (1,000 selected
+# groups with their names) continues in numbered properties `name_1`, `name_2`, ...
+_CHUNK_CHARS = 30_000
+
+
+def _put_json(entity: dict[str, Any], name: str, value: Any) -> None:
+    text = msgspec.json.encode(value).decode()
+    entity[name] = text[:_CHUNK_CHARS]
+    for number, start in enumerate(range(_CHUNK_CHARS, len(text), _CHUNK_CHARS), start=1):
+        entity[f"{name}_{number}"] = text[start : start + _CHUNK_CHARS]
+
+
+def _get_json(entity: dict[str, Any], name: str, type: Any = Any) -> Any:
+    parts = [entity[name]]
+    number = 1
+    while f"{name}_{number}" in entity:
+        parts.append(entity[f"{name}_{number}"])
+        number += 1
+    return msgspec.json.decode("".join(parts), type=type)
+
+
+def _is_continuation(key: str) -> bool:
+    head, _, tail = key.rpartition("_")
+    return tail.isdigit() and head in _JSON_PROPERTIES
+
+
+_JSON_PROPERTIES = frozenset({*_RUN_JSON_FIELDS, "groups"})
 
 
 def _run_to_entity(run: Run) -> dict[str, Any]:
@@ -74,16 +101,19 @@ def _run_to_entity(run: Run) -> dict[str, Any]:
     for key, value in data.items():
         if key in ("id", "tenantId") or value is None:
             continue
-        entity[key] = msgspec.json.encode(value).decode() if key in _RUN_JSON_FIELDS else value
+        if key in _RUN_JSON_FIELDS:
+            _put_json(entity, key, value)
+        else:
+            entity[key] = value
     return entity
 
 
 def _run_from_entity(entity: dict[str, Any]) -> Run:
     data: dict[str, Any] = {"id": entity["RowKey"], "tenantId": entity["PartitionKey"]}
     for key, value in entity.items():
-        if key in ("PartitionKey", "RowKey") or key.startswith("odata") or key == "Timestamp":
+        if key in ("PartitionKey", "RowKey", "Timestamp") or key.startswith("odata") or _is_continuation(key):
             continue
-        data[key] = msgspec.json.decode(value) if key in _RUN_JSON_FIELDS else value
+        data[key] = _get_json(entity, key) if key in _RUN_JSON_FIELDS else value
     return msgspec.convert(data, Run)
 
 
@@ -319,21 +349,22 @@ def _tenant_from_entity(entity: dict[str, Any]) -> Tenant:
 
 
 def _selection_to_entity(tenant_id: str, row_key: str, selection: Selection) -> dict[str, Any]:
-    return {
+    entity: dict[str, Any] = {
         "PartitionKey": tenant_id,
         "RowKey": row_key,
         "mode": str(selection.mode),
-        "groups": msgspec.json.encode(selection.groups).decode(),
         "version": selection.version,
         "updatedAt": selection.updated_at,
         "updatedBy": selection.updated_by,
     }
+    _put_json(entity, "groups", selection.groups)
+    return entity
 
 
 def _selection_from_entity(entity: dict[str, Any]) -> Selection:
     return Selection(
         mode=SelectionMode(entity["mode"]),
-        groups=msgspec.json.decode(entity["groups"], type=tuple[SelectedGroup, ...]),
+        groups=_get_json(entity, "groups", tuple[SelectedGroup, ...]),
         version=int(entity["version"]),
         updated_at=entity.get("updatedAt"),
         updated_by=entity.get("updatedBy"),

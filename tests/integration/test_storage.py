@@ -117,3 +117,34 @@ async def test_roster_filters_and_lookup(roster: RosterStore, tenant_id: str) ->
     assert len(page) == 2 and cursor == page[-1].id
     await roster.delete(tenant_id, [rows[2].id])
     assert await roster.get_user(tenant_id, rows[2].id) is None
+
+
+async def test_a_selection_and_a_run_of_1000_long_named_groups_fit_table_storage(
+    store: SyncStore, tenant_id: str
+) -> None:
+    from sync.models import RunGroup
+
+    name = "Équipe " + "Vertrieb und Außendienst " * 4  # ~100 characters, not all ASCII
+    groups = tuple(
+        SelectedGroup(id=str(uuid.UUID(int=i + 1)), display_name=f"{name}{i}") for i in range(1000)
+    )
+    saved = await store.save_selection(
+        tenant_id, Selection(mode=SelectionMode.GROUPS, groups=groups), expected_version=0
+    )
+    assert (await store.get_selection(tenant_id)).groups == groups and saved.version == 1
+    run = Run(
+        id=new_run_id(),
+        tenant_id=tenant_id,
+        status=RunStatus.SUCCEEDED,
+        reason="t",
+        requested_at=iso(utc_now()),
+    )
+    run.groups = [
+        RunGroup(id=g.id, display_name=g.display_name, members=10**6, eligible=10**6) for g in groups
+    ]
+    await store.save_run(run)
+    back = await store.get_run(tenant_id, run.id)
+    assert back is not None and back.groups == run.groups
+    run.groups = run.groups[:1]  # a smaller record replaces the larger one completely
+    await store.save_run(run)
+    assert (await store.get_run(tenant_id, run.id)).groups == run.groups  # type: ignore[union-attr]
