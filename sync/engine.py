@@ -299,7 +299,7 @@ def _error_text(ctx: SyncContext, tenant_id: str, exc: Exception) -> str:
         link = admin_consent_url(ctx.settings, tenant_id)
         grant = f" A Global Administrator of the tenant can grant it at {link}" if link else ""
         return f"{exc}{grant}"
-    if isinstance(exc, DirectoryError):
+    if isinstance(exc, (DirectoryError, LeaseLost)):
         return str(exc)
     # Storage or code failures: the next refresh converges (plans are recomputed from the roster).
     return f"internal error ({type(exc).__name__}: {str(exc)[:300]}); run a refresh again to converge"
@@ -481,12 +481,34 @@ async def read_incremental(
 
 
 async def _keep_lease(ctx: SyncContext, tenant_id: str, owner: str) -> None:
-    """Renew the tenant lease while a run works, so a long refresh is never overlapped."""
+    """Renew the tenant lease while a run works, so a long refresh is never overlapped.
+
+    A failed renewal is retried soon; if the lease is lost anyway, the check before the roster
+    is written (`_confirm_lease`) stops the run.
+    """
+    wait = LEASE_SECONDS / 3
     while True:
-        await asyncio.sleep(LEASE_SECONDS / 3)
-        if not await ctx.store.acquire_lease(tenant_id, owner, LEASE_SECONDS):
-            log.error("lost the tenant lease", extra={"tenantId": tenant_id, "runId": owner.split(":")[0]})
+        await asyncio.sleep(wait)
+        try:
+            held = await ctx.store.acquire_lease(tenant_id, owner, LEASE_SECONDS)
+        except Exception:  # storage hiccup: try again well before the lease lapses
+            log.warning("could not renew the tenant lease; retrying", exc_info=True)
+            wait = LEASE_SECONDS / 10
+            continue
+        if not held:
+            log.error("lost the tenant lease", extra={"tenantId": tenant_id})
             return
+        wait = LEASE_SECONDS / 3
+
+
+class LeaseLost(Exception):
+    """Another refresh took the tenant over: this run must not write what it planned."""
+
+
+async def _confirm_lease(ctx: SyncContext, tenant_id: str, owner: str | None) -> None:
+    """Renew the lease right before writing; raise LeaseLost when someone else holds it."""
+    if owner is not None and not await ctx.store.acquire_lease(tenant_id, owner, LEASE_SECONDS):
+        raise LeaseLost("another refresh of this tenant took over; this run wrote nothing")
 
 
 async def _run_under_lease(ctx: SyncContext, run: Run, owner: str, *, renew: bool = True) -> Run:
@@ -501,7 +523,7 @@ async def _run_under_lease(ctx: SyncContext, run: Run, owner: str, *, renew: boo
     log.info("run started", extra={"tenantId": run.tenant_id, "runId": run.id, "reason": run.reason})
     renewer = asyncio.create_task(_keep_lease(ctx, run.tenant_id, owner)) if renew else None
     try:
-        await _refresh(ctx, run)
+        await _refresh(ctx, run, owner if renew else None)
     except Exception as exc:
         run.status = RunStatus.FAILED
         run.error = _error_text(ctx, run.tenant_id, exc)
@@ -523,7 +545,7 @@ async def _run_under_lease(ctx: SyncContext, run: Run, owner: str, *, renew: boo
     return run
 
 
-async def _refresh(ctx: SyncContext, run: Run) -> None:
+async def _refresh(ctx: SyncContext, run: Run, owner: str | None = None) -> None:
     """Read, classify, plan, guard and apply; fills in the run record."""
     store = ctx.store
     tenant = await store.get_tenant(run.tenant_id)
@@ -599,6 +621,7 @@ async def _refresh(ctx: SyncContext, run: Run) -> None:
         run.status = RunStatus.HELD if decision.held and not run.dry_run else RunStatus.SUCCEEDED
         return
     now = utc_now()
+    await _confirm_lease(ctx, run.tenant_id, owner)
     rows = _stamp_purpose_checks(roster, changed_rows(roster, plan, now=iso(now)), classification, iso(now))
     await ctx.roster.write(run.tenant_id, rows, run_id=run.id)
     restored = {user.id for user in plan.restores}

@@ -120,3 +120,26 @@ async def test_without_mailbox_permission_the_heuristic_is_used_and_said(
     # Shared mailboxes with a resource-like name and no person's name are still kept out.
     caught = [uid for uid in own_tenant.landmarks.shared_mailbox_ids if uid not in users]
     assert caught
+
+
+async def test_a_run_that_lost_its_lease_writes_nothing(app: AppUnderTest, own_tenant: DemoTenant) -> None:
+    import asyncio
+
+    from shared.storage import LEASES_TABLE, table_client
+    from sync.store import LEASE_ROW
+
+    await register(app, own_tenant)
+    group = own_tenant.landmarks.big_group_id
+    _, saved = await select(app, own_tenant, [group])
+    app.graph.add_fault(200, rf"/groups/{group}/transitiveMembers", delay=1.0, in_batch=False)  # a slow read
+    body = (await app.queued_bodies())[0]
+    worker = asyncio.create_task(process_refresh_message(body))
+    await asyncio.sleep(0.5)  # the run holds the lease and is reading Graph
+    async with table_client(app.settings, LEASES_TABLE) as leases:  # another worker took it over
+        await leases.upsert_entity(
+            {"PartitionKey": own_tenant.tenant_id, "RowKey": LEASE_ROW, "owner": "thief", "expiresAt": 4e9}
+        )
+    assert await worker == RunStatus.FAILED
+    failed = await run(app, own_tenant, saved["run"]["id"])
+    assert "took over" in failed["error"]
+    assert await roster(app, own_tenant) == {}
