@@ -26,6 +26,7 @@ const REASON_LABELS = {
   nightly: "Nightly refresh",
   approved: "Approved removals",
   cli: "Refresh from the CLI",
+  undo: "Undo of removals",
 };
 const EXCLUDED_LABELS = [
   ["guest", "Guest users"],
@@ -199,7 +200,7 @@ function actionStatus(text) {
 
 function setBusy(busy) {
   state.busy = busy;
-  for (const button of document.querySelectorAll("#save, #refresh, .approve")) button.disabled = busy;
+  for (const button of document.querySelectorAll("#save, #refresh, .approve, .undo")) button.disabled = busy;
   $("selected-panel").setAttribute("aria-busy", busy ? "true" : "false");
 }
 
@@ -519,7 +520,40 @@ function heldBlock(run) {
   return block;
 }
 
+/** A finished, applied run that removed users and whose removals were not undone yet. */
+function canUndo(run) {
+  return run.status === "succeeded" && !run.dryRun && !run.undoOf && !run.undoneBy && (run.counts?.removed || 0) > 0;
+}
+
+function undoButton(run) {
+  const button = h("button", {
+    type: "button", class: "undo",
+    "aria-label": `Undo removals of the run of ${when(run.requestedAt)} (${plural(run.counts.removed, "user")} removed)`,
+    onclick: () => undoRemovals(run),
+  }, "Undo removals");
+  button.disabled = state.busy;
+  return button;
+}
+
+function undoResultBlock(run) {
+  const block = h("div", { class: "result" });
+  block.append(h("dl", { class: "counts", "aria-label": "Counts" },
+    h("div", { class: "count-item" }, h("dt", {}, "Restored"), h("dd", {}, String(run.counts?.restored ?? 0)))));
+  block.append(h("p", {}, `This run put back the users removed by run ${run.undoOf}. `
+    + "The next refresh removes them again unless the cause is fixed (the selection or the users’ groups)."));
+  const ids = run.plan?.restore || [];
+  if (ids.length) {
+    const list = h("ul", { class: "name-list", "aria-label": "Users restored" });
+    const more = (run.counts?.restored || 0) - ids.length;
+    block.append(h("details", {}, h("summary", {}, `Who was restored (${run.counts.restored})`), list,
+      more > 0 ? h("p", { class: "small" }, `…and ${more} more not listed.`) : null));
+    fillNames(list, ids);
+  }
+  return block;
+}
+
 function resultBlock(run) {
+  if (run.undoOf) return undoResultBlock(run);
   const c = run.counts;
   const would = run.dryRun || run.status === "held";
   const numbers = [
@@ -560,6 +594,8 @@ function resultBlock(run) {
   }
   block.append(h("p", { class: "facts" }, facts.join(" · ")));
   if (run.dryRun) block.append(h("p", { class: "small" }, "This was a preview: nothing was changed."));
+  if (run.undoneBy) block.append(h("p", { class: "undone" }, `Its removals were undone by run ${run.undoneBy}.`));
+  if (canUndo(run)) block.append(undoButton(run));
   return block;
 }
 
@@ -624,7 +660,9 @@ async function loadRuns({ more = false, showLatest = false } = {}) {
 function runItem(run) {
   const c = run.counts || {};
   let summary = "";
-  if (run.status === "succeeded") {
+  if (run.status === "succeeded" && run.undoOf) {
+    summary = `${c.restored} restored: the removals of an earlier run were undone`;
+  } else if (run.status === "succeeded") {
     summary = run.dryRun
       ? `would add ${c.added}, remove ${c.removed}`
       : `${c.added} added, ${c.updated} updated, ${c.removed} removed, ${c.restored} restored`;
@@ -647,6 +685,8 @@ function runItem(run) {
     approveButton.disabled = state.busy;
     item.append(approveButton);
   }
+  if (run.undoneBy) item.append(h("p", { class: "undone small" }, "Removals undone."));
+  if (canUndo(run)) item.append(undoButton(run));
   item.append(h("button", {
     type: "button", class: "link-button", "aria-label": `Show details of the run of ${when(run.requestedAt)}`,
     onclick: () => {
@@ -674,6 +714,59 @@ async function approve(run) {
   } finally {
     setBusy(false);
   }
+}
+
+async function undoRemovals(run) {
+  if (state.busy) return;
+  setBusy(true);
+  clearErrors();
+  actionStatus("Looking up the users this run removed…");
+  try {
+    let users = null;
+    try {
+      users = await removedBy(run.id);
+    } catch (error) {
+      showError(error, "Looking up user names");
+    }
+    const n = users ? users.length : run.counts.removed;
+    if (n > 0) {
+      actionStatus("");
+      const confirmed = await confirmUndo(run, n, users);
+      if (!confirmed) {
+        actionStatus("Nothing undone: cancelled.");
+        return;
+      }
+    }
+    actionStatus("Undoing the removals…");
+    const { data } = await api("POST", `${T()}/runs/${encodeURIComponent(run.id)}/undo`);
+    $("run-heading").focus();
+    const done = await followRun(data);
+    afterRun(done);
+    if (done?.status === "succeeded") {
+      actionStatus(`Undone: ${plural(done.counts.restored, "user")} active again. `
+        + "The next refresh removes them again unless the cause is fixed.");
+    }
+  } catch (error) {
+    actionStatus("");
+    showError(error, "Undoing the removals");
+  } finally {
+    setBusy(false);
+  }
+}
+
+/** The roster users a run removed and that are still removed (what its undo would put back). */
+async function removedBy(runId) {
+  const found = [];
+  let cursor = null;
+  for (let page = 0; page < 20; page += 1) {
+    const query = new URLSearchParams({ status: "removed", limit: "500" });
+    if (cursor) query.set("cursor", cursor);
+    const { data } = await api("GET", `${T()}/users?${query}`);
+    for (const user of data.value) if (user.removedByRun === runId) found.push(user);
+    cursor = data.nextCursor;
+    if (!cursor) break;
+  }
+  return found;
 }
 
 function afterRun(run) {
@@ -741,20 +834,53 @@ async function onSave() {
 
 /** The removal confirmation: resolves true on Confirm, false on Cancel or Escape. */
 function confirmRemovals(preview) {
-  const dialog = $("confirm-dialog");
   const c = preview.counts;
-  $("confirm-title").textContent = `Remove ${plural(c.removed, "user")} from the platform?`;
   const extra = [];
   if (c.restored) extra.push(`restore ${c.restored}`);
   if (c.updated) extra.push(`update ${c.updated}`);
-  $("confirm-summary").textContent = `Saving this selection would add ${plural(c.added, "user")} and remove ${plural(c.removed, "user")}`
-    + `${extra.length ? ` (and ${extra.join(", ")})` : ""}. These users would be removed:`;
   const ids = preview.plan?.remove || [];
+  return confirmDialog({
+    title: `Remove ${plural(c.removed, "user")} from the platform?`,
+    summary: `Saving this selection would add ${plural(c.added, "user")} and remove ${plural(c.removed, "user")}`
+      + `${extra.length ? ` (and ${extra.join(", ")})` : ""}. These users would be removed:`,
+    listLabel: "Users who would be removed",
+    hint: "Removed users stay restorable for a grace period and come back when they are in a selected group again.",
+    more: c.removed - ids.length,
+    fill: (list) => fillNames(list, ids),
+    danger: true,
+  });
+}
+
+/** The undo confirmation: how many users come back, and that the next refresh removes them again. */
+function confirmUndo(run, n, users) {
+  return confirmDialog({
+    title: `Restore ${plural(n, "user")} to the platform?`,
+    summary: `Undoing the removals of the run of ${when(run.requestedAt)} makes ${plural(n, "user")} active again`
+      + `${users ? ":" : "."}`,
+    listLabel: "Users who would be restored",
+    hint: "Only users still removed by that run and within the grace period come back. The next refresh removes "
+      + "them again unless the cause is fixed: change the selection or the users’ groups first.",
+    more: 0,
+    fill: (list) => list.replaceChildren(...(users || []).map((u) =>
+      h("li", {}, `${u.displayName || u.userPrincipalName} (${u.userPrincipalName})`))),
+    danger: false,
+  });
+}
+
+/** The page's confirmation dialog: resolves true on Confirm, false on Cancel or Escape. */
+function confirmDialog({ title, summary, listLabel, hint, more, fill, danger }) {
+  const dialog = $("confirm-dialog");
+  $("confirm-title").textContent = title;
+  $("confirm-summary").textContent = summary;
+  $("confirm-hint").textContent = hint;
+  $("confirm-ok").className = danger ? "danger" : "primary";
   const list = $("confirm-list");
+  list.setAttribute("aria-label", listLabel);
   const wrap = $("confirm-list-wrap");
   wrap.querySelector(".more")?.remove();
-  if (c.removed > ids.length) wrap.append(h("p", { class: "more small" }, `…and ${c.removed - ids.length} more not listed.`));
-  fillNames(list, ids);
+  if (more > 0) wrap.append(h("p", { class: "more small" }, `…and ${more} more not listed.`));
+  fill(list);
+  wrap.hidden = list.children.length === 0 && more <= 0;
   return new Promise((resolve) => {
     const ok = $("confirm-ok");
     const cancel = $("confirm-cancel");

@@ -269,6 +269,53 @@ def test_a_held_run_is_approved_from_the_page(
     assert roster_ids(page, len(kept)) == set(kept)
 
 
+def test_removals_are_undone_from_the_run_history(
+    page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant]
+) -> None:
+    tenant = browser_tenants["undo"]
+    api.register(tenant)
+    sales, phoenix = group_id(tenant, "Dept - Sales"), group_id(tenant, "Project Phoenix - Core")
+    status, _ = api.call(
+        "PUT", f"tenants/{tenant.tenant_id}/selection", {"mode": "groups", "groupIds": [sales, phoenix]}
+    )
+    assert status == 200
+    dev_host.wait_idle_sync()
+    open_page(page, dev_host, tenant)
+    both = expected_roster(tenant, [sales, phoenix])
+    sales_only = expected_roster(tenant, [sales])
+    gone = set(both) - set(sales_only)
+    assert roster_ids(page, len(both)) == set(both)
+
+    # Deselect Phoenix and confirm: the run removes the Phoenix-only users.
+    page.get_by_role("button", name="Remove Project Phoenix - Core").click()
+    page.get_by_role("button", name="Save", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible(timeout=RUN_TIMEOUT)
+    dialog.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#action-status")).to_have_text(DONE, timeout=RUN_TIMEOUT)
+    assert roster_ids(page, len(sales_only)) == set(sales_only)
+
+    # Undo from the history: the dialog says how many come back and that a refresh removes them again.
+    removing_run = page.locator("#run-list .run-item").first
+    expect(removing_run).to_contain_text(f"{len(gone)} removed")
+    removing_run.get_by_role("button", name=re.compile("^Undo removals")).click()
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("#confirm-title")).to_have_text(f"Restore {len(gone)} users to the platform?")
+    expect(dialog.locator("#confirm-hint")).to_contain_text("The next refresh removes them again")
+    expect(dialog.locator("#confirm-list li")).to_have_count(len(gone))
+    dialog.get_by_role("button", name="Confirm").click()
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#action-status")).to_contain_text(f"Undone: {len(gone)} users active again")
+    expect(page.locator("#run-view")).to_contain_text("Undo of removals")
+    assert count_of(page, "Restored") == len(gone)
+    assert roster_ids(page, len(both)) == set(both)
+    runs = page.locator("#run-list .run-item")
+    expect(runs.first).to_contain_text("Undo of removals")
+    expect(runs.first).to_contain_text(f"{len(gone)} restored")
+    expect(runs.nth(1)).to_contain_text("Removals undone.")
+    expect(page.get_by_role("button", name=re.compile("^Undo removals"))).to_have_count(0)
+
+
 def test_a_failed_run_shows_the_missing_permission_and_the_consent_link(
     page: Page,
     dev_host: DevHost,
