@@ -556,12 +556,13 @@ async def _refresh(ctx: SyncContext, run: Run, owner: str | None = None) -> None
         mode, group_ids = run.preview_mode, list(run.preview_group_ids or [])
     else:
         mode, group_ids = selection.mode, [g.id for g in selection.groups]
-    cached: dict[str, RosterUser] = {}
+    cached: dict[str, RosterUser] | None = None
 
     async def load_roster() -> dict[str, RosterUser]:
         # Read once, and only when needed: an unchanged incremental night never reads it.
-        if not cached:
-            cached.update({row.id: row for row in await ctx.roster.read_roster(run.tenant_id)})
+        nonlocal cached
+        if cached is None:
+            cached = {row.id: row for row in await ctx.roster.read_roster(run.tenant_id)}
         return cached
 
     links: tuple[str, str] | None = None
@@ -594,9 +595,8 @@ async def _refresh(ctx: SyncContext, run: Run, owner: str | None = None) -> None
                 links = await reader.latest_delta_links()
             finally:
                 run.graph_requests += reader.requests_sent
-        roster = await load_roster()
         classification = await read_and_classify(
-            ctx, tenant, mode, group_ids, run, known_people=_known_people(roster, utc_now())
+            ctx, tenant, mode, group_ids, run, known_people=_known_people(await load_roster(), utc_now())
         )
     roster = await load_roster()
 

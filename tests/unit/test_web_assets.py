@@ -87,8 +87,7 @@ def test_the_script_never_turns_text_into_html() -> None:
 
 def test_the_script_parses(tmp_path: Path) -> None:
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not on PATH (a prerequisite of make test: Azurite runs on it)")
+    assert node is not None, "node is not on PATH (a prerequisite of make test: Azurite runs on it)"
     module = tmp_path / "app.mjs"  # an ES module, as the page loads it
     module.write_bytes((WEB / "app.js").read_bytes())
     result = subprocess.run([node, "--check", str(module)], capture_output=True, text=True, timeout=60)
