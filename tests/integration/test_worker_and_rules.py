@@ -79,9 +79,16 @@ async def test_exclusion_rules_from_the_api_exclude_with_reason_rule(
     await register(app, own_tenant)
     group = own_tenant.landmarks.big_group_id
     eligible = sorted(expected_roster(own_tenant, [group]))
-    listed, by_pattern = eligible[0], eligible[1]
-    pattern_upn = own_tenant.users[by_pattern].user_principal_name
-    rules = {"upnPatterns": [pattern_upn.split("@")[0] + "*"], "excludedUsers": [listed]}
+    listed = eligible[0]
+    local_parts = {uid: own_tenant.users[uid].user_principal_name.split("@")[0] for uid in own_tenant.users}
+    # The tenant id is random per test, so the user order is too: pick a user whose name is not the
+    # start of another user's ("ann.lee*" would also match "ann.lee2"), so the pattern catches one.
+    by_pattern = next(
+        uid
+        for uid in eligible[1:]
+        if sum(1 for other in local_parts.values() if other.startswith(local_parts[uid])) == 1
+    )
+    rules = {"upnPatterns": [local_parts[by_pattern] + "*"], "excludedUsers": [listed]}
     code, saved, _ = await app.http(
         "tenant_rules", "PUT", "x", route={"tenantId": own_tenant.tenant_id}, body=rules
     )
