@@ -96,9 +96,10 @@ async def _refresh_phases(args: argparse.Namespace) -> dict[str, Any]:
 
     from shared.settings import load_settings
     from shared.storage import ensure_storage
-    from sync.engine import SyncContext, execute_refresh
-    from sync.models import RefreshMessage, Run, RunStatus, SelectedGroup, Selection, SelectionMode, Tenant
-    from sync.store import iso, new_run_id, utc_now
+    from sync.context import SyncContext
+    from sync.engine import execute_refresh
+    from sync.models import RefreshMessage, RunReason, SelectedGroup, Selection, SelectionMode, Tenant
+    from sync.runs import new_run
 
     settings = load_settings(
         {"SYNC_STORAGE": args.storage, "GRAPH_AUTH": "demo", "GRAPH_BASE_URL": args.base_url},
@@ -120,14 +121,13 @@ async def _refresh_phases(args: argparse.Namespace) -> dict[str, Any]:
     phases: dict[str, Any] = {}
     try:
         for name, reason in (
-            ("full", "manual"),
-            ("unchanged_full", "manual"),
-            ("unchanged_incremental", "nightly"),
+            ("full", RunReason.MANUAL),
+            ("unchanged_full", RunReason.MANUAL),
+            ("unchanged_incremental", RunReason.NIGHTLY),
         ):
             await control.delete("/_demo/requests")
             transactions_before = ctx.roster.transactions
-            run = Run(id=new_run_id(), tenant_id=args.tenant, status=RunStatus.QUEUED, reason=reason,
-                      requested_at=iso(utc_now()))  # fmt: skip
+            run = new_run(args.tenant, reason)
             await ctx.store.create_run(run)
             cpu0, wall0 = _cpu_seconds(), time.perf_counter()
             done = await execute_refresh(

@@ -96,7 +96,6 @@ var syncTables = [
   'selections'
   'users'
   'runs'
-  'leases'
 ]
 var syncQueues = [
   syncQueue

@@ -37,6 +37,7 @@ class StorageSettings:
     connection_string: str | None = None
     table_service_uri: str | None = None
     queue_service_uri: str | None = None
+    blob_service_uri: str | None = None  # the per-tenant lock blobs
     client_id: str | None = None  # user-assigned identity for identity-based access
 
 
@@ -97,13 +98,16 @@ def load_settings(
         connection_string=values.get("SYNC_STORAGE"),
         table_service_uri=values.get("SYNC_STORAGE__tableServiceUri"),
         queue_service_uri=values.get("SYNC_STORAGE__queueServiceUri"),
+        blob_service_uri=values.get("SYNC_STORAGE__blobServiceUri"),
         client_id=values.get("SYNC_STORAGE__clientId"),
     )
-    if not storage.connection_string and not (storage.table_service_uri and storage.queue_service_uri):
+    if not storage.connection_string and not (
+        storage.table_service_uri and storage.queue_service_uri and storage.blob_service_uri
+    ):
         raise SettingsError(
             "SYNC_STORAGE is not set: give a connection string (locally "
-            "'UseDevelopmentStorage=true') or SYNC_STORAGE__tableServiceUri and "
-            "SYNC_STORAGE__queueServiceUri for identity-based access"
+            "'UseDevelopmentStorage=true') or SYNC_STORAGE__tableServiceUri, "
+            "SYNC_STORAGE__queueServiceUri and SYNC_STORAGE__blobServiceUri for identity-based access"
         )
     auth_raw = values.get("GRAPH_AUTH", GraphAuthMode.MANAGED_IDENTITY.value)
     try:

@@ -7,8 +7,11 @@ identity in Azure, where shared-key access is switched off.
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
+from typing import Any
 
 from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.storage.blob.aio import BlobServiceClient
 from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
@@ -18,8 +21,41 @@ TENANTS_TABLE = "tenants"
 SELECTIONS_TABLE = "selections"
 USERS_TABLE = "users"
 RUNS_TABLE = "runs"
-LEASES_TABLE = "leases"
-ALL_TABLES = (TENANTS_TABLE, SELECTIONS_TABLE, USERS_TABLE, RUNS_TABLE, LEASES_TABLE)
+ALL_TABLES = (TENANTS_TABLE, SELECTIONS_TABLE, USERS_TABLE, RUNS_TABLE)
+LOCKS_CONTAINER = "locks"  # one blob per tenant; its lease is the tenant's lock
+ALL_CONTAINERS = (LOCKS_CONTAINER,)
+
+
+def plain_datetime(value: datetime) -> datetime:
+    """A plain datetime for the Tables SDK's subclass, which msgspec neither converts nor encodes."""
+    if type(value) is datetime:
+        return value
+    return datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        value.tzinfo,
+    )
+
+
+def plain_value(value: Any) -> Any:
+    """A property value as read, Edm.DateTime as a plain datetime."""
+    if isinstance(value, datetime) and type(value) is not datetime:
+        return datetime(
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond,
+            value.tzinfo,
+        )
+    return value
 
 
 def _identity_credential(settings: Settings):  # type: ignore[no-untyped-def]
@@ -46,6 +82,15 @@ def table_client(settings: Settings, table: str) -> TableClient:
     return TableClient(storage.table_service_uri, table, credential=_identity_credential(settings))
 
 
+def blob_service(settings: Settings) -> BlobServiceClient:
+    """A BlobServiceClient for SYNC_STORAGE (lock blobs)."""
+    storage = settings.storage
+    if storage.connection_string:
+        return BlobServiceClient.from_connection_string(storage.connection_string)
+    assert storage.blob_service_uri  # load_settings enforces it
+    return BlobServiceClient(storage.blob_service_uri, credential=_identity_credential(settings))
+
+
 def queue_client(settings: Settings, queue: str | None = None) -> QueueClient:
     """The refresh queue, base64-encoded as the Functions queue trigger expects by default."""
     storage = settings.storage
@@ -70,7 +115,7 @@ def queue_client(settings: Settings, queue: str | None = None) -> QueueClient:
 
 
 async def ensure_storage(settings: Settings) -> None:
-    """Create the app's tables and queues if they are missing (idempotent)."""
+    """Create the app's tables, queues and blob containers if they are missing (idempotent)."""
     from azure.core.exceptions import ResourceExistsError
 
     async with table_service(settings) as service:
@@ -81,3 +126,7 @@ async def ensure_storage(settings: Settings) -> None:
         async with queue_client(settings, name) as queue:
             with contextlib.suppress(ResourceExistsError):
                 await queue.create_queue()
+    async with blob_service(settings) as blobs:
+        for name in ALL_CONTAINERS:
+            with contextlib.suppress(ResourceExistsError):
+                await blobs.create_container(name)

@@ -11,15 +11,33 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, NoReturn
 
 import msgspec
 from azure.core.exceptions import AzureError
 
 from shared.settings import SettingsError
-from sync.models import RosterUser, Run, RunStatus
-from sync.service import UNSET, InvalidInput, ServiceError, SyncService, UpstreamError, open_service
+from sync.models import (
+    RosterUser,
+    Run,
+    RunPage,
+    RunStatus,
+    SelectionSaved,
+    TenantList,
+    TenantView,
+    UserPage,
+)
+from sync.service import (
+    InvalidInput,
+    ServiceError,
+    SyncService,
+    UpstreamError,
+    open_service,
+    parse_selection_input,
+    parse_tenant_input,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
 
@@ -53,28 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
         "'default' for REMOVAL_GUARD_MIN_USERS",
     )
     add.add_argument("--json", action="store_true")
+    add.set_defaults(handler=cmd_tenant_add)
     lst = tenant_sub.add_parser("list", help="every tenant with its last run")
     lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_tenant_list)
 
     groups = sub.add_parser("groups", help="the tenant's groups, with kinds and member counts")
     groups.add_argument("tenant_id")
     groups.add_argument("--search")
     groups.add_argument("--json", action="store_true")
+    groups.set_defaults(handler=cmd_groups)
 
     select = sub.add_parser("select", help="save the group selection (and queue a refresh)")
     select.add_argument("tenant_id")
     select.add_argument("group_ids", nargs="*")
     select.add_argument("--all", action="store_true", help="sync every eligible user (no group)")
     select.add_argument("--json", action="store_true")
+    select.set_defaults(handler=cmd_select)
 
     refresh = sub.add_parser("refresh", help="run one refresh now, in this process")
     refresh.add_argument("tenant_id")
     refresh.add_argument("--dry-run", action="store_true")
     refresh.add_argument("--json", action="store_true")
+    refresh.set_defaults(handler=cmd_refresh)
 
     runs = sub.add_parser("runs", help="recent runs, newest first")
     runs.add_argument("tenant_id")
     runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=cmd_list_runs)
 
     users = sub.add_parser("users", help="the roster")
     users.add_argument("tenant_id")
@@ -82,16 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--group")
     users.add_argument("--search")
     users.add_argument("--json", action="store_true")
+    users.set_defaults(handler=cmd_users)
 
     explain = sub.add_parser("explain", help="why a user is or is not synced")
     explain.add_argument("tenant_id")
     explain.add_argument("user", help="object id or user principal name")
     explain.add_argument("--json", action="store_true")
+    explain.set_defaults(handler=cmd_explain)
 
     approve = sub.add_parser("approve", help="apply a run held by the removal guard")
     approve.add_argument("tenant_id")
     approve.add_argument("run_id")
     approve.add_argument("--json", action="store_true")
+    approve.set_defaults(handler=cmd_approve)
 
     undo = sub.add_parser(
         "undo",
@@ -103,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     undo.add_argument("tenant_id")
     undo.add_argument("run_id", nargs="?")
     undo.add_argument("--json", action="store_true")
+    undo.set_defaults(handler=cmd_undo)
 
     rules = sub.add_parser("rules", help="show or set the tenant's exclusion rules")
     rules.add_argument("tenant_id")
@@ -111,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--group", help="exclusion group id")
     rules.add_argument("--clear", action="store_true", help="remove every rule")
     rules.add_argument("--json", action="store_true")
+    rules.set_defaults(handler=cmd_rules)
     return parser
 
 
@@ -136,9 +165,7 @@ def _count_or_default(text: str) -> int | str:
 
 
 def _guard_arg(value: object) -> object:
-    """argparse value -> service argument: absent keeps, 'default' clears, a number sets."""
-    if value is None:
-        return UNSET
+    """argparse value -> body value: 'default' clears (null), a number sets."""
     return None if value == _DEFAULT else value
 
 
@@ -196,158 +223,184 @@ def _run_exit(run: Run) -> int:
     return EXIT_OK
 
 
-async def _dispatch(args: argparse.Namespace, svc: SyncService) -> int:
-    who = f"cli:{getpass.getuser()}"
-    as_json = getattr(args, "json", False)
-    command = args.command
-    if command == "tenant" and args.tenant_command == "add":
-        tenant = await svc.put_tenant(
-            args.tenant_id,
-            args.name,
-            guard_percent=_guard_arg(args.guard_percent),
-            guard_min_users=_guard_arg(args.guard_min_users),
-        )
-        if as_json:
-            _print_json(tenant)
-        else:
-            print(f"tenant {tenant.id} registered as {tenant.display_name!r}")
-            if tenant.guard_percent is not None or tenant.guard_min_users is not None:
-                percent = "default" if tenant.guard_percent is None else f"{tenant.guard_percent:g}"
-                users = "default" if tenant.guard_min_users is None else str(tenant.guard_min_users)
-                print(f"  removal guard: holds runs removing more than {percent}% and {users} users")
-    elif command == "tenant":
-        tenants = await svc.list_tenants()
-        if as_json:
-            _print_json({"value": tenants})
-        else:
-            _table(
-                [(t.id, t.display_name, t.last_run_status or "-", t.last_run_at or "-") for t in tenants],
-                ["tenant", "name", "last run", "at"],
-            )
-    elif command == "groups":
-        groups = []
-        cursor = None
-        while True:
-            page = await svc.list_groups(args.tenant_id, search=args.search, cursor=cursor)
-            groups.extend(page.value)
-            cursor = page.next_cursor
-            if not cursor:
-                break
-        if as_json:
-            _print_json({"value": groups})
-        else:
-            _table(
-                [(g.id, g.display_name, g.kind, g.member_count) for g in groups],
-                ["id", "name", "kind", "users"],
-            )
-    elif command == "select":
-        if args.all and args.group_ids:
-            raise InvalidInput("give group ids or --all, not both")
-        if not args.all and not args.group_ids:
-            raise InvalidInput("give at least one group id, or --all to sync every eligible user")
-        saved, run = await svc.save_selection(
-            args.tenant_id,
-            mode="all" if args.all else "groups",
-            group_ids=list(args.group_ids),
-            expected_version=None,
-            requested_by=who,
-        )
-        if as_json:
-            _print_json({**msgspec.to_builtins(saved), "run": msgspec.to_builtins(run)})
-        else:
-            names = ", ".join(g.display_name for g in saved.groups) or "all eligible users"
-            print(f"selection v{saved.version} saved: {names}")
-            print(f"refresh {run.id} queued; run it now with: python -m sync refresh {args.tenant_id}")
-    elif command == "refresh":
-        run = await svc.refresh_now(args.tenant_id, dry_run=args.dry_run, requested_by=who)
-        _print_json(run) if as_json else _print_run(run)
-        return _run_exit(run)
-    elif command == "runs":
-        runs, _ = await svc.list_runs(args.tenant_id, limit=20)
-        if as_json:
-            _print_json({"value": runs})
-        else:
-            _table(
-                [
-                    (
-                        r.id,
-                        r.status,
-                        r.reason,
-                        r.requested_at,
-                        r.counts.added,
-                        r.counts.removed,
-                        r.error or "",
-                    )
-                    for r in runs
-                ],
-                ["run", "status", "reason", "requested", "added", "removed", "error"],
-            )
-    elif command == "users":
-        after: str | None = None
-        everyone: list[RosterUser] = []
-        while True:
-            rows, after = await svc.list_users(
-                args.tenant_id,
-                status=args.status,
-                group=args.group,
-                search=args.search,
-                cursor=after,
-                limit=500,
-            )
-            everyone.extend(rows)
-            if not after:
-                break
-        if as_json:
-            _print_json({"value": everyone})
-        else:
-            _table(
-                [(u.id, u.user_principal_name, u.department, u.status, len(u.groups)) for u in everyone],
-                ["id", "userPrincipalName", "department", "status", "groups"],
-            )
-            print(f"{len(everyone)} users")
-    elif command == "explain":
-        result = await svc.explain(args.tenant_id, args.user)
-        if as_json:
-            _print_json(result)
-        else:
-            user: Any = result["user"]
-            verdict = "is synced" if result["included"] else "is NOT synced"
-            print(f"{user['userPrincipalName']} {verdict} (roster: {result['rosterStatus']})")
-            for reason in result["reasons"]:  # type: ignore[attr-defined]
-                print(f"  - {reason['code']}: {reason['message']}")
-            for group in result["groups"]:  # type: ignore[attr-defined]
-                print(f"  via group {group['displayName']} ({group['id']})")
-    elif command == "approve":
-        run = await svc.approve(args.tenant_id, args.run_id, requested_by=who, in_process=True)
-        _print_json(run) if as_json else _print_run(run)
-        return _run_exit(run)
-    elif command == "undo":
-        run = await svc.undo_removals(args.tenant_id, args.run_id, requested_by=who)
-        _print_json(run) if as_json else _print_run(run)
-        return _run_exit(run)
-    elif command == "rules":
-        if args.clear or args.pattern is not None or args.user is not None or args.group is not None:
-            current = await svc.get_rules(args.tenant_id)
-            body = (
-                {}
-                if args.clear
-                else {
-                    "upnPatterns": args.pattern if args.pattern is not None else list(current.upn_patterns),
-                    "excludedUsers": args.user if args.user is not None else list(current.excluded_users),
-                    "exclusionGroupId": args.group if args.group is not None else current.exclusion_group_id,
-                }
-            )
-            rules = await svc.set_rules(args.tenant_id, body)
-        else:
-            rules = await svc.get_rules(args.tenant_id)
-        _print_json(rules)
+def _who() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+async def cmd_tenant_add(args: argparse.Namespace, svc: SyncService) -> int:
+    """`tenant add`: register or rename a tenant, optionally with its own removal guard."""
+    change = parse_tenant_input(
+        {
+            "displayName": args.name,
+            **({} if args.guard_percent is None else {"guardPercent": _guard_arg(args.guard_percent)}),
+            **({} if args.guard_min_users is None else {"guardMinUsers": _guard_arg(args.guard_min_users)}),
+        }
+    )
+    tenant = await svc.put_tenant(args.tenant_id, change)
+    if args.json:
+        _print_json(TenantView.of(tenant))
+        return EXIT_OK
+    print(f"tenant {tenant.id} registered as {tenant.display_name!r}")
+    if tenant.guard_percent is not None or tenant.guard_min_users is not None:
+        percent = "default" if tenant.guard_percent is None else f"{tenant.guard_percent:g}"
+        users = "default" if tenant.guard_min_users is None else str(tenant.guard_min_users)
+        print(f"  removal guard: holds runs removing more than {percent}% and {users} users")
     return EXIT_OK
+
+
+async def cmd_tenant_list(args: argparse.Namespace, svc: SyncService) -> int:
+    """`tenant list`: every tenant with its last run."""
+    tenants = await svc.list_tenants()
+    if args.json:
+        _print_json(TenantList(value=[TenantView.of(t) for t in tenants]))
+        return EXIT_OK
+    _table(
+        [(t.id, t.display_name, t.last_run_status or "-", _when(t.last_run_at)) for t in tenants],
+        ["tenant", "name", "last run", "at"],
+    )
+    return EXIT_OK
+
+
+async def cmd_groups(args: argparse.Namespace, svc: SyncService) -> int:
+    """`groups`: the tenant's groups, every page."""
+    found = []
+    cursor = None
+    while True:
+        page = await svc.list_groups(args.tenant_id, search=args.search, cursor=cursor)
+        found.extend(page.value)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    if args.json:
+        _print_json({"value": found})
+        return EXIT_OK
+    _table([(g.id, g.display_name, g.kind, g.member_count) for g in found], ["id", "name", "kind", "users"])
+    return EXIT_OK
+
+
+async def cmd_select(args: argparse.Namespace, svc: SyncService) -> int:
+    """`select`: save the selection (the worker then applies it)."""
+    if args.all and args.group_ids:
+        raise InvalidInput("give group ids or --all, not both")
+    if not args.all and not args.group_ids:
+        raise InvalidInput("give at least one group id, or --all to sync every eligible user")
+    body = {"mode": "all"} if args.all else {"mode": "groups", "groupIds": list(args.group_ids)}
+    saved, run = await svc.save_selection(
+        args.tenant_id, parse_selection_input(body), expected_version=None, requested_by=_who()
+    )
+    if args.json:
+        _print_json(SelectionSaved(**msgspec.structs.asdict(saved), run=run))
+        return EXIT_OK
+    names = ", ".join(g.display_name for g in saved.groups) or "all eligible users"
+    print(f"selection v{saved.version} saved: {names}")
+    print(f"refresh {run.id} queued; run it now with: python -m sync refresh {args.tenant_id}")
+    return EXIT_OK
+
+
+async def cmd_refresh(args: argparse.Namespace, svc: SyncService) -> int:
+    """`refresh`: one run now, in this process."""
+    return _show_run(args, await svc.refresh_now(args.tenant_id, dry_run=args.dry_run, requested_by=_who()))
+
+
+async def cmd_list_runs(args: argparse.Namespace, svc: SyncService) -> int:
+    """`runs`: the latest runs, newest first."""
+    found, _ = await svc.list_runs(args.tenant_id, limit=20)
+    if args.json:
+        _print_json(RunPage(value=found))
+        return EXIT_OK
+    _table(
+        [
+            (r.id, r.status, r.reason, _when(r.requested_at), r.counts.added, r.counts.removed, r.error or "")
+            for r in found
+        ],
+        ["run", "status", "reason", "requested", "added", "removed", "error"],
+    )
+    return EXIT_OK
+
+
+async def cmd_users(args: argparse.Namespace, svc: SyncService) -> int:
+    """`users`: the roster, every page."""
+    after: str | None = None
+    everyone: list[RosterUser] = []
+    while True:
+        rows, after = await svc.list_users(
+            args.tenant_id, status=args.status, group=args.group, search=args.search, cursor=after, limit=500
+        )
+        everyone.extend(rows)
+        if not after:
+            break
+    if args.json:
+        _print_json(UserPage(value=everyone))
+        return EXIT_OK
+    _table(
+        [(u.id, u.user_principal_name, u.department, u.status, len(u.groups)) for u in everyone],
+        ["id", "userPrincipalName", "department", "status", "groups"],
+    )
+    print(f"{len(everyone)} users")
+    return EXIT_OK
+
+
+async def cmd_explain(args: argparse.Namespace, svc: SyncService) -> int:
+    """`explain`: why a user is or is not synced."""
+    result = await svc.explain(args.tenant_id, args.user)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    verdict = "is synced" if result.included else "is NOT synced"
+    print(f"{result.user.user_principal_name} {verdict} (roster: {result.roster_status})")
+    for reason in result.reasons:
+        print(f"  - {reason.code}: {reason.message}")
+    for group in result.groups:
+        print(f"  via group {group.display_name} ({group.id})")
+    return EXIT_OK
+
+
+async def cmd_approve(args: argparse.Namespace, svc: SyncService) -> int:
+    """`approve`: apply a held run's removals, in this process."""
+    return _show_run(
+        args, await svc.approve(args.tenant_id, args.run_id, requested_by=_who(), in_process=True)
+    )
+
+
+async def cmd_undo(args: argparse.Namespace, svc: SyncService) -> int:
+    """`undo`: put back the users a run removed."""
+    return _show_run(args, await svc.undo_removals(args.tenant_id, args.run_id, requested_by=_who()))
+
+
+async def cmd_rules(args: argparse.Namespace, svc: SyncService) -> int:
+    """`rules`: show or change the tenant's exclusion rules."""
+    if args.clear or args.pattern is not None or args.user is not None or args.group is not None:
+        current = await svc.get_rules(args.tenant_id)
+        body = (
+            {}
+            if args.clear
+            else {
+                "upnPatterns": args.pattern if args.pattern is not None else list(current.upn_patterns),
+                "excludedUsers": args.user if args.user is not None else list(current.excluded_users),
+                "exclusionGroupId": args.group if args.group is not None else current.exclusion_group_id,
+            }
+        )
+        result = await svc.set_rules(args.tenant_id, body)
+    else:
+        result = await svc.get_rules(args.tenant_id)
+    _print_json(result)
+    return EXIT_OK
+
+
+def _show_run(args: argparse.Namespace, run: Run) -> int:
+    _print_json(run) if args.json else _print_run(run)
+    return _run_exit(run)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
 async def _main(args: argparse.Namespace) -> int:
     async with open_service() as svc:
         try:
-            return await _dispatch(args, svc)
+            handler: Callable[[argparse.Namespace, SyncService], Awaitable[int]] = args.handler
+            return await handler(args, svc)
         finally:
             await svc.ctx.graph.aclose()
 

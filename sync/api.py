@@ -18,18 +18,30 @@ from typing import Any
 import azure.functions as func
 import msgspec
 
-from sync.models import Run, TenantView
+from sync.models import (
+    Run,
+    RunPage,
+    RunReason,
+    SelectionInput,
+    SelectionSaved,
+    TenantInput,
+    TenantList,
+    TenantView,
+    UserPage,
+)
 from sync.openapi import build_openapi
 from sync.service import (
-    UNSET,
     InvalidInput,
     ServiceError,
     SyncService,
     open_service,
+    parse_selection_input,
+    parse_tenant_input,
     require_run_id,
     require_tenant_id,
     require_user_key,
 )
+from sync.validation import MAX_BODY_BYTES
 
 log = logging.getLogger("sync.api")
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -37,7 +49,6 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 REQUIRED_ROLE = "Sync.Admin"
 ANONYMOUS_FUNCTIONS = frozenset({"health", "openapi"})  # no data: every other route needs REQUIRED_ROLE
 PRINCIPAL_HEADER = "x-ms-client-principal"
-MAX_BODY_BYTES = 64 * 1024
 MAX_PRINCIPAL_BYTES = 16 * 1024  # App Service's principal header is a few KiB at most
 _ROLE_CLAIMS = {"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"}
 _NAME_CLAIMS = ("preferred_username", "name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
@@ -165,21 +176,16 @@ def read_json_body(req: func.HttpRequest, allowed: frozenset[str] | None = None)
     return value
 
 
-TENANT_FIELDS = frozenset({"displayName", "guardPercent", "guardMinUsers"})
-SELECTION_FIELDS = frozenset({"mode", "groupIds"})
+def body_fields(struct: type[msgspec.Struct]) -> frozenset[str]:
+    """The JSON names of a request body's fields."""
+    return frozenset(field.encode_name for field in msgspec.structs.fields(struct))
+
+
 NO_FIELDS: frozenset[str] = frozenset()
 
 
-def _selection_body(req: func.HttpRequest) -> dict[str, Any]:
-    body = read_json_body(req, SELECTION_FIELDS)
-    if not body:
-        raise InvalidInput(
-            'send {"mode": "groups", "groupIds": [...]} or {"mode": "all"}; an empty body selects nothing'
-        )
-    nulls = sorted(key for key, value in body.items() if value is None)
-    if nulls:
-        raise InvalidInput(f"{' and '.join(nulls)} must not be null; leave a field out instead")
-    return body
+def _selection_body(req: func.HttpRequest) -> SelectionInput:
+    return parse_selection_input(read_json_body(req, body_fields(SelectionInput)))
 
 
 def _if_match(req: func.HttpRequest) -> int | None:
@@ -239,7 +245,7 @@ async def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
     """Every tenant with its last run (fleet view)."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        return json_response({"value": [TenantView.of(t) for t in await svc.list_tenants()]})
+        return json_response(TenantList(value=[TenantView.of(t) for t in await svc.list_tenants()]))
 
     return await guarded(req, handle)
 
@@ -250,13 +256,8 @@ async def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
     """Register or rename a tenant."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        body = read_json_body(req, TENANT_FIELDS)
-        tenant = await svc.put_tenant(
-            req.route_params["tenantId"],
-            body.get("displayName"),
-            guard_percent=body.get("guardPercent", UNSET),
-            guard_min_users=body.get("guardMinUsers", UNSET),
-        )
+        change = parse_tenant_input(read_json_body(req, body_fields(TenantInput)))
+        tenant = await svc.put_tenant(req.route_params["tenantId"], change)
         return json_response(TenantView.of(tenant))
 
     return await guarded(req, handle)
@@ -311,15 +312,10 @@ async def selection(req: func.HttpRequest) -> func.HttpResponse:
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
         tid = req.route_params["tenantId"]
         if req.method.upper() == "PUT":
-            body = _selection_body(req)
             saved, run = await svc.save_selection(
-                tid,
-                mode=body.get("mode"),
-                group_ids=body.get("groupIds"),
-                expected_version=_if_match(req),
-                requested_by=who.name,
+                tid, _selection_body(req), expected_version=_if_match(req), requested_by=who.name
             )
-            payload = {**msgspec.to_builtins(saved), "run": msgspec.to_builtins(run)}
+            payload = SelectionSaved(**msgspec.structs.asdict(saved), run=run)
             return json_response(
                 payload,
                 200,
@@ -337,13 +333,7 @@ async def preview(req: func.HttpRequest) -> func.HttpResponse:
     """Queue a dry run of a selection before saving it."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        body = _selection_body(req)
-        run = await svc.preview(
-            req.route_params["tenantId"],
-            mode=body.get("mode"),
-            group_ids=body.get("groupIds"),
-            requested_by=who.name,
-        )
+        run = await svc.preview(req.route_params["tenantId"], _selection_body(req), requested_by=who.name)
         return _run_accepted(req, run)
 
     return await guarded(req, handle)
@@ -356,7 +346,9 @@ async def refresh(req: func.HttpRequest) -> func.HttpResponse:
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
         read_json_body(req, NO_FIELDS)  # an empty body (or {}) is fine; anything else is refused
-        run = await svc.request_refresh(req.route_params["tenantId"], reason="manual", requested_by=who.name)
+        run = await svc.request_refresh(
+            req.route_params["tenantId"], reason=RunReason.MANUAL, requested_by=who.name
+        )
         return _run_accepted(req, run)
 
     return await guarded(req, handle)
@@ -371,7 +363,7 @@ async def runs_list(req: func.HttpRequest) -> func.HttpResponse:
         runs, cursor = await svc.list_runs(
             req.route_params["tenantId"], cursor=req.params.get("cursor"), limit=_limit(req, 20)
         )
-        return json_response({"value": runs, "nextCursor": cursor})
+        return json_response(RunPage(value=runs, next_cursor=cursor))
 
     return await guarded(req, handle)
 
@@ -434,7 +426,7 @@ async def users_list(req: func.HttpRequest) -> func.HttpResponse:
             cursor=req.params.get("cursor"),
             limit=_limit(req, 100),
         )
-        return json_response({"value": users, "nextCursor": cursor})
+        return json_response(UserPage(value=users, next_cursor=cursor))
 
     return await guarded(req, handle)
 

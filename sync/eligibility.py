@@ -42,12 +42,22 @@ import enum
 import fnmatch
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import NamedTuple
 
 import msgspec
 
-from sync.models import DirectoryUser
+from sync.models import (
+    DirectoryUser,
+    EligibleUser,
+    ExcludedCounts,
+    MailboxPurposeSource,
+    ReasonText,
+    RunGroup,
+    SelectedGroup,
+    SelectionMode,
+)
+from sync.validation import MAX_EXCLUDED_USERS, MAX_PATTERN_LENGTH, MAX_UPN_PATTERNS, is_object_id
 
 __all__ = [
     "MAX_EXCLUDED_USERS",
@@ -56,18 +66,22 @@ __all__ = [
     "SERVICE_ACCOUNT_PATTERNS",
     "SHARED_MAILBOX_PURPOSES",
     "SHARED_MAILBOX_WORDS",
+    "Classification",
     "ExclusionReason",
     "ExclusionRules",
     "InvalidRules",
     "MailboxPurposeSource",
     "Verdict",
+    "classify_members",
     "classify_user",
     "count_exclusions",
     "explain_reason",
+    "explain_user",
     "is_service_account",
     "looks_like_shared_mailbox",
     "matches_tenant_rules",
     "parse_exclusion_rules",
+    "purpose_candidates",
 ]
 
 
@@ -83,13 +97,6 @@ class ExclusionReason(enum.StrEnum):
     SHARED_MAILBOX = "sharedMailbox"
     SERVICE_ACCOUNT = "serviceAccount"
     RULE = "rule"
-
-
-class MailboxPurposeSource(enum.StrEnum):
-    """Where the shared-mailbox decision comes from for this run."""
-
-    MAILBOX_SETTINGS = "mailboxSettings"  # mailboxSettings.userPurpose was read
-    HEURISTIC = "heuristic"  # MailboxSettings.Read not granted: `looks_like_shared_mailbox`
 
 
 # ---------------------------------------------------------------------------
@@ -156,13 +163,7 @@ SHARED_MAILBOX_WORDS: frozenset[str] = frozenset(
     }
 )
 
-# Limits for tenant rules: keep a rules document small enough for one table
-# entity (64 KiB per property) and the matching cheap at 100,000 users.
-MAX_PATTERN_LENGTH = 256
-MAX_UPN_PATTERNS = 100
-MAX_EXCLUDED_USERS = 1000
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # Split points for the heuristic: non-alphanumerics, "confRoom", "Room1", "1Room".
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
@@ -353,7 +354,7 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
         group = group.strip()
         if not group:
             group = None
-        elif not _GUID.match(group):
+        elif not is_object_id(group):
             raise InvalidRules(
                 f"exclusionGroupId {group!r} is not a group object id "
                 "(expected a GUID such as 00000000-0000-0000-0000-000000000000)."
@@ -485,3 +486,126 @@ def count_exclusions(verdicts: Iterable[Verdict]) -> dict[str, int]:
 def explain_reason(reason: ExclusionReason | str) -> str:
     """One sentence a customer admin can act on, for "why is this user not synced?"."""
     return _EXPLANATIONS[ExclusionReason(reason)]
+
+
+# ---------------------------------------------------------------------------
+# A run's members, classified
+# ---------------------------------------------------------------------------
+
+
+class Classification(msgspec.Struct, frozen=True, kw_only=True):
+    """A directory read turned into who stays, who does not and why."""
+
+    eligible: list[EligibleUser]
+    verdicts: dict[str, Verdict]
+    groups: list[RunGroup]
+    purpose_source: MailboxPurposeSource
+    purposes_checked: frozenset[str] = frozenset()  # users whose mailbox purpose Graph gave this run
+
+    def excluded_counts(self) -> ExcludedCounts:
+        """Excluded users by their first reason."""
+        return msgspec.convert(count_exclusions(self.verdicts.values()), ExcludedCounts)
+
+
+def classify_members(
+    users: Mapping[str, DirectoryUser],
+    groups_of_user: Mapping[str, tuple[str, ...]],
+    *,
+    group_names: Mapping[str, str],
+    rules: ExclusionRules,
+    purposes: Mapping[str, str | None] | None,
+    excluded_ids: Collection[str],
+) -> Classification:
+    """Apply the eligibility rules to every member and count per selected group.
+
+    `purposes` are mailbox purposes by user id, or None when the tenant gave none (the
+    heuristic decides); `excluded_ids` are the members of the tenant's exclusion group.
+    """
+    source = MailboxPurposeSource.HEURISTIC if purposes is None else MailboxPurposeSource.MAILBOX_SETTINGS
+    verdicts: dict[str, Verdict] = {}
+    eligible: list[EligibleUser] = []
+    per_group = {gid: [0, 0] for gid in group_names}
+    for uid, user in users.items():
+        verdict = classify_user(
+            user,
+            rules=rules,
+            mailbox_purpose=purposes.get(uid) if purposes is not None else None,
+            purpose_source=source,
+            excluded_by_group=uid in excluded_ids,
+        )
+        verdicts[uid] = verdict
+        member_of = groups_of_user.get(uid, ())
+        for gid in member_of:
+            tally = per_group.get(gid)  # incremental runs count only the groups they re-read
+            if tally is not None:
+                tally[0] += 1
+                tally[1] += verdict.included
+        if verdict.included:
+            eligible.append(
+                EligibleUser(
+                    id=uid,
+                    user_principal_name=user.user_principal_name,
+                    display_name=user.display_name,
+                    mail=user.mail,
+                    department=user.department,
+                    job_title=user.job_title,
+                    groups=member_of,
+                )
+            )
+    groups = [
+        RunGroup(id=gid, display_name=name, members=per_group[gid][0], eligible=per_group[gid][1])
+        for gid, name in group_names.items()
+    ]
+    return Classification(eligible=eligible, verdicts=verdicts, groups=groups, purpose_source=source)
+
+
+def purpose_candidates(users: Mapping[str, DirectoryUser], rules: ExclusionRules) -> list[str]:
+    """Users whose mailbox purpose could still change the verdict (every other rule lets them in)."""
+    return [
+        uid
+        for uid, user in users.items()
+        if classify_user(
+            user, rules=rules, mailbox_purpose=None, purpose_source=MailboxPurposeSource.MAILBOX_SETTINGS
+        ).included
+    ]
+
+
+NOT_IN_SELECTED_GROUPS = ReasonText(
+    code="notInSelectedGroups",
+    message="The user is not a member (directly or through nested groups) of any selected group; "
+    "add them to one in the Microsoft 365 admin center.",
+)
+
+
+class UserVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """One user's verdict for "why is this user (not) synced?"."""
+
+    included: bool
+    reasons: list[ReasonText]
+    groups: list[SelectedGroup]  # the selected groups the user is in
+
+
+def explain_user(
+    user: DirectoryUser,
+    *,
+    member_of: Collection[str],
+    mode: SelectionMode,
+    selected: Iterable[SelectedGroup],
+    rules: ExclusionRules,
+    purposes: Mapping[str, str | None] | None,
+) -> UserVerdict:
+    """The same rules a run applies, for one user, with a sentence per reason."""
+    verdict = classify_members(
+        {user.id: user},
+        {},
+        group_names={},
+        rules=rules,
+        purposes=purposes,
+        excluded_ids={user.id} if rules.exclusion_group_id in member_of else set(),
+    ).verdicts[user.id]
+    groups = [group for group in selected if group.id in member_of]
+    reasons = [ReasonText(code=str(r), message=explain_reason(r)) for r in verdict.reasons]
+    in_scope = mode is SelectionMode.ALL or bool(groups)
+    if not in_scope:
+        reasons.insert(0, NOT_IN_SELECTED_GROUPS)
+    return UserVerdict(included=verdict.included and in_scope, reasons=reasons, groups=groups)

@@ -1,4 +1,4 @@
-"""Queue worker, poison-queue handler and the nightly timer."""
+"""Queue worker, poison-queue handler and the nightly timer: wiring to the service, nothing more."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import azure.functions as func
 import msgspec
 
 from shared.storage import queue_client
-from shared.telemetry import log_run_summary
-from sync.engine import LeaseBusy, execute_refresh
 from sync.models import RefreshMessage, RunStatus
-from sync.service import InvalidInput, is_object_id, open_service, require_run_id
-from sync.store import iso, utc_now
+from sync.service import LeaseBusy, open_service
+from sync.validation import is_object_id, is_run_id
 
 log = logging.getLogger("sync.jobs")
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -31,9 +29,7 @@ def decode_message(body: bytes) -> RefreshMessage | None:
     if not is_object_id(message.tenant_id):
         log.error("dropped a refresh message with a malformed tenant id")
         return None
-    try:
-        require_run_id(message.run_id)
-    except InvalidInput:
+    if not is_run_id(message.run_id):
         log.error("dropped a refresh message with a malformed run id")
         return None
     return message
@@ -46,7 +42,7 @@ async def process_refresh_message(body: bytes) -> RunStatus | None:
         return None
     async with open_service() as service:
         try:
-            run = await execute_refresh(service.ctx, message)
+            run = await service.process_message(message)
         except LeaseBusy:
             # Coalesced, not lost: the message returns later; by then the running refresh may
             # have superseded it (it read the directory after this was requested).
@@ -66,18 +62,7 @@ async def mark_poisoned(body: bytes) -> None:
     if message is None:
         return
     async with open_service() as service:
-        run = await service.ctx.store.get_run(message.tenant_id, message.run_id)
-        if run is None or run.status.finished:
-            return
-        run.status = RunStatus.FAILED
-        run.finished_at = iso(utc_now())
-        run.error = (
-            "the refresh failed on every delivery attempt (storage or worker failures); "
-            "nothing further was changed. Start a new refresh once the service is healthy."
-        )
-        await service.ctx.store.save_run(run)
-        await service.ctx.store.record_last_run(run)
-        log_run_summary(run)  # the failed-run alert must see poisoned runs too
+        await service.mark_poisoned(message)
     log.error("refresh message poisoned", extra={"tenantId": message.tenant_id, "runId": message.run_id})
 
 
@@ -98,7 +83,7 @@ async def refresh_poison(msg: func.QueueMessage) -> None:
 @bp.function_name("nightly_sync")
 @bp.timer_trigger(arg_name="timer", schedule="%SYNC_SCHEDULE%", run_on_startup=False)
 async def nightly_sync(timer: func.TimerRequest) -> None:
-    """Every night: purge users past the grace period and queue a refresh per enabled tenant."""
+    """Every night: queue a refresh per enabled tenant (each one also purges past the grace period)."""
     async with open_service() as service:
-        runs = await service.nightly()
-    log.info("nightly sync queued %d refreshes", len(runs))
+        queued = await service.nightly()
+    log.info("nightly sync queued %d refreshes", len(queued))

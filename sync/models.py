@@ -7,8 +7,19 @@ and encodable to JSON without hand-written serializers.
 from __future__ import annotations
 
 import enum
+from datetime import datetime
+from typing import Annotated
 
 import msgspec
+
+from sync.validation import (
+    GUID_PATTERN,
+    MAX_EXCLUDED_USERS,
+    MAX_GUARD_MIN_USERS,
+    MAX_NAME_LENGTH,
+    MAX_SELECTED_GROUPS,
+    MAX_UPN_PATTERNS,
+)
 
 
 class GroupKind(enum.StrEnum):
@@ -84,11 +95,11 @@ class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     job_title: str | None = None
     groups: tuple[str, ...] = ()  # ids of the selected groups the user came through
     status: RosterStatus = RosterStatus.ACTIVE
-    added_at: str | None = None  # ISO 8601 UTC
-    updated_at: str | None = None
-    removed_at: str | None = None
+    added_at: datetime | None = None
+    updated_at: datetime | None = None
+    removed_at: datetime | None = None
     removed_by_run: str | None = None  # the run that removed the user (set while status is removed)
-    purpose_checked_at: str | None = None  # when mailboxSettings.userPurpose last said "a person"
+    purpose_checked_at: datetime | None = None  # when mailboxSettings.userPurpose last said "a person"
 
 
 class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -123,7 +134,7 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     mode: SelectionMode = SelectionMode.ALL
     groups: tuple[SelectedGroup, ...] = ()
     version: int = 0  # 0: never saved
-    updated_at: str | None = None
+    updated_at: datetime | None = None
     updated_by: str | None = None
 
 
@@ -133,19 +144,19 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     id: str  # Entra tenant GUID
     display_name: str
     enabled: bool = True
-    created_at: str | None = None
+    created_at: datetime | None = None
     exclusion_rules: str = "{}"  # JSON of sync.eligibility.ExclusionRules
     guard_percent: float | None = None  # None: REMOVAL_GUARD_PERCENT
     guard_min_users: int | None = None  # None: REMOVAL_GUARD_MIN_USERS
     last_run_id: str | None = None
     last_run_status: str | None = None
-    last_run_at: str | None = None
+    last_run_at: datetime | None = None
     # Incremental refresh state: valid only for the selection version and rules it was taken with.
     users_delta_link: str | None = None
     groups_delta_link: str | None = None
     delta_selection_version: int | None = None
     delta_rules: str | None = None
-    last_full_refresh_at: str | None = None
+    last_full_refresh_at: datetime | None = None
     active_users: int | None = None  # on the roster after the last successful run
 
 
@@ -156,13 +167,13 @@ class TenantView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     id: str
     display_name: str
     enabled: bool = True
-    created_at: str | None = None
+    created_at: datetime | None = None
     guard_percent: float | None = None
     guard_min_users: int | None = None
     last_run_id: str | None = None
     last_run_status: str | None = None
-    last_run_at: str | None = None
-    last_full_refresh_at: str | None = None
+    last_run_at: datetime | None = None
+    last_full_refresh_at: datetime | None = None
     active_users: int | None = None
 
     @classmethod
@@ -186,6 +197,32 @@ class RunStatus(enum.StrEnum):
     def finished(self) -> bool:
         """Whether the run will not change any more (held runs wait for a new, approved run)."""
         return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.HELD, RunStatus.SUPERSEDED)
+
+
+class RunReason(enum.StrEnum):
+    """Why a run was started."""
+
+    MANUAL = "manual"  # "Refresh Users Now"
+    SELECTION_SAVED = "selection-saved"
+    PREVIEW = "preview"  # a dry run of a selection not saved yet
+    CLI = "cli"
+    APPROVED = "approved"  # applies a held run's removals
+    UNDO = "undo"  # restores a run's removals
+    NIGHTLY = "nightly"
+
+
+class MemberStrategy(enum.StrEnum):
+    """How a run reads the members of the selected groups."""
+
+    PER_GROUP = "perGroup"  # each group's user members with their attributes, groups side by side
+    ALL_USERS = "allUsers"  # every user once, plus the groups' member ids in $batch requests
+
+
+class MailboxPurposeSource(enum.StrEnum):
+    """Where the shared-mailbox decision comes from for a run."""
+
+    MAILBOX_SETTINGS = "mailboxSettings"  # mailboxSettings.userPurpose was read
+    HEURISTIC = "heuristic"  # MailboxSettings.Read not granted: a documented name heuristic
 
 
 class ExcludedCounts(msgspec.Struct, kw_only=True, rename="camel"):
@@ -221,31 +258,40 @@ class RunGroup(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     eligible: int
 
 
+class PlanSample(msgspec.Struct, kw_only=True, rename="camel"):
+    """Held, dry and undo runs: the ids of the users they add, update, restore and remove (capped)."""
+
+    add: list[str] = msgspec.field(default_factory=list)
+    update: list[str] = msgspec.field(default_factory=list)
+    restore: list[str] = msgspec.field(default_factory=list)
+    remove: list[str] = msgspec.field(default_factory=list)
+
+
 class Run(msgspec.Struct, kw_only=True, rename="camel"):
     """One refresh of one tenant: the API's run resource and the `runs` table row."""
 
     id: str
     tenant_id: str
     status: RunStatus
-    reason: str
+    reason: RunReason
     dry_run: bool = False
-    requested_at: str
+    requested_at: datetime
     requested_by: str | None = None
     allow_removals: int | None = None  # approved removal ceiling, from a held run
     approved_run: str | None = None  # the held run this one applies
-    started_at: str | None = None
-    finished_at: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     duration_seconds: float | None = None
     counts: RunCounts = msgspec.field(default_factory=RunCounts)
     groups: list[RunGroup] = msgspec.field(default_factory=list)
     graph_requests: int = 0
-    mailbox_purpose_source: str | None = None  # "mailboxSettings" or "heuristic"
+    mailbox_purpose_source: MailboxPurposeSource | None = None
     guard: str | None = None  # why the removal guard held the run
-    plan: dict[str, list[str]] | None = None  # held/dry runs: user ids to add/remove/restore (capped)
+    plan: PlanSample | None = None  # held/dry/undo runs: who they add, update, restore, remove
     error: str | None = None
     superseded_by: str | None = None
     incremental: bool = False  # read only what changed since the last successful run (Graph delta)
-    member_strategy: str | None = None  # "perGroup" or "allUsers": how the members were read
+    member_strategy: MemberStrategy | None = None  # how the members were read
     removal_digest: str | None = None  # held and dry runs: fingerprint of exactly who they would remove
     approved_digest: str | None = None  # an approved run: may remove exactly the users with this fingerprint
     preview_mode: SelectionMode | None = None  # dry runs of a selection not saved yet
@@ -260,7 +306,166 @@ class RefreshMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     tenant_id: str
     run_id: str
-    reason: str = "manual"
+    reason: RunReason = RunReason.MANUAL
     dry_run: bool = False
     requested_by: str | None = None
     allow_removals: int | None = None
+
+
+# --- API resources: request bodies and results the HTTP API and the CLI exchange -----------------
+
+
+GroupId = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": GUID_PATTERN})]
+DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+GuardPercent = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        le=100,
+        description="Hold a run whose removals exceed this share of the active roster (and "
+        "guardMinUsers). Left out: unchanged; null: REMOVAL_GUARD_PERCENT.",
+    ),
+]
+GuardMinUsers = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_GUARD_MIN_USERS,
+        description="Hold a run whose removals exceed this many users (and guardPercent). "
+        "Left out: unchanged; null: REMOVAL_GUARD_MIN_USERS.",
+    ),
+]
+ModeChoice = Annotated[
+    SelectionMode,
+    msgspec.Meta(
+        description="`all`: every eligible user of the tenant; `groups`: eligible members of groupIds "
+        "(nested groups included). Left out: `groups` when groupIds is not empty."
+    ),
+]
+GroupIds = Annotated[
+    list[GroupId],
+    msgspec.Meta(
+        max_length=MAX_SELECTED_GROUPS,
+        description="Group object ids, each once; every one must exist in the tenant.",
+    ),
+]
+
+
+class TenantInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """PUT /tenants/{id}: register or rename a tenant; optionally its own removal guard."""
+
+    display_name: DisplayName
+    guard_percent: GuardPercent | msgspec.UnsetType | None = msgspec.UNSET
+    guard_min_users: GuardMinUsers | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class SelectionInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """PUT /selection and POST /preview: the groups to sync (or every eligible user)."""
+
+    mode: ModeChoice | msgspec.UnsetType = msgspec.UNSET
+    group_ids: GroupIds | msgspec.UnsetType = msgspec.UNSET
+
+
+class RulesInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """PUT /rules: the tenant's own exclusion rules (null or left out: none)."""
+
+    upn_patterns: (
+        Annotated[
+            list[str],
+            msgspec.Meta(
+                max_length=MAX_UPN_PATTERNS,
+                description="fnmatch patterns against the UPN and its part before '@' (e.g. 'svc-*'); "
+                "a pattern that matches everyone is refused.",
+            ),
+        ]
+        | None
+    ) = None
+    excluded_users: (
+        Annotated[
+            list[str],
+            msgspec.Meta(
+                max_length=MAX_EXCLUDED_USERS, description="Object ids or UPNs kept off the platform."
+            ),
+        ]
+        | None
+    ) = None
+    exclusion_group_id: (
+        Annotated[str, msgspec.Meta(description="A group whose members (nested included) are kept off.")]
+        | None
+    ) = None
+
+
+class SelectionSaved(Selection, frozen=True, kw_only=True, rename="camel"):
+    """The saved selection with the run that applies it."""
+
+    run: Run
+
+
+class PermissionCheck(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Whether one Graph permission works in the tenant."""
+
+    permission: str
+    reads: str  # groups | members | users | mailboxSettings
+    ok: bool
+    required: bool
+    detail: str | None = None
+
+
+class Connection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Which Graph permissions work in a tenant, with the admin-consent link when one does not."""
+
+    tenant_id: str
+    ok: bool  # every required permission works
+    checks: list[PermissionCheck]
+    admin_consent_url: str | None
+    note: str | None
+
+
+class UserRef(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A directory user, named."""
+
+    id: str
+    user_principal_name: str
+    display_name: str | None
+
+
+class ReasonText(msgspec.Struct, frozen=True, kw_only=True):
+    """A reason code with one sentence the admin can act on."""
+
+    code: str
+    message: str
+
+
+class Explanation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Why a user is, or is not, on the platform (read live from Graph and the roster)."""
+
+    user: UserRef
+    included: bool
+    reasons: list[ReasonText]
+    groups: list[SelectedGroup]
+    roster_status: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["active", "removed", "absent"]})]
+    mailbox_purpose_source: MailboxPurposeSource
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Base of a page of items; `nextCursor` is null on the last page."""
+
+    next_cursor: str | None = None
+
+
+class RunPage(Page, frozen=True, kw_only=True, rename="camel"):
+    """Runs, newest first."""
+
+    value: list[Run]
+
+
+class UserPage(Page, frozen=True, kw_only=True, rename="camel"):
+    """Roster rows in id order."""
+
+    value: list[RosterUser]
+
+
+class TenantList(msgspec.Struct, frozen=True, kw_only=True):
+    """Every tenant the caller may see, with its last run."""
+
+    value: list[TenantView]

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 description of the HTTP API (served at GET /api/openapi.json).
 
-Resource schemas come from the records themselves (`msgspec.json.schema_components`), so a
-field added to `Run` or `Tenant` appears here without anyone remembering to; request bodies,
-parameters and limits are written out with the same constants the service validates with.
+Every schema of a request body or a result comes from its msgspec Struct in sync.models
+(`msgspec.json.schema_components`), limits included, so a field added to `Run` or a body
+appears here without anyone remembering to; parameters use the constants the service
+validates with (sync.validation).
 tests/integration/test_api_contract.py checks that every registered route is described here
 (and nothing else), and fuzzes the API against this document with schemathesis.
 """
@@ -14,19 +15,27 @@ from typing import Any
 
 import msgspec
 
-from sync.directory import PermissionCheck
-from sync.eligibility import MAX_EXCLUDED_USERS, MAX_UPN_PATTERNS, ExclusionRules
-from sync.models import GroupPage, RosterUser, Run, Selection, TenantView
-from sync.service import (
+from sync.eligibility import ExclusionRules
+from sync.models import (
+    Connection,
+    Explanation,
+    GroupPage,
+    RulesInput,
+    RunPage,
+    Selection,
+    SelectionInput,
+    SelectionSaved,
+    TenantInput,
+    TenantList,
+    UserPage,
+)
+from sync.validation import (
     GUID_PATTERN,
     MAX_CURSOR_LENGTH,
-    MAX_GUARD_MIN_USERS,
-    MAX_NAME_LENGTH,
     MAX_SEARCH_LENGTH,
-    MAX_SELECTED_GROUPS,
     MAX_UPN_LENGTH,
     RUN_ID_PATTERN,
-    USER_KEY_PATTERN,
+    UPN_PATTERN,
 )
 
 REF = "#/components/schemas/{name}"
@@ -86,7 +95,7 @@ USER_KEY = _path(
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_UPN_LENGTH,
-        "pattern": "^(?:" + GUID_PATTERN.strip("^$") + "|" + USER_KEY_PATTERN.strip("^$") + ")$",
+        "pattern": "^(?:" + GUID_PATTERN.strip("^$") + "|" + UPN_PATTERN.strip("^$") + ")$",
         "description": "The user's object id or user principal name.",
     },
 )
@@ -107,22 +116,8 @@ ETAG = {
 }
 
 
-def _page_of(item: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["value", "nextCursor"],
-        "properties": {
-            "value": {"type": "array", "items": _ref(item)},
-            "nextCursor": {
-                "anyOf": [{"type": "string"}, {"type": "null"}],
-                "description": "Pass as `cursor` for the next page; null on the last page.",
-            },
-        },
-    }
-
-
 def _hand_written_schemas() -> dict[str, Any]:
-    nullable_string = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    """The few shapes that are not records: problems, health, this document."""
     return {
         "Problem": {
             "type": "object",
@@ -140,134 +135,8 @@ def _hand_written_schemas() -> dict[str, Any]:
                 },
             },
         },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"const": "ok"}},
-        },
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
         "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
-        "TenantList": {
-            "type": "object",
-            "required": ["value"],
-            "properties": {"value": {"type": "array", "items": _ref("Tenant")}},
-        },
-        "RunPage": _page_of("Run"),
-        "UserPage": _page_of("RosterUser"),
-        "TenantInput": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["displayName"],
-            "properties": {
-                "displayName": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
-                "guardPercent": {
-                    "anyOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "null"}],
-                    "description": "Hold a run whose removals exceed this share of the active roster "
-                    "(and guardMinUsers). Left out: unchanged; null: REMOVAL_GUARD_PERCENT.",
-                },
-                "guardMinUsers": {
-                    "anyOf": [
-                        {"type": "integer", "minimum": 0, "maximum": MAX_GUARD_MIN_USERS},
-                        {"type": "null"},
-                    ],
-                    "description": "Hold a run whose removals exceed this many users (and guardPercent). "
-                    "Left out: unchanged; null: REMOVAL_GUARD_MIN_USERS.",
-                },
-            },
-        },
-        "SelectionInput": {
-            "type": "object",
-            "additionalProperties": False,
-            "minProperties": 1,
-            "properties": {
-                "mode": {
-                    "enum": ["all", "groups"],
-                    "description": "`all`: every eligible user of the tenant; `groups`: eligible members "
-                    "of groupIds (nested groups included). Left out: `groups` when groupIds is not empty.",
-                },
-                "groupIds": {
-                    "type": "array",
-                    "maxItems": MAX_SELECTED_GROUPS,
-                    "items": {"type": "string", "pattern": GUID_PATTERN},
-                    "description": "Group object ids, each once; every one must exist in the tenant.",
-                },
-            },
-        },
-        "SelectionSaved": {
-            "allOf": [
-                _ref("Selection"),
-                {"type": "object", "required": ["run"], "properties": {"run": _ref("Run")}},
-            ]
-        },
-        "RulesInput": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "upnPatterns": {
-                    "anyOf": [
-                        {"type": "array", "maxItems": MAX_UPN_PATTERNS, "items": {"type": "string"}},
-                        {"type": "null"},
-                    ],
-                    "description": "fnmatch patterns against the UPN and its part before '@' "
-                    "(e.g. 'svc-*'); a pattern that matches everyone is refused. null: none.",
-                },
-                "excludedUsers": {
-                    "anyOf": [
-                        {"type": "array", "maxItems": MAX_EXCLUDED_USERS, "items": {"type": "string"}},
-                        {"type": "null"},
-                    ],
-                    "description": "Object ids or UPNs kept off the platform. null: none.",
-                },
-                "exclusionGroupId": {
-                    "anyOf": [{"type": "string"}, {"type": "null"}],
-                    "description": "A group whose members (nested included) are kept off the platform.",
-                },
-            },
-        },
-        "Connection": {
-            "type": "object",
-            "required": ["tenantId", "ok", "checks", "adminConsentUrl", "note"],
-            "properties": {
-                "tenantId": {"type": "string"},
-                "ok": {"type": "boolean", "description": "Every required permission works."},
-                "checks": {"type": "array", "items": _ref("PermissionCheck")},
-                "adminConsentUrl": nullable_string,
-                "note": nullable_string,
-            },
-        },
-        "Explanation": {
-            "type": "object",
-            "required": ["user", "included", "reasons", "groups", "rosterStatus", "mailboxPurposeSource"],
-            "properties": {
-                "user": {
-                    "type": "object",
-                    "required": ["id", "userPrincipalName", "displayName"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "userPrincipalName": {"type": "string"},
-                        "displayName": nullable_string,
-                    },
-                },
-                "included": {"type": "boolean"},
-                "reasons": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                    },
-                },
-                "groups": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "displayName"],
-                        "properties": {"id": {"type": "string"}, "displayName": {"type": "string"}},
-                    },
-                },
-                "rosterStatus": {"enum": ["active", "removed", "absent"]},
-                "mailboxPurposeSource": {"enum": ["mailboxSettings", "heuristic"]},
-            },
-        },
     }
 
 
@@ -512,13 +381,29 @@ def _paths() -> dict[str, Any]:
     }
 
 
+RECORDS: tuple[type, ...] = (
+    TenantList,
+    TenantInput,
+    Connection,
+    ExclusionRules,
+    RulesInput,
+    GroupPage,
+    Selection,
+    SelectionInput,
+    SelectionSaved,
+    RunPage,
+    UserPage,
+    Explanation,
+)
+
+
 def build_openapi(server_url: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document as a dict (JSON-ready)."""
-    _, models = msgspec.json.schema_components(
-        [TenantView, Run, Selection, GroupPage, RosterUser, ExclusionRules, PermissionCheck], ref_template=REF
-    )
+    _, models = msgspec.json.schema_components(RECORDS, ref_template=REF)
     # The API's tenant resource is the public view of the record: documented as "Tenant".
     models["Tenant"] = {**models.pop("TenantView"), "title": "Tenant"}
+    models = json_refs_renamed(models, {"TenantView": "Tenant"})
+    models["SelectionInput"]["minProperties"] = 1  # an empty body selects nothing: refused
     schemas = {**copy.deepcopy(models), **_hand_written_schemas()}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -547,3 +432,18 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
         },
     }
     return document
+
+
+def json_refs_renamed(value: Any, renames: dict[str, str]) -> Any:
+    """`value` with every `$ref` to a renamed schema pointing at its new name."""
+    if isinstance(value, dict):
+        out = {key: json_refs_renamed(item, renames) for key, item in value.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str):
+            for old, new in renames.items():
+                if ref == REF.format(name=old):
+                    out["$ref"] = REF.format(name=new)
+        return out
+    if isinstance(value, list):
+        return [json_refs_renamed(item, renames) for item in value]
+    return value

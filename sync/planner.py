@@ -1,8 +1,8 @@
-"""Pure roster planning: the roster now + the eligible users → a `Plan`, then a safety check.
+"""Pure roster planning: the roster now + the eligible users → a `Plan`.
 
 Read desired state, read current state, compute small change records, check them
-(`RemovalGuard`), then apply: the octodns way. Nothing here does I/O, so a plan
-can be shown (dry run, held run) exactly as it would be applied.
+(`sync.safety.check_plan`), then apply (`sync.apply`): the octodns way. Nothing here does
+I/O, so a plan can be shown (dry run, held run) exactly as it would be applied.
 
 A user is matched by Entra object id. Groups are compared order-insensitively
 (a reordered membership list is not an update); when a user is written, the
@@ -11,7 +11,6 @@ eligible user's group order is kept.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -22,11 +21,11 @@ from sync.models import EligibleUser, RosterStatus, RosterUser
 
 __all__ = [
     "COMPARED_FIELDS",
-    "GuardDecision",
     "Plan",
-    "RemovalGuard",
     "RosterChange",
     "apply_plan_to_roster",
+    "changed_rows",
+    "plan_restores",
     "plan_roster_changes",
     "purge_due",
 ]
@@ -147,8 +146,8 @@ def plan_roster_changes(roster: Iterable[RosterUser], eligible: Iterable[Eligibl
     )
 
 
-def apply_plan_to_roster(roster: Iterable[RosterUser], plan: Plan, *, now: str) -> list[RosterUser]:
-    """The roster after `plan` (pure), sorted by id; `now` is the ISO 8601 UTC timestamp written.
+def apply_plan_to_roster(roster: Iterable[RosterUser], plan: Plan, *, now: datetime) -> list[RosterUser]:
+    """The roster after `plan` (pure), sorted by id; `now` is the time written.
 
     Raises ValueError when the plan does not fit the roster (an add for a known id,
     a change for an unknown one).
@@ -159,8 +158,12 @@ def apply_plan_to_roster(roster: Iterable[RosterUser], plan: Plan, *, now: str) 
     return [rows[k] for k in sorted(rows)]
 
 
-def changed_rows(roster: Mapping[str, RosterUser], plan: Plan, *, now: str) -> list[RosterUser]:
-    """Only the roster rows `plan` writes, in their new state: what the roster writer stores.
+def changed_rows(
+    roster: Mapping[str, RosterUser], plan: Plan, *, now: datetime, run_id: str | None = None
+) -> list[RosterUser]:
+    """Only the roster rows `plan` writes, in their new state: what `sync.apply` stores.
+
+    Removed rows name `run_id`, the run that removed them, so its removals can be undone.
 
     Raises ValueError when the plan does not fit the roster.
     """
@@ -190,14 +193,22 @@ def changed_rows(roster: Mapping[str, RosterUser], plan: Plan, *, now: str) -> l
         _require(roster, user.id, "restores")
         # Restored, not re-created: added_at survives so the platform keeps the history.
         restored = _with_attributes(roster[user.id], user, now)
-        out.append(replace(restored, status=RosterStatus.ACTIVE, removed_at=None))
+        out.append(replace(restored, status=RosterStatus.ACTIVE, removed_at=None, removed_by_run=None))
     for removed in plan.removals:
         _require(roster, removed.id, "removes")
-        out.append(replace(roster[removed.id], status=RosterStatus.REMOVED, removed_at=now, updated_at=now))
+        out.append(
+            replace(
+                roster[removed.id],
+                status=RosterStatus.REMOVED,
+                removed_at=now,
+                updated_at=now,
+                removed_by_run=run_id,
+            )
+        )
     return out
 
 
-def _with_attributes(row: RosterUser, user: EligibleUser, now: str) -> RosterUser:
+def _with_attributes(row: RosterUser, user: EligibleUser, now: datetime) -> RosterUser:
     """The row with the directory's current attributes and groups."""
     return msgspec.structs.replace(
         row,
@@ -216,96 +227,45 @@ def _require(rows: Mapping[str, RosterUser], user_id: str, verb: str) -> None:
         raise ValueError(f"plan {verb} user {user_id}, who is not on the roster")
 
 
-# ---------------------------------------------------------------------------
-# Safety
-# ---------------------------------------------------------------------------
-
-
-def removal_digest(plan: Plan) -> str:
-    """A fingerprint of exactly who the plan removes: an approval applies to those users only."""
-    digest = hashlib.sha256()
-    for user in plan.removals:  # sorted by id
-        digest.update(user.id.encode() + b"\n")
-    return digest.hexdigest()[:32]
-
-
-class GuardDecision(msgspec.Struct, frozen=True, kw_only=True):
-    """Whether the removal guard holds a run, with a sentence for the admin."""
-
-    held: bool
-    detail: str
-    removals: int = 0
-    active_before: int = 0
-
-
-def _number(value: float) -> str:
-    """15.0 → "15", 12.345 → "12.3", 1000 → "1,000"."""
-    text = f"{value:,.1f}"
-    return text[:-2] if text.endswith(".0") else text
-
-
-class RemovalGuard(msgspec.Struct, frozen=True, kw_only=True):
-    """Holds a run whose removals exceed BOTH `percent` of the active users and `min_users`.
-
-    Both must be exceeded so a small tenant can lose a few users and a large one a
-    few percent without an approval; the thresholds themselves are allowed.
-    """
-
-    percent: float = 10
-    min_users: int = 20
-
-    def __post_init__(self) -> None:
-        if self.percent < 0 or self.min_users < 0:
-            raise ValueError("removal guard thresholds must not be negative")
-
-    def check(self, plan: Plan, active_before: int, *, allow_removals: bool = False) -> GuardDecision:
-        """Decide whether `plan` must wait for an approval; `allow_removals` is that approval."""
-        if active_before < 0:
-            raise ValueError("active_before must not be negative")
-        removals = len(plan.removals)
-        threshold = f"the {_number(self.percent)}% / {_number(self.min_users)} users threshold"
-        if removals == 0:
-            return GuardDecision(held=False, detail="This run removes no users.", active_before=active_before)
-        share = 100.0 if active_before == 0 else removals * 100 / active_before
-        what = f"{_number(removals)} of {_number(active_before)} active users ({_number(share)}%)"
-        # Integer-friendly comparison: no rounding at the exact boundary.
-        exceeds = removals > self.min_users and removals * 100 > self.percent * active_before
-        if exceeds and allow_removals:
-            detail = f"This run removes {what}, more than {threshold}; the removals were approved."
-            held = False
-        elif exceeds:
-            detail = f"This run would remove {what}, more than {threshold}; approve it to apply."
-            held = True
-        else:
-            detail = f"This run removes {what}, within {threshold}."
-            held = False
-        return GuardDecision(held=held, detail=detail, removals=removals, active_before=active_before)
-
-
-def _parse_utc(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def purge_due(roster: Iterable[RosterUser], *, now: datetime, grace_days: int) -> list[str]:
     """Ids (sorted) of removed users whose grace period is over: removed_at + grace_days <= now.
 
-    A row without a readable removed_at is never purged: its age is unknown.
+    A row without removed_at is never purged: its age is unknown.
     """
     if grace_days < 0:
         raise ValueError("grace_days must not be negative")
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     cutoff = now - timedelta(days=grace_days)
-    due: list[str] = []
-    for row in roster:
-        if row.status != RosterStatus.REMOVED or not row.removed_at:
-            continue
-        removed_at = _parse_utc(row.removed_at)
-        if removed_at is not None and removed_at <= cutoff:
-            due.append(row.id)
-    due.sort()
-    return due
+    return sorted(
+        row.id
+        for row in roster
+        if row.status is RosterStatus.REMOVED and row.removed_at is not None and row.removed_at <= cutoff
+    )
+
+
+def plan_restores(
+    roster: Iterable[RosterUser], *, removed_by: str, removed_since: datetime
+) -> tuple[Plan, int]:
+    """An undo: the plan that restores every user run `removed_by` removed after `removed_since`.
+
+    Users restored since, removed again by a later run, or purged are not touched. Returns the
+    plan and how many of that run's removals are too old to restore.
+    """
+    removed = [
+        row for row in roster if row.status is RosterStatus.REMOVED and row.removed_by_run == removed_by
+    ]
+    fresh = [row for row in removed if row.removed_at is not None and row.removed_at > removed_since]
+    restores = tuple(
+        EligibleUser(
+            id=row.id,
+            user_principal_name=row.user_principal_name,
+            display_name=row.display_name,
+            mail=row.mail,
+            department=row.department,
+            job_title=row.job_title,
+            groups=row.groups,
+        )
+        for row in sorted(fresh, key=_id)
+    )
+    return Plan(restores=restores), len(removed) - len(fresh)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -15,9 +16,9 @@ from azure.data.tables import TransactionOperation, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.settings import Settings
-from shared.storage import USERS_TABLE, table_client
-from sync.directory import is_object_id
+from shared.storage import USERS_TABLE, plain_datetime, table_client
 from sync.models import RosterStatus, RosterUser
+from sync.validation import is_object_id
 
 TRANSACTION_SIZE = 100  # Table Storage: at most 100 operations per transaction
 _PARALLEL_TRANSACTIONS = 4
@@ -25,7 +26,7 @@ _FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "jobTitle", "gr
            "addedAt", "updatedAt", "removedAt", "removedByRun", "purposeCheckedAt"]  # fmt: skip
 
 
-def _to_entity(tenant_id: str, user: RosterUser, run_id: str | None = None) -> dict[str, Any]:
+def _to_entity(tenant_id: str, user: RosterUser) -> dict[str, Any]:
     entity: dict[str, Any] = {
         "PartitionKey": tenant_id,
         "RowKey": user.id,
@@ -46,13 +47,20 @@ def _to_entity(tenant_id: str, user: RosterUser, run_id: str | None = None) -> d
     ):
         if value is not None:
             entity[key] = value
-    if user.status is RosterStatus.REMOVED:
+    if user.status is RosterStatus.REMOVED and user.removed_by_run:
         # Which run removed the user, so that run's removals can be undone in one call
         # (a run record keeps only a sample of ids). Active rows never carry it.
-        removed_by = user.removed_by_run or run_id
-        if removed_by:
-            entity["removedByRun"] = removed_by
+        entity["removedByRun"] = user.removed_by_run
     return entity
+
+
+def _moment(value: object) -> datetime | None:
+    """A timestamp property: Edm.DateTime, or ISO 8601 text in rows written before that."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return plain_datetime(value)
+    return datetime.fromisoformat(str(value))
 
 
 def _from_entity(entity: dict[str, Any]) -> RosterUser:
@@ -66,11 +74,11 @@ def _from_entity(entity: dict[str, Any]) -> RosterUser:
         job_title=entity.get("jobTitle"),
         groups=tuple(groups.split(",")) if groups else (),
         status=RosterStatus(entity.get("status", "active")),
-        added_at=entity.get("addedAt"),
-        updated_at=entity.get("updatedAt"),
-        removed_at=entity.get("removedAt"),
+        added_at=_moment(entity.get("addedAt")),
+        updated_at=_moment(entity.get("updatedAt")),
+        removed_at=_moment(entity.get("removedAt")),
         removed_by_run=entity.get("removedByRun"),
-        purpose_checked_at=entity.get("purposeCheckedAt"),
+        purpose_checked_at=_moment(entity.get("purposeCheckedAt")),
     )
 
 
@@ -102,30 +110,16 @@ class RosterStore:
         query = self._table.query_entities(flt, parameters=params, select=_FIELDS, results_per_page=1000)
         return [_from_entity(e) async for e in query]
 
-    async def write(self, tenant_id: str, rows: Iterable[RosterUser], *, run_id: str | None = None) -> int:
-        """Upsert rows in transactions of 100; returns the number of transactions.
-
-        `run_id` is the run writing them: rows it writes as removed record it as `removedByRun`
-        (unless the row already names its run).
-        """
+    async def write(self, tenant_id: str, rows: Iterable[RosterUser]) -> int:
+        """Upsert rows in transactions of 100; returns the number of transactions (sync.apply only)."""
         operations = [
-            (TransactionOperation.UPSERT, _to_entity(tenant_id, row, run_id), {"mode": UpdateMode.REPLACE})
+            (TransactionOperation.UPSERT, _to_entity(tenant_id, row), {"mode": UpdateMode.REPLACE})
             for row in rows
         ]
         return await self._submit(operations)
 
-    async def removed_rows(self, tenant_id: str) -> list[RosterUser]:
-        """Every removed (restorable) roster row of the tenant."""
-        query = self._table.query_entities(
-            "PartitionKey eq @pk and status eq @status",
-            parameters={"pk": tenant_id, "status": str(RosterStatus.REMOVED)},
-            select=_FIELDS,
-            results_per_page=1000,
-        )
-        return [_from_entity(e) async for e in query]
-
     async def delete(self, tenant_id: str, user_ids: Sequence[str]) -> int:
-        """Delete rows (purge) in transactions of 100; returns the number of transactions."""
+        """Delete rows (purge) in transactions of 100; returns the transactions (sync.apply only)."""
         operations: list[Any] = [
             (TransactionOperation.DELETE, {"PartitionKey": tenant_id, "RowKey": uid}, {}) for uid in user_ids
         ]

@@ -1,27 +1,103 @@
-"""Pure removal-safety rules beyond the percentage guard (sync.planner.RemovalGuard).
+"""Every rule that can hold or fail a run, behind one `check_plan` (octoDNS's `raise_if_unsafe`).
 
-The percentage guard holds a run whose removals exceed BOTH a share of the active roster and
-a number of users. It cannot see a selected group of 500 people that suddenly reads as empty
-in a 20,000-user roster: 2.5 % passes. Yet "a group that had members now has none" is exactly
-what a Graph incident, a group emptied by mistake or a sync tool gone wrong looks like, and
-the users removed because of it would be the whole team. So:
+Nothing here does I/O. The engine calls `check_plan` with the plan, the roster it was made
+from and what the run read; whatever the rules decide, `sync.apply` writes only a plan that
+passed. The rules:
 
-    a selected group that reads as empty, while users on the platform came through it and
-    this run would remove some of them, holds the run until someone approves it.
-
-Nothing here does I/O; the engine calls `emptied_group_guard` after the percentage guard.
+- **Missing groups** fail the run: a selected group that no longer exists cannot be read, and
+  removing its people on that basis would be removing on partial knowledge.
+- **The removal guard** holds a run whose removals exceed BOTH a share of the active roster
+  (`percent`) and a number of users (`min_users`), until someone approves it.
+- **Emptied groups** hold a run that would remove users because a selected group now reads as
+  empty, although people on the platform came through it. The percentage guard cannot see a
+  group of 500 people that suddenly reads as empty in a 20,000-user roster (2.5 % passes), yet
+  "a group that had members now has none" is exactly what a Graph incident, a group emptied by
+  mistake or a sync tool gone wrong looks like.
+- **Approvals are exact**: an approved run passes the hold only when it removes exactly the
+  users the held run showed (`removal_digest`); otherwise it is held again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import enum
+import hashlib
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
 from sync.models import RosterStatus, RosterUser, RunGroup
-from sync.planner import GuardDecision, Plan
+from sync.planner import Plan
 
-__all__ = ["EmptiedGroup", "emptied_group_guard", "emptied_groups"]
+__all__ = [
+    "EmptiedGroup",
+    "RemovalGuard",
+    "SafetyDecision",
+    "SafetyVerdict",
+    "check_plan",
+    "emptied_groups",
+    "missing_groups_detail",
+    "removal_digest",
+]
+
+
+class SafetyVerdict(enum.StrEnum):
+    """What the safety rules let a run do with its plan."""
+
+    APPLY = "apply"
+    HOLD = "hold"  # wait for an approval
+    FAIL = "fail"  # never apply; nothing is written
+
+
+class SafetyDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of `check_plan`, with a sentence for the admin."""
+
+    verdict: SafetyVerdict
+    detail: str
+    removals: int = 0
+    active_before: int = 0
+
+    @property
+    def held(self) -> bool:
+        """Whether the run must wait for an approval."""
+        return self.verdict is SafetyVerdict.HOLD
+
+
+def removal_digest(plan: Plan) -> str:
+    """A fingerprint of exactly who the plan removes: an approval applies to those users only."""
+    digest = hashlib.sha256()
+    for user in plan.removals:  # sorted by id
+        digest.update(user.id.encode() + b"\n")
+    return digest.hexdigest()[:32]
+
+
+def _number(value: float) -> str:
+    """15.0 → "15", 12.345 → "12.3", 1000 → "1,000"."""
+    text = f"{value:,.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+class RemovalGuard(msgspec.Struct, frozen=True, kw_only=True):
+    """Thresholds: hold a run whose removals exceed BOTH `percent` of the active users and `min_users`.
+
+    Both must be exceeded so a small tenant can lose a few users and a large one a few percent
+    without an approval; the thresholds themselves are allowed.
+    """
+
+    percent: float = 10
+    min_users: int = 20
+
+    def __post_init__(self) -> None:
+        if self.percent < 0 or self.min_users < 0:
+            raise ValueError("removal guard thresholds must not be negative")
+
+    def threshold_text(self) -> str:
+        """The thresholds as the admin reads them."""
+        return f"the {_number(self.percent)}% / {_number(self.min_users)} users threshold"
+
+    def exceeded_by(self, removals: int, active_before: int) -> bool:
+        """Whether `removals` of `active_before` active users pass both thresholds."""
+        # Integer-friendly comparison: no rounding at the exact boundary.
+        return removals > self.min_users and removals * 100 > self.percent * active_before
 
 
 class EmptiedGroup(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,9 +115,9 @@ def emptied_groups(
     """Selected groups read with 0 members whose users on the roster this plan would remove.
 
     `groups` are the run's per-group numbers (only groups read in this run); `roster` is the
-    roster before the run, whose rows name the selected groups each user came through.
-    A group that was empty before, or whose people all stay through another selected group,
-    is not reported: nobody is lost because of it. Sorted by group id.
+    roster before the run, whose rows name the selected groups each user came through. A group
+    that was empty before, or whose people all stay through another selected group, is not
+    reported: nobody is lost because of it. Sorted by group id.
     """
     empty = {group.id: group for group in groups if group.members == 0}
     if not empty:
@@ -58,48 +134,83 @@ def emptied_groups(
                 removing[gid] += row.id in leaving
     return [
         EmptiedGroup(
-            id=gid,
-            display_name=empty[gid].display_name,
-            on_roster=on_roster[gid],
-            removing=removing[gid],
+            id=gid, display_name=empty[gid].display_name, on_roster=on_roster[gid], removing=removing[gid]
         )
         for gid in sorted(empty)
         if removing[gid]
     ]
 
 
-def emptied_group_guard(
-    roster: Iterable[RosterUser], groups: Iterable[RunGroup], plan: Plan, *, approved: bool = False
-) -> GuardDecision | None:
-    """Hold a run that would remove users because a selected group now reads as empty.
-
-    Returns None when no selected group emptied (the caller keeps its own decision), else a
-    decision that holds the run, or lets it pass when `approved` (the approved re-run of a
-    held run: `allow_removals` covers its removals).
-    """
-    found = emptied_groups(roster, groups, plan)
-    if not found:
+def missing_groups_detail(missing: Sequence[str]) -> str | None:
+    """Why a run fails when selected groups no longer exist (None when none is missing)."""
+    if not missing:
         return None
-    named = "; ".join(
-        f"'{g.display_name}' ({g.id}) had {g.on_roster:,} users on the platform, {g.removing:,} of them "
-        "would be removed"
-        for g in found
+    return (
+        "selected group(s) no longer exist in the tenant: "
+        + ", ".join(missing)
+        + "; nobody was removed. Update the selection."
     )
-    plural = "s read" if len(found) > 1 else " reads"
+
+
+def check_plan(
+    plan: Plan,
+    *,
+    roster: Sequence[RosterUser],
+    groups: Sequence[RunGroup],
+    guard: RemovalGuard,
+    approved_digest: str | None = None,
+) -> SafetyDecision:
+    """Decide whether `plan` may be applied, must wait for an approval, or must never be applied.
+
+    `roster` is the roster the plan was made from; `groups` the run's per-group numbers;
+    `approved_digest` the fingerprint of the removals an approval covers (None: no approval).
+    """
     removals = len(plan.removals)
-    if approved:
-        return GuardDecision(
-            held=False,
-            detail=f"Selected group{plural} as empty in Microsoft Graph: {named}; "
-            "the removals were approved.",
-            removals=removals,
+    active_before = sum(1 for row in roster if row.status is RosterStatus.ACTIVE)
+    if removals == 0:
+        return SafetyDecision(
+            verdict=SafetyVerdict.APPLY, detail="This run removes no users.", active_before=active_before
         )
-    return GuardDecision(
-        held=True,
-        detail=(
+    approved = approved_digest is not None and removal_digest(plan) == approved_digest
+    reasons: list[str] = []
+    share = 100.0 if active_before == 0 else removals * 100 / active_before
+    what = f"{_number(removals)} of {_number(active_before)} active users ({_number(share)}%)"
+    if guard.exceeded_by(removals, active_before):
+        reasons.append(f"This run would remove {what}, more than {guard.threshold_text()}.")
+    emptied = emptied_groups(roster, groups, plan)
+    if emptied:
+        named = "; ".join(
+            f"'{g.display_name}' ({g.id}) had {g.on_roster:,} users on the platform, {g.removing:,} of them "
+            "would be removed"
+            for g in emptied
+        )
+        plural = "s read" if len(emptied) > 1 else " reads"
+        reasons.append(
             f"Selected group{plural} as empty in Microsoft Graph: {named}. Graph can answer an empty "
             "member list during an incident, and a group emptied by mistake looks the same; check the "
-            "group in the Microsoft 365 admin center, then approve this run to apply the removals."
-        ),
-        removals=removals,
+            "group in the Microsoft 365 admin center."
+        )
+    decided = {"removals": removals, "active_before": active_before}
+    if not reasons:
+        return SafetyDecision(
+            verdict=SafetyVerdict.APPLY,
+            detail=f"This run removes {what}, within {guard.threshold_text()}.",
+            **decided,
+        )
+    if approved:
+        return SafetyDecision(
+            verdict=SafetyVerdict.APPLY, detail=" ".join(reasons) + " The removals were approved.", **decided
+        )
+    return SafetyDecision(
+        verdict=SafetyVerdict.HOLD,
+        detail=" ".join(reasons) + " To apply the removals, approve this run.",
+        **decided,
+    )
+
+
+def guard_for(percent: float | None, min_users: int | None, *, default: RemovalGuard) -> RemovalGuard:
+    """A tenant's removal guard: its own thresholds where set, else the app's."""
+    return RemovalGuard(
+        percent=percent if percent is not None else default.percent,
+        min_users=min_users if min_users is not None else default.min_users,
     )

@@ -1,85 +1,64 @@
 """The operations both front ends use: the HTTP API (sync.api) and the CLI (sync.__main__).
 
-Input is validated here, once, so both front ends refuse the same things with the same
-words. Nothing is written until every check has passed.
+Input is validated here, once, so both front ends refuse the same things with the same words;
+nothing is written until every check has passed. Reading the directory, classifying and writing
+the roster are not done here: a refresh or an undo is handed to `sync.engine`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import re
-import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 
 from shared.graph import GraphClients, GraphHttpOptions, admin_consent_url
 from shared.settings import Settings, get_settings
 from shared.storage import ensure_storage, queue_client
-from sync.directory import (
-    DirectoryError,
-    DirectoryReader,
-    GraphAccessDenied,
-    InvalidCursor,
-)
-from sync.eligibility import (
-    ExclusionRules,
-    InvalidRules,
-    MailboxPurposeSource,
-    classify_user,
-    explain_reason,
-    parse_exclusion_rules,
-)
-from sync.engine import LeaseBusy, SyncContext, execute_refresh
+from sync import runs
+from sync.context import SyncContext
+from sync.directory import DirectoryError, GraphAccessDenied, InvalidCursor
+from sync.eligibility import ExclusionRules, InvalidRules, explain_user, parse_exclusion_rules
+from sync.engine import LeaseBusy as LeaseBusy  # re-exported for sync.jobs
+from sync.engine import NothingToUndo, execute_refresh, execute_undo
 from sync.models import (
+    Connection,
+    Explanation,
     GroupPage,
+    MailboxPurposeSource,
     RefreshMessage,
     RosterStatus,
     RosterUser,
     Run,
+    RunReason,
     RunStatus,
     SelectedGroup,
     Selection,
+    SelectionInput,
     SelectionMode,
     Tenant,
+    TenantInput,
+    UserRef,
 )
-from sync.planner import purge_due
-from sync.store import StaleSelection, iso, new_run_id, utc_now
+from sync.store import StaleSelection, utc_now
+from sync.validation import (
+    MAX_CURSOR_LENGTH,
+    MAX_GUARD_MIN_USERS,
+    MAX_NAME_LENGTH,
+    MAX_PAGE,
+    MAX_SEARCH_LENGTH,
+    MAX_SELECTED_GROUPS,
+    MAX_UPN_LENGTH,
+    has_control_characters,
+    is_object_id,
+    is_run_id,
+    is_upn,
+)
 
-MAX_SELECTED_GROUPS = 1000
 NIGHTLY_FAN_OUT = 32  # storage calls in flight while queueing the nightly refreshes
-MAX_NAME_LENGTH = 256
-MAX_SEARCH_LENGTH = 120
-MAX_CURSOR_LENGTH = 2048
-MAX_UPN_LENGTH = 113  # Entra ID: a user principal name is at most 113 characters
-MAX_PAGE = 500
-MAX_GUARD_MIN_USERS = 1_000_000
-PLAN_SAMPLE_SIZE = 200  # user ids kept on a run record (the full list lives on the roster rows)
-UNDO_LEASE_SECONDS = 120.0
-
-GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-RUN_ID_PATTERN = r"^[0-9]{13}-[0-9a-f]{8}$"
-# An object id, or a user principal name: one "@", no spaces or control characters.
-USER_KEY_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
-_GUID = re.compile(GUID_PATTERN.removesuffix("$") + r"\Z")
-_RUN_ID = re.compile(RUN_ID_PATTERN.removesuffix("$") + r"\Z")
-_USER_KEY = re.compile(USER_KEY_PATTERN.removesuffix("$") + r"\Z")
-
-
-class _Unset(enum.Enum):
-    UNSET = "unset"
-
-
-UNSET = _Unset.UNSET  # "not given": keep the current value (None means "clear it")
-
-
-def is_object_id(value: object) -> bool:
-    """An Entra object or tenant id: a GUID, nothing before or after it (not even a newline)."""
-    return isinstance(value, str) and bool(_GUID.match(value))
 
 
 class ServiceError(Exception):
@@ -126,6 +105,9 @@ class UpstreamError(ServiceError):
     title = "Microsoft Graph error"
 
 
+# --- input shapes -------------------------------------------------------------------------------
+
+
 def require_tenant_id(value: str) -> str:
     """A tenant id must be an Entra tenant GUID; returns it lower-cased."""
     if not is_object_id(value):
@@ -137,7 +119,7 @@ def require_tenant_id(value: str) -> str:
 
 def require_run_id(value: str) -> str:
     """A run id as this API issues them (13 digits, a dash, 8 hex digits)."""
-    if not isinstance(value, str) or not _RUN_ID.match(value):
+    if not is_run_id(value):
         raise InvalidInput(
             f"run id {str(value)[:64]!r} is malformed (run ids look like 8234567890123-0a1b2c3d)"
         )
@@ -150,10 +132,19 @@ def require_user_key(value: object) -> str:
         raise InvalidInput("user is required: an object id or a user principal name")
     if len(value) > MAX_UPN_LENGTH:
         raise InvalidInput(f"user is longer than {MAX_UPN_LENGTH} characters (the longest a UPN can be)")
-    if not (is_object_id(value) or _USER_KEY.match(value)):
+    if not (is_object_id(value) or is_upn(value)):
         raise InvalidInput(
             f"user {value[:64]!r} is neither an object id (GUID) nor a user principal name (name@domain)"
         )
+    return value
+
+
+def require_search(value: str | None) -> str | None:
+    """Search text: at most MAX_SEARCH_LENGTH characters, no control characters."""
+    if value is not None and len(value) > MAX_SEARCH_LENGTH:
+        raise InvalidInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+    if value is not None and has_control_characters(value):
+        raise InvalidInput("search contains control characters")
     return value
 
 
@@ -162,7 +153,7 @@ def _require_text(value: object, what: str, *, max_length: int = MAX_NAME_LENGTH
         raise InvalidInput(f"{what} is required and must be a non-empty string")
     if len(value) > max_length:  # counted as sent, spaces included
         raise InvalidInput(f"{what} is longer than {max_length} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if has_control_characters(value):
         raise InvalidInput(f"{what} contains control characters")
     return value.strip()
 
@@ -188,20 +179,36 @@ def _guard_min_users(value: object) -> int | None:
     return value
 
 
-def parse_selection_input(mode: object, group_ids: object) -> tuple[SelectionMode, list[str]]:
-    """Validate a requested selection's shape (ids existence is checked against Graph later)."""
-    if group_ids is None:
-        group_ids = []
+def parse_tenant_input(body: Mapping[str, Any]) -> TenantInput:
+    """A tenant body (displayName, guardPercent?, guardMinUsers?) checked field by field."""
+    unset = msgspec.UNSET
+    return TenantInput(
+        display_name=_require_text(body.get("displayName"), "displayName"),
+        guard_percent=_guard_percent(body["guardPercent"]) if "guardPercent" in body else unset,
+        guard_min_users=_guard_min_users(body["guardMinUsers"]) if "guardMinUsers" in body else unset,
+    )
+
+
+def parse_selection_input(body: Mapping[str, Any]) -> SelectionInput:
+    """A selection body ({"mode", "groupIds"}) checked for shape; existence is checked against Graph later."""
+    if not body:
+        raise InvalidInput(
+            'send {"mode": "groups", "groupIds": [...]} or {"mode": "all"}; an empty body selects nothing'
+        )
+    nulls = sorted(key for key, value in body.items() if value is None)
+    if nulls:
+        raise InvalidInput(f"{' and '.join(nulls)} must not be null; leave a field out instead")
+    mode, group_ids = body.get("mode"), body.get("groupIds", [])
     if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
         raise InvalidInput("groupIds must be a list of group id strings")
     if len(group_ids) > MAX_SELECTED_GROUPS:
         raise InvalidInput(f"at most {MAX_SELECTED_GROUPS} groups can be selected; got {len(group_ids)}")
     if mode is None:
         chosen = SelectionMode.GROUPS if group_ids else SelectionMode.ALL
-    else:
-        if mode not in ("all", "groups"):
-            raise InvalidInput(f"mode must be 'all' or 'groups'; got {str(mode)[:64]!r}")
+    elif mode in ("all", "groups"):
         chosen = SelectionMode(str(mode))
+    else:
+        raise InvalidInput(f"mode must be 'all' or 'groups'; got {str(mode)[:64]!r}")
     if chosen is SelectionMode.ALL and group_ids:
         raise InvalidInput("mode 'all' syncs every eligible user; send no groupIds with it")
     if chosen is SelectionMode.GROUPS and not group_ids:
@@ -219,7 +226,18 @@ def parse_selection_input(mode: object, group_ids: object) -> tuple[SelectionMod
             "these group ids are listed more than once: " + ", ".join(duplicates),
             errors=[{"groupId": g, "problem": "duplicate"} for g in duplicates],
         )
-    return chosen, lowered
+    return SelectionInput(mode=chosen, group_ids=lowered)
+
+
+def _message_for(run: Run) -> RefreshMessage:
+    return RefreshMessage(
+        tenant_id=run.tenant_id,
+        run_id=run.id,
+        reason=run.reason,
+        dry_run=run.dry_run,
+        requested_by=run.requested_by,
+        allow_removals=run.allow_removals,
+    )
 
 
 class SyncService:
@@ -230,30 +248,22 @@ class SyncService:
 
     # -- tenants --
 
-    async def put_tenant(
-        self,
-        tenant_id: str,
-        display_name: object,
-        *,
-        guard_percent: object = UNSET,
-        guard_min_users: object = UNSET,
-    ) -> Tenant:
+    async def put_tenant(self, tenant_id: str, change: TenantInput) -> Tenant:
         """Register a tenant or rename it; optionally set its own removal guard thresholds.
 
         A threshold left UNSET keeps its current value; None goes back to the app setting
         (REMOVAL_GUARD_PERCENT / REMOVAL_GUARD_MIN_USERS).
         """
         tid = require_tenant_id(tenant_id)
-        name = _require_text(display_name, "displayName")
         existing = await self.ctx.store.get_tenant(tid)
         if existing is not None:
-            tenant = msgspec.structs.replace(existing, display_name=name)
+            tenant = msgspec.structs.replace(existing, display_name=change.display_name)
         else:
-            tenant = Tenant(id=tid, display_name=name, created_at=iso(utc_now()))
-        if guard_percent is not UNSET:
-            tenant = msgspec.structs.replace(tenant, guard_percent=_guard_percent(guard_percent))
-        if guard_min_users is not UNSET:
-            tenant = msgspec.structs.replace(tenant, guard_min_users=_guard_min_users(guard_min_users))
+            tenant = Tenant(id=tid, display_name=change.display_name, created_at=utc_now())
+        if change.guard_percent is not msgspec.UNSET:
+            tenant = msgspec.structs.replace(tenant, guard_percent=change.guard_percent)
+        if change.guard_min_users is not msgspec.UNSET:
+            tenant = msgspec.structs.replace(tenant, guard_min_users=change.guard_min_users)
         await self.ctx.store.put_tenant(tenant)
         return tenant
 
@@ -281,7 +291,9 @@ class SyncService:
         except InvalidRules as exc:
             raise InvalidInput(str(exc)) from None
         if parsed.exclusion_group_id:
-            found = await self._reader(tenant.id).get_groups([parsed.exclusion_group_id])
+            found = await self._graph(
+                tenant.id, self.ctx.reader(tenant.id).get_groups([parsed.exclusion_group_id])
+            )
             if found.get(parsed.exclusion_group_id) is None:
                 raise InvalidInput(
                     f"exclusion group {parsed.exclusion_group_id} does not exist in the tenant"
@@ -290,34 +302,33 @@ class SyncService:
         await self.ctx.store.put_tenant(msgspec.structs.replace(tenant, exclusion_rules=encoded))
         return parsed
 
-    def _reader(self, tenant_id: str) -> DirectoryReader:
-        return DirectoryReader(self.ctx.graph.for_tenant(tenant_id))
-
-    def _upstream(self, tenant_id: str, exc: DirectoryError) -> UpstreamError:
-        detail = str(exc)
-        if isinstance(exc, GraphAccessDenied):
-            link = admin_consent_url(self.ctx.settings, tenant_id)
-            if link:
-                detail += f" Grant consent at {link}"
-        return UpstreamError(detail)
+    async def _graph(self, tenant_id: str, read: Any) -> Any:
+        """Await a Graph read; its refusal becomes a 502 naming the permission and the consent link."""
+        try:
+            return await read
+        except DirectoryError as exc:
+            detail = str(exc)
+            if isinstance(exc, GraphAccessDenied):
+                link = admin_consent_url(self.ctx.settings, tenant_id)
+                if link:
+                    detail += f" Grant consent at {link}"
+            raise UpstreamError(detail) from exc
 
     # -- groups and selection --
 
     async def list_groups(self, tenant_id: str, *, search: str | None, cursor: str | None) -> GroupPage:
         """A page of the tenant's groups for the selection page."""
         tenant = await self.require_tenant(tenant_id)
-        if search is not None and len(search) > MAX_SEARCH_LENGTH:
-            raise InvalidInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
-        if search is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in search):
-            raise InvalidInput("search contains control characters")
+        require_search(search)
         if cursor is not None and (not cursor or len(cursor) > MAX_CURSOR_LENGTH):
             raise InvalidInput("the cursor is not one this API issued")
         try:
-            return await self._reader(tenant.id).list_groups(search=search, cursor=cursor)
+            page: GroupPage = await self._graph(
+                tenant.id, self.ctx.reader(tenant.id).list_groups(search=search, cursor=cursor)
+            )
         except InvalidCursor as exc:
             raise InvalidInput(str(exc)) from None
-        except DirectoryError as exc:
-            raise self._upstream(tenant.id, exc) from exc
+        return page
 
     async def get_selection(self, tenant_id: str) -> Selection:
         """The saved selection (mode `all` when nothing was saved)."""
@@ -325,10 +336,7 @@ class SyncService:
         return await self.ctx.store.get_selection(tenant.id)
 
     async def _resolve_groups(self, tenant_id: str, group_ids: list[str]) -> list[SelectedGroup]:
-        try:
-            found = await self._reader(tenant_id).get_groups(group_ids)
-        except DirectoryError as exc:
-            raise self._upstream(tenant_id, exc) from exc
+        found = await self._graph(tenant_id, self.ctx.reader(tenant_id).get_groups(group_ids))
         unknown = [gid for gid, group in found.items() if group is None]
         if unknown:
             raise InvalidInput(
@@ -342,18 +350,20 @@ class SyncService:
     async def save_selection(
         self,
         tenant_id: str,
+        change: SelectionInput,
         *,
-        mode: object,
-        group_ids: object,
         expected_version: int | None,
         requested_by: str | None,
     ) -> tuple[Selection, Run]:
-        """Validate, save a new selection version and queue the refresh that applies it."""
+        """Save a new selection version (checked against Graph) and queue the refresh that applies it."""
         tenant = await self.require_tenant(tenant_id)
-        chosen, ids = parse_selection_input(mode, group_ids)
+        ids = list(change.group_ids or [])
         groups = await self._resolve_groups(tenant.id, ids) if ids else []
         selection = Selection(
-            mode=chosen, groups=tuple(groups), updated_at=iso(utc_now()), updated_by=requested_by
+            mode=SelectionMode(change.mode or SelectionMode.ALL),
+            groups=tuple(groups),
+            updated_at=utc_now(),
+            updated_by=requested_by,
         )
         try:
             saved = await self.ctx.store.save_selection(
@@ -361,52 +371,35 @@ class SyncService:
             )
         except StaleSelection as exc:
             raise PreconditionFailed(str(exc)) from None
-        run = await self.request_refresh(tenant.id, reason="selection-saved", requested_by=requested_by)
+        run = await self.request_refresh(
+            tenant.id, reason=RunReason.SELECTION_SAVED, requested_by=requested_by
+        )
         return saved, run
 
     # -- runs --
-
-    def _new_run(self, tenant_id: str, *, reason: str, dry_run: bool, requested_by: str | None) -> Run:
-        now = utc_now()
-        return Run(
-            id=new_run_id(now),
-            tenant_id=tenant_id,
-            status=RunStatus.QUEUED,
-            reason=reason,
-            dry_run=dry_run,
-            requested_at=iso(now),
-            requested_by=requested_by,
-        )
 
     async def _enqueue(self, run: Run) -> None:
         async with queue_client(self.ctx.settings) as queue:
             await queue.send_message(msgspec.json.encode(_message_for(run)))
 
     async def request_refresh(
-        self,
-        tenant_id: str,
-        *,
-        reason: str = "manual",
-        requested_by: str | None = None,
-        dry_run: bool = False,
+        self, tenant_id: str, *, reason: RunReason = RunReason.MANUAL, requested_by: str | None = None
     ) -> Run:
         """Record a queued run and put its message on the refresh queue."""
         tenant = await self.require_tenant(tenant_id)
-        run = self._new_run(tenant.id, reason=reason, dry_run=dry_run, requested_by=requested_by)
+        run = runs.new_run(tenant.id, reason, requested_by=requested_by)
         await self.ctx.store.create_run(run)
         await self._enqueue(run)
         return run
 
-    async def preview(
-        self, tenant_id: str, *, mode: object, group_ids: object, requested_by: str | None
-    ) -> Run:
+    async def preview(self, tenant_id: str, change: SelectionInput, *, requested_by: str | None) -> Run:
         """Queue a dry run of a selection that is not saved: what would be added and removed."""
         tenant = await self.require_tenant(tenant_id)
-        chosen, ids = parse_selection_input(mode, group_ids)
+        ids = list(change.group_ids or [])
         if ids:
             await self._resolve_groups(tenant.id, ids)
-        run = self._new_run(tenant.id, reason="preview", dry_run=True, requested_by=requested_by)
-        run.preview_mode = chosen
+        run = runs.new_run(tenant.id, RunReason.PREVIEW, dry_run=True, requested_by=requested_by)
+        run.preview_mode = SelectionMode(change.mode or SelectionMode.ALL)
         run.preview_group_ids = ids
         await self.ctx.store.create_run(run)
         await self._enqueue(run)
@@ -417,16 +410,24 @@ class SyncService:
     ) -> Run:
         """Run one refresh in this process (the CLI), recorded like a queued one."""
         tenant = await self.require_tenant(tenant_id)
-        run = self._new_run(tenant.id, reason="cli", dry_run=dry_run, requested_by=requested_by)
+        run = runs.new_run(tenant.id, RunReason.CLI, dry_run=dry_run, requested_by=requested_by)
         await self.ctx.store.create_run(run)
         return await self._execute_in_process(run)
+
+    async def process_message(self, message: RefreshMessage) -> Run:
+        """Run the refresh a queue message asks for (LeaseBusy when the tenant is busy)."""
+        return await execute_refresh(self.ctx, message)
+
+    async def mark_poisoned(self, message: RefreshMessage) -> Run | None:
+        """A message that failed every delivery: its run is marked failed (None: already finished)."""
+        return await runs.fail_poisoned(self.ctx.store, message.tenant_id, message.run_id)
 
     async def list_runs(
         self, tenant_id: str, *, cursor: str | None = None, limit: int = 20
     ) -> tuple[list[Run], str | None]:
         """Runs newest first, a page at a time."""
         tenant = await self.require_tenant(tenant_id)
-        if cursor is not None and not _RUN_ID.match(cursor):
+        if cursor is not None and not is_run_id(cursor):
             raise InvalidInput("the cursor is not one this API issued")
         return await self.ctx.store.list_runs(tenant.id, limit=max(1, min(limit, 100)), after=cursor)
 
@@ -442,19 +443,17 @@ class SyncService:
     async def approve(
         self, tenant_id: str, run_id: str, *, requested_by: str | None, in_process: bool = False
     ) -> Run:
-        """A run allowed to remove as many users as the held run planned to: queued, or run here (CLI)."""
+        """A run allowed to remove exactly what the held run planned: queued, or run here (CLI)."""
         held = await self.get_run(tenant_id, run_id)
         if held.status is not RunStatus.HELD:
             raise Conflict(f"run {run_id} is {held.status}, not held; only held runs can be approved")
-        run = self._new_run(held.tenant_id, reason="approved", dry_run=False, requested_by=requested_by)
+        run = runs.new_run(held.tenant_id, RunReason.APPROVED, requested_by=requested_by)
         run.allow_removals = held.counts.removed
         run.approved_digest = held.removal_digest
         run.approved_run = held.id
         await self.ctx.store.create_run(run)
         # The held run is answered: approving it twice would allow its removals twice.
-        held.status = RunStatus.SUPERSEDED
-        held.superseded_by = run.id
-        await self.ctx.store.save_run(held)
+        await runs.supersede_run(self.ctx.store, held, by=run.id)
         if in_process:
             return await self._execute_in_process(run)
         await self._enqueue(run)
@@ -465,8 +464,8 @@ class SyncService:
         tenant = await self.require_tenant(tenant_id)
         cursor: str | None = None
         while True:
-            runs, cursor = await self.ctx.store.list_runs(tenant.id, limit=100, after=cursor)
-            for run in runs:
+            page, cursor = await self.ctx.store.list_runs(tenant.id, limit=100, after=cursor)
+            for run in page:
                 if not run.dry_run and run.counts.removed > 0 and run.status is RunStatus.SUCCEEDED:
                     return run
             if not cursor:
@@ -481,69 +480,21 @@ class SyncService:
         through): a later refresh removes the users again while the cause stays.
         """
         tenant = await self.require_tenant(tenant_id)
-        target = (
-            await self.last_run_with_removals(tenant.id)
-            if run_id is None
-            else await self.get_run(tenant.id, run_id)
+        target = await (
+            self.last_run_with_removals(tenant.id) if run_id is None else self.get_run(tenant.id, run_id)
         )
         if target.dry_run:
             raise Conflict(f"run {target.id} was a dry run: it removed nobody, so there is nothing to undo")
         if target.undo_of is not None:
             raise Conflict(f"run {target.id} is itself an undo; it removed nobody")
-        run = self._new_run(tenant.id, reason="undo", dry_run=False, requested_by=requested_by)
-        owner = f"{run.id}:{secrets.token_hex(4)}"
-        async with self.ctx.store.tenant_lease(tenant.id, owner, UNDO_LEASE_SECONDS) as held:
-            if not held:
-                raise Conflict("a refresh of this tenant is running; undo its removals once it has finished")
-            now = utc_now()
-            rows = await self.ctx.roster.removed_rows(tenant.id)
-            removed = [row for row in rows if _removed_by(row, target)]
-            cutoff = now - timedelta(days=self.ctx.settings.removal_grace_days)
-            restorable = [row for row in removed if _removed_after(row, cutoff)]
-            if not restorable:
-                grace = self.ctx.settings.removal_grace_days
-                why = (
-                    f"the {len(removed)} user(s) it removed are past the {grace}-day grace period"
-                    if removed
-                    else "none of the users it removed is still removed (restored since, removed again by a "
-                    "later run, or purged)"
-                )
-                raise Conflict(f"nothing to undo for run {target.id}: {why}")
-            stamp = iso(now)
-            restored = [
-                msgspec.structs.replace(
-                    row, status=RosterStatus.ACTIVE, removed_at=None, removed_by_run=None, updated_at=stamp
-                )
-                for row in sorted(restorable, key=lambda r: r.id)
-            ]
-            run.status = RunStatus.RUNNING
-            run.started_at = stamp
-            run.undo_of = target.id
-            await self.ctx.store.create_run(run)
-            try:
-                await self.ctx.roster.write(tenant.id, restored)
-            except Exception as exc:
-                run.status = RunStatus.FAILED
-                run.error = (
-                    f"internal error ({type(exc).__name__}: {str(exc)[:300]}); some users may be back "
-                    f"already: undo run {target.id} again to finish"
-                )
-            else:
-                run.status = RunStatus.SUCCEEDED
-            run.counts.restored = len(restored) if run.status is RunStatus.SUCCEEDED else 0
-            run.plan = {"restore": [row.id for row in restored][:PLAN_SAMPLE_SIZE]}
-            if len(restorable) < len(removed):
-                run.note = (
-                    f"{len(removed) - len(restorable)} user(s) removed by run {target.id} are past the "
-                    f"{self.ctx.settings.removal_grace_days}-day grace period and were not restored"
-                )
-            run.finished_at = iso(utc_now())
-            await self.ctx.store.save_run(run)
-            await self.ctx.store.record_last_run(run)
-            if run.status is RunStatus.SUCCEEDED:
-                target.undone_by = run.id
-                await self.ctx.store.save_run(target)
-        return run
+        try:
+            return await execute_undo(self.ctx, tenant, target, requested_by=requested_by)
+        except LeaseBusy:
+            raise Conflict(
+                "a refresh of this tenant is running; undo its removals once it has finished"
+            ) from None
+        except NothingToUndo as exc:
+            raise Conflict(str(exc)) from None
 
     async def _execute_in_process(self, run: Run, wait_seconds: float = 120.0) -> Run:
         """Run a recorded refresh here, waiting a while if the tenant's lease is taken."""
@@ -583,10 +534,7 @@ class SyncService:
             raise InvalidInput(f"status must be active, removed or all; got {status!r}")
         if group is not None and not is_object_id(group):
             raise InvalidInput(f"group {group[:64]!r} is not a GUID")
-        if search is not None and len(search) > MAX_SEARCH_LENGTH:
-            raise InvalidInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
-        if search is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in search):
-            raise InvalidInput("search contains control characters")
+        require_search(search)
         if cursor is not None and not is_object_id(cursor):
             raise InvalidInput("the cursor is not one this API issued")
         return await self.ctx.roster.list_users(
@@ -598,54 +546,40 @@ class SyncService:
             limit=max(1, min(limit, MAX_PAGE)),
         )
 
-    async def explain(self, tenant_id: str, user: str) -> dict[str, object]:
+    async def explain(self, tenant_id: str, user: str) -> Explanation:
         """Why a user is, or is not, on the platform: read live from Graph and the roster."""
         tenant = await self.require_tenant(tenant_id)
         key = require_user_key(user)
-        reader = self._reader(tenant.id)
-        rules = parse_exclusion_rules(tenant.exclusion_rules)
+        reader = self.ctx.reader(tenant.id)
         selection = await self.ctx.store.get_selection(tenant.id)
-        try:
-            directory_user = await reader.get_user(key)
-            if directory_user is None:
-                raise NotFound(f"no user {key!r} in the tenant's directory")
-            member_of = set(await reader.user_group_ids(directory_user.id))
-            purposes = await reader.read_mailbox_purposes([directory_user.id])
-        except DirectoryError as exc:
-            raise self._upstream(tenant.id, exc) from exc
-        source = MailboxPurposeSource.HEURISTIC if purposes is None else MailboxPurposeSource.MAILBOX_SETTINGS
-        verdict = classify_user(
+        directory_user = await self._graph(tenant.id, reader.get_user(key))
+        if directory_user is None:
+            raise NotFound(f"no user {key!r} in the tenant's directory")
+        member_of = set(await self._graph(tenant.id, reader.user_group_ids(directory_user.id)))
+        purposes = await self._graph(tenant.id, reader.read_mailbox_purposes([directory_user.id]))
+        verdict = explain_user(
             directory_user,
-            rules=rules,
-            mailbox_purpose=(purposes or {}).get(directory_user.id),
-            purpose_source=source,
-            excluded_by_group=bool(rules.exclusion_group_id and rules.exclusion_group_id in member_of),
+            member_of=member_of,
+            mode=selection.mode,
+            selected=selection.groups,
+            rules=parse_exclusion_rules(tenant.exclusion_rules),
+            purposes=purposes,
         )
-        groups = [{"id": g.id, "displayName": g.display_name} for g in selection.groups if g.id in member_of]
-        reasons = [{"code": str(r), "message": explain_reason(r)} for r in verdict.reasons]
-        in_scope = selection.mode is SelectionMode.ALL or bool(groups)
-        if not in_scope:
-            reasons.insert(
-                0,
-                {
-                    "code": "notInSelectedGroups",
-                    "message": "The user is not a member (directly or through nested groups) of any "
-                    "selected group; add them to one in the Microsoft 365 admin center.",
-                },
-            )
         row = await self.ctx.roster.get_user(tenant.id, directory_user.id)
-        return {
-            "user": {
-                "id": directory_user.id,
-                "userPrincipalName": directory_user.user_principal_name,
-                "displayName": directory_user.display_name,
-            },
-            "included": verdict.included and in_scope,
-            "reasons": reasons,
-            "groups": groups,
-            "rosterStatus": str(row.status) if row else "absent",
-            "mailboxPurposeSource": str(source),
-        }
+        return Explanation(
+            user=UserRef(
+                id=directory_user.id,
+                user_principal_name=directory_user.user_principal_name,
+                display_name=directory_user.display_name,
+            ),
+            included=verdict.included,
+            reasons=verdict.reasons,
+            groups=verdict.groups,
+            roster_status=str(row.status) if row else "absent",
+            mailbox_purpose_source=MailboxPurposeSource.HEURISTIC
+            if purposes is None
+            else MailboxPurposeSource.MAILBOX_SETTINGS,
+        )
 
     # -- nightly --
 
@@ -658,74 +592,28 @@ class SyncService:
 
             async def queue_one(tenant: Tenant) -> Run:
                 async with gate:
-                    run = self._new_run(tenant.id, reason="nightly", dry_run=False, requested_by="timer")
+                    run = runs.new_run(tenant.id, RunReason.NIGHTLY, requested_by="timer")
                     await self.ctx.store.create_run(run)
                     await queue.send_message(msgspec.json.encode(_message_for(run)))
                     return run
 
             return list(await asyncio.gather(*(queue_one(tenant) for tenant in tenants)))
 
-    async def purge_removed(self, tenant_id: str) -> int:
-        """Delete roster rows removed more than REMOVAL_GRACE_DAYS ago; returns how many."""
-        roster = await self.ctx.roster.read_roster(tenant_id)
-        due = purge_due(roster, now=utc_now(), grace_days=self.ctx.settings.removal_grace_days)
-        if due:
-            await self.ctx.roster.delete(tenant_id, due)
-        return len(due)
-
-    async def connection(self, tenant_id: str) -> dict[str, object]:
+    async def connection(self, tenant_id: str) -> Connection:
         """Which Graph permissions work in the tenant, with the admin-consent link when not."""
         tenant = await self.require_tenant(tenant_id)
-        checks = await self._reader(tenant.id).check_permissions()
-        required_ok = all(c.ok for c in checks if c.required)
+        checks = await self.ctx.reader(tenant.id).check_permissions()
         mailbox_ok = all(c.ok for c in checks if not c.required)
-        return {
-            "tenantId": tenant.id,
-            "ok": required_ok,
-            "checks": [msgspec.to_builtins(c) for c in checks],
-            "adminConsentUrl": admin_consent_url(self.ctx.settings, tenant.id),
-            "note": None
+        return Connection(
+            tenant_id=tenant.id,
+            ok=all(c.ok for c in checks if c.required),
+            checks=checks,
+            admin_consent_url=admin_consent_url(self.ctx.settings, tenant.id),
+            note=None
             if mailbox_ok
             else "Without MailboxSettings.Read, shared mailboxes are recognised by a heuristic "
             "(no given name or surname, and a resource-like name).",
-        }
-
-
-def _removed_by(row: RosterUser, run: Run) -> bool:
-    """Whether `run` removed this (removed) roster row.
-
-    Rows name their run (`removedByRun`). Rows written before that was recorded are matched
-    by time: a run's removals are stamped between its start and its end, and the tenant lease
-    keeps runs of one tenant from overlapping.
-    """
-    if row.status is not RosterStatus.REMOVED:
-        return False
-    if row.removed_by_run is not None:
-        return row.removed_by_run == run.id
-    if not (row.removed_at and run.started_at and run.finished_at):
-        return False
-    return run.started_at <= row.removed_at <= run.finished_at
-
-
-def _removed_after(row: RosterUser, cutoff: datetime) -> bool:
-    if not row.removed_at:
-        return False
-    try:
-        removed_at = datetime.fromisoformat(row.removed_at.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return removed_at > cutoff
-
-
-def _message_for(run: Run) -> RefreshMessage:
-    return RefreshMessage(
-        tenant_id=run.tenant_id,
-        run_id=run.id,
-        reason=run.reason,
-        dry_run=run.dry_run,
-        requested_by=run.requested_by,
-        allow_removals=run.allow_removals,
-    )
+        )
 
 
 _graph_clients: dict[tuple[Settings, GraphHttpOptions | None], GraphClients] = {}

@@ -1,4 +1,4 @@
-"""The app's own records in Table Storage: tenants, selections, runs and the per-tenant lease.
+"""The app's own records in Table Storage (tenants, selections, runs) and the tenants' lock blobs.
 
 The roster (the `users` table) has its own module, sync.roster.
 """
@@ -6,9 +6,6 @@ The roster (the `users` table) has its own module, sync.roster.
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,13 +14,16 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
+from azure.storage.blob.aio import BlobClient, BlobServiceClient
 
 from shared.settings import Settings
 from shared.storage import (
-    LEASES_TABLE,
+    LOCKS_CONTAINER,
     RUNS_TABLE,
     SELECTIONS_TABLE,
     TENANTS_TABLE,
+    blob_service,
+    plain_value,
     table_client,
 )
 from sync.models import (
@@ -31,13 +31,11 @@ from sync.models import (
     RunStatus,
     SelectedGroup,
     Selection,
-    SelectionMode,
     Tenant,
 )
 
 TENANTS_PARTITION = "tenants"
 CURRENT_SELECTION = "current"
-LEASE_ROW = "refresh"
 _RUN_ORDER_CEILING = 10**13  # ms since epoch until the year 2286: keeps run keys fixed-width
 
 
@@ -50,13 +48,9 @@ class StaleSelection(Exception):
 
 
 def utc_now() -> datetime:
-    """The current time in UTC (one place, so tests can reason about it)."""
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 with a Z, to the millisecond."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current time in UTC, to the millisecond (what Table Storage keeps of a timestamp)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -95,8 +89,14 @@ def _is_continuation(key: str) -> bool:
 _JSON_PROPERTIES = frozenset({*_RUN_JSON_FIELDS, "groups"})
 
 
+def _builtins(record: msgspec.Struct) -> dict[str, Any]:
+    """A record as Table Storage properties: timestamps stay datetimes (Edm.DateTime)."""
+    data: dict[str, Any] = msgspec.to_builtins(record, builtin_types=(datetime,))
+    return data
+
+
 def _run_to_entity(run: Run) -> dict[str, Any]:
-    data = msgspec.to_builtins(run)
+    data = _builtins(run)
     entity: dict[str, Any] = {"PartitionKey": run.tenant_id, "RowKey": run.id}
     for key, value in data.items():
         if key in ("id", "tenantId") or value is None:
@@ -113,16 +113,17 @@ def _run_from_entity(entity: dict[str, Any]) -> Run:
     for key, value in entity.items():
         if key in ("PartitionKey", "RowKey", "Timestamp") or key.startswith("odata") or _is_continuation(key):
             continue
-        data[key] = _get_json(entity, key) if key in _RUN_JSON_FIELDS else value
-    return msgspec.convert(data, Run)
+        data[key] = _get_json(entity, key) if key in _RUN_JSON_FIELDS else plain_value(value)
+    return msgspec.convert(data, Run, strict=False)
 
 
 class SyncStore:
-    """Tenants, selections, runs and leases for the whole fleet."""
+    """Tenants, selections and runs for the whole fleet, and the tenants' lock blobs."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._tables: dict[str, TableClient] = {}
+        self._blobs: BlobServiceClient | None = None
 
     def _table(self, name: str) -> TableClient:
         client = self._tables.get(name)
@@ -131,10 +132,13 @@ class SyncStore:
         return client
 
     async def aclose(self) -> None:
-        """Close the table clients."""
+        """Close the storage clients."""
         for client in self._tables.values():
             await client.close()
         self._tables.clear()
+        if self._blobs is not None:
+            await self._blobs.close()
+            self._blobs = None
 
     # -- tenants --
 
@@ -149,7 +153,7 @@ class SyncStore:
     async def put_tenant(self, tenant: Tenant) -> None:
         """Create or replace a tenant's record."""
         entity = {"PartitionKey": TENANTS_PARTITION, "RowKey": tenant.id}
-        for key, value in msgspec.to_builtins(tenant).items():
+        for key, value in _builtins(tenant).items():
             if key != "id" and value is not None:
                 entity[key] = value
         await self._table(TENANTS_TABLE).upsert_entity(entity, mode=UpdateMode.REPLACE)
@@ -183,9 +187,9 @@ class SyncStore:
         groups_link: str | None,
         selection_version: int | None,
         rules: str | None,
-        full_refresh_at: str | None = None,
+        full_refresh_at: datetime | None = None,
     ) -> None:
-        """Move the tenant's delta links forward (only after a successful run), or clear them (None)."""
+        """Move the tenant's delta links forward, or clear them (None); only sync.apply calls it."""
         entity: dict[str, Any] = {
             "PartitionKey": TENANTS_PARTITION,
             "RowKey": tenant_id,
@@ -287,63 +291,15 @@ class SyncStore:
         )
         return [_run_from_entity(e) async for e in query]
 
-    # -- lease: one refresh per tenant at a time --
-
-    async def acquire_lease(self, tenant_id: str, owner: str, seconds: float) -> bool:
-        """Take the tenant's refresh lease if it is free, expired or already ours."""
-        table = self._table(LEASES_TABLE)
-        now = time.time()
-        entity = {"PartitionKey": tenant_id, "RowKey": LEASE_ROW, "owner": owner, "expiresAt": now + seconds}
-        try:
-            current = await table.get_entity(tenant_id, LEASE_ROW)
-        except ResourceNotFoundError:
-            try:
-                await table.create_entity(entity)
-                return True
-            except ResourceExistsError:
-                return False
-        if current["owner"] != owner and float(current["expiresAt"]) > now:
-            return False
-        try:
-            await table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except ResourceModifiedError:
-            return False  # someone else took it between our read and write
-        return True
-
-    async def release_lease(self, tenant_id: str, owner: str) -> None:
-        """Give the lease back if we still hold it."""
-        table = self._table(LEASES_TABLE)
-        try:
-            current = await table.get_entity(tenant_id, LEASE_ROW)
-        except ResourceNotFoundError:
-            return
-        if current["owner"] == owner:
-            with suppress(ResourceModifiedError, ResourceNotFoundError):
-                await table.delete_entity(
-                    tenant_id,
-                    LEASE_ROW,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-
-    @asynccontextmanager
-    async def tenant_lease(self, tenant_id: str, owner: str, seconds: float) -> AsyncIterator[bool]:
-        """`async with store.tenant_lease(...) as held:` releases the lease on exit when held."""
-        held = await self.acquire_lease(tenant_id, owner, seconds)
-        try:
-            yield held
-        finally:
-            if held:
-                await self.release_lease(tenant_id, owner)
+    def lock_blob(self, tenant_id: str) -> BlobClient:
+        """The tenant's lock blob in the `locks` container (its lease is owned by sync.lease)."""
+        if self._blobs is None:
+            self._blobs = blob_service(self._settings)
+        return self._blobs.get_blob_client(LOCKS_CONTAINER, tenant_id)
 
 
 def _tenant_from_entity(entity: dict[str, Any]) -> Tenant:
-    data = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+    data = {k: plain_value(v) for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
     data["id"] = entity["RowKey"]
     return msgspec.convert(data, Tenant, strict=False)
 
@@ -354,7 +310,7 @@ def _selection_to_entity(tenant_id: str, row_key: str, selection: Selection) -> 
         "RowKey": row_key,
         "mode": str(selection.mode),
         "version": selection.version,
-        "updatedAt": selection.updated_at,
+        "updatedAt": selection.updated_at,  # a datetime (Edm.DateTime)
         "updatedBy": selection.updated_by,
     }
     _put_json(entity, "groups", selection.groups)
@@ -362,10 +318,14 @@ def _selection_to_entity(tenant_id: str, row_key: str, selection: Selection) -> 
 
 
 def _selection_from_entity(entity: dict[str, Any]) -> Selection:
-    return Selection(
-        mode=SelectionMode(entity["mode"]),
-        groups=_get_json(entity, "groups", tuple[SelectedGroup, ...]),
-        version=int(entity["version"]),
-        updated_at=entity.get("updatedAt"),
-        updated_by=entity.get("updatedBy"),
+    return msgspec.convert(
+        {
+            "mode": entity["mode"],
+            "groups": _get_json(entity, "groups", tuple[SelectedGroup, ...]),
+            "version": int(entity["version"]),
+            "updatedAt": plain_value(entity.get("updatedAt")),
+            "updatedBy": entity.get("updatedBy"),
+        },
+        Selection,
+        strict=False,
     )

@@ -71,6 +71,7 @@ var appSettings = {
   SYNC_STORAGE__clientId: identityClientId
   SYNC_STORAGE__tableServiceUri: stg.properties.primaryEndpoints.table
   SYNC_STORAGE__queueServiceUri: stg.properties.primaryEndpoints.queue
+  SYNC_STORAGE__blobServiceUri: stg.properties.primaryEndpoints.blob
   // Microsoft Graph: the identity is the federated credential of the multi-tenant app.
   GRAPH_BASE_URL: graphBaseUrl
   GRAPH_AUTH: 'federated'

@@ -43,7 +43,7 @@ from devtools.demo_tenant import DemoGraphServer, build_tenant
 from devtools.demo_tenant import Tenant as DemoTenant
 from shared.settings import get_settings, reset_settings_cache
 from sync.openapi import build_openapi
-from sync.service import GUID_PATTERN, RUN_ID_PATTERN
+from sync.validation import GUID_PATTERN, RUN_ID_PATTERN
 from tests.integration.conftest import DEV_PRINCIPAL, AppUnderTest
 from tests.integration.test_auth import STATIC_MODULES, http_routes
 from tests.integration.test_fault_matrix import forget_tenants

@@ -16,7 +16,7 @@ import pytest
 
 from devtools.demo_tenant import Tenant as DemoTenant
 from sync.api import ANONYMOUS_FUNCTIONS, MAX_BODY_BYTES, REQUIRED_ROLE
-from sync.service import MAX_SELECTED_GROUPS
+from sync.validation import MAX_SELECTED_GROUPS
 from tests.integration.conftest import DEV_PRINCIPAL, AppUnderTest
 from tests.integration.test_fault_matrix import forget_new_tenants  # noqa: F401  (autouse cleanup)
 from tests.integration.test_sync_flow import register

@@ -15,10 +15,9 @@ from sync.directory import (
     GraphUnavailable,
     GroupNotFound,
     InvalidCursor,
-    MemberStrategy,
     cheaper_member_strategy,
 )
-from sync.models import GroupKind
+from sync.models import GroupKind, MemberStrategy
 
 
 @pytest.fixture

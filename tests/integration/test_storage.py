@@ -9,9 +9,19 @@ import pytest
 
 from devtools.azurite import Azurite
 from shared.storage import ensure_storage
-from sync.models import RosterStatus, RosterUser, Run, RunStatus, SelectedGroup, Selection, SelectionMode
+from sync.lease import LeaseLost, TenantLease
+from sync.models import (
+    RosterStatus,
+    RosterUser,
+    Run,
+    RunReason,
+    RunStatus,
+    SelectedGroup,
+    Selection,
+    SelectionMode,
+)
 from sync.roster import RosterStore
-from sync.store import StaleSelection, SyncStore, iso, new_run_id, utc_now
+from sync.store import StaleSelection, SyncStore, new_run_id, utc_now
 from tests.conftest import storage_settings
 
 
@@ -49,18 +59,28 @@ async def test_selection_versions_and_stale_if_match(store: SyncStore, tenant_id
 
 
 async def test_lease_admits_one_refresh_per_tenant(store: SyncStore, tenant_id: str) -> None:
-    results = await asyncio.gather(*(store.acquire_lease(tenant_id, f"run-{i}", 60) for i in range(5)))
+    workers = [TenantLease(store, tenant_id) for _ in range(5)]
+    results = await asyncio.gather(*(worker.acquire() for worker in workers))
     assert sum(results) == 1
-    winner = f"run-{results.index(True)}"
-    assert not await store.acquire_lease(tenant_id, "late", 60)
-    await store.release_lease(tenant_id, winner)
-    assert await store.acquire_lease(tenant_id, "late", 60)
+    winner = workers[results.index(True)]
+    late = TenantLease(store, tenant_id)
+    assert not await late.acquire()
+    assert await winner.renew()
+    await winner.release()
+    assert await late.acquire()
+    assert not await winner.renew()  # given back, then taken: the old holder cannot renew it
+    with pytest.raises(LeaseLost):
+        await winner.confirm()
 
 
-async def test_expired_lease_can_be_taken_over(store: SyncStore, tenant_id: str) -> None:
-    assert await store.acquire_lease(tenant_id, "crashed-worker", 0.01)
-    await asyncio.sleep(0.05)
-    assert await store.acquire_lease(tenant_id, "redelivery", 60)
+async def test_a_crashed_workers_lease_lapses_by_the_storage_clock(store: SyncStore, tenant_id: str) -> None:
+    crashed = TenantLease(store, tenant_id, seconds=15)  # Blob Storage's shortest lease
+    assert await crashed.acquire()
+    redelivery = TenantLease(store, tenant_id, seconds=15)
+    assert not await redelivery.acquire()
+    await asyncio.sleep(16)  # the crashed worker never renews; the storage service lets it lapse
+    assert await redelivery.acquire()
+    assert not await crashed.renew()
 
 
 async def test_runs_list_newest_first_with_cursor(store: SyncStore, tenant_id: str) -> None:
@@ -70,8 +90,8 @@ async def test_runs_list_newest_first_with_cursor(store: SyncStore, tenant_id: s
             id=new_run_id(),
             tenant_id=tenant_id,
             status=RunStatus.QUEUED,
-            reason="t",
-            requested_at=iso(utc_now()),
+            reason=RunReason.MANUAL,
+            requested_at=utc_now(),
         )
         await store.create_run(run)
         ids.append(run.id)
@@ -136,8 +156,8 @@ async def test_a_selection_and_a_run_of_1000_long_named_groups_fit_table_storage
         id=new_run_id(),
         tenant_id=tenant_id,
         status=RunStatus.SUCCEEDED,
-        reason="t",
-        requested_at=iso(utc_now()),
+        reason=RunReason.MANUAL,
+        requested_at=utc_now(),
     )
     run.groups = [
         RunGroup(id=g.id, display_name=g.display_name, members=10**6, eligible=10**6) for g in groups

@@ -8,6 +8,7 @@ import msgspec
 from devtools.demo_tenant import Tenant as DemoTenant
 from shared.storage import queue_client
 from sync.jobs import process_refresh_message
+from sync.lease import TenantLease
 from sync.models import RunStatus
 from sync.service import open_service
 from sync.store import SyncStore
@@ -25,13 +26,14 @@ async def test_a_refresh_asked_for_while_one_runs_is_requeued_not_lost(
     message = msgspec.json.decode(body)
     store = SyncStore(app.settings)
     try:
-        assert await store.acquire_lease(own_tenant.tenant_id, "another-worker", 60)
+        another_worker = TenantLease(store, own_tenant.tenant_id)
+        assert await another_worker.acquire()
         assert await process_refresh_message(body) == RunStatus.QUEUED
         assert (await run(app, own_tenant, message["runId"]))["status"] == "queued"
         async with queue_client(app.settings) as queue:
             # The peeked original plus a copy put back with a visibility delay: nothing lost.
             assert (await queue.get_queue_properties()).approximate_message_count == 2
-        await store.release_lease(own_tenant.tenant_id, "another-worker")
+        await another_worker.release()
     finally:
         await store.aclose()
     assert await process_refresh_message(body) == RunStatus.SUCCEEDED
@@ -132,8 +134,7 @@ async def test_without_mailbox_permission_the_heuristic_is_used_and_said(
 async def test_a_run_that_lost_its_lease_writes_nothing(app: AppUnderTest, own_tenant: DemoTenant) -> None:
     import asyncio
 
-    from shared.storage import LEASES_TABLE, table_client
-    from sync.store import LEASE_ROW
+    from azure.storage.blob.aio import BlobLeaseClient
 
     await register(app, own_tenant)
     group = own_tenant.landmarks.big_group_id
@@ -142,10 +143,12 @@ async def test_a_run_that_lost_its_lease_writes_nothing(app: AppUnderTest, own_t
     body = (await app.queued_bodies())[0]
     worker = asyncio.create_task(process_refresh_message(body))
     await asyncio.sleep(0.5)  # the run holds the lease and is reading Graph
-    async with table_client(app.settings, LEASES_TABLE) as leases:  # another worker took it over
-        await leases.upsert_entity(
-            {"PartitionKey": own_tenant.tenant_id, "RowKey": LEASE_ROW, "owner": "thief", "expiresAt": 4e9}
-        )
+    store = SyncStore(app.settings)
+    try:  # another worker took the tenant over: the lease was broken and taken by a new holder
+        await BlobLeaseClient(store.lock_blob(own_tenant.tenant_id)).break_lease(lease_break_period=0)
+        assert await TenantLease(store, own_tenant.tenant_id).acquire()
+    finally:
+        await store.aclose()
     assert await worker == RunStatus.FAILED
     failed = await run(app, own_tenant, saved["run"]["id"])
     assert "took over" in failed["error"]

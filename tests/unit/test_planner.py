@@ -1,4 +1,4 @@
-"""Roster planning, the removal guard and purging: hand-built rosters, no mocks."""
+"""Roster planning, undo plans and purging: hand-built rosters, no mocks."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ import pytest
 
 from sync.models import EligibleUser, RosterStatus, RosterUser
 from sync.planner import (
-    GuardDecision,
     Plan,
-    RemovalGuard,
     RosterChange,
     apply_plan_to_roster,
+    changed_rows,
+    plan_restores,
     plan_roster_changes,
     purge_due,
 )
 
-EARLIER = "2026-01-01T02:00:00Z"
-NOW = "2026-02-01T02:00:00Z"
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+EARLIER = at("2026-01-01T02:00:00+00:00")
+NOW = at("2026-02-01T02:00:00+00:00")
 
 
 def eligible(uid: str, **overrides: Any) -> EligibleUser:
@@ -182,7 +187,11 @@ def test_empty_plan_properties() -> None:
 
 
 def test_apply_sets_statuses_and_timestamps() -> None:
-    roster = [active("b"), removed("d", added_at="2025-06-01T00:00:00Z"), active("c", department="HR")]
+    roster = [
+        active("b"),
+        removed("d", added_at=at("2025-06-01T00:00:00+00:00")),
+        active("c", department="HR"),
+    ]
     wanted = [eligible("a", groups=("g2", "g1")), eligible("c"), eligible("d", department="Legal")]
     after = {u.id: u for u in apply_plan_to_roster(roster, plan_roster_changes(roster, wanted), now=NOW)}
 
@@ -202,7 +211,7 @@ def test_apply_sets_statuses_and_timestamps() -> None:
     assert after["b"] == active("b", status=RosterStatus.REMOVED, removed_at=NOW, updated_at=NOW)
     assert after["c"] == active("c", department="Sales", updated_at=NOW)
     assert after["d"] == active(
-        "d", department="Legal", added_at="2025-06-01T00:00:00Z", updated_at=NOW, removed_at=None
+        "d", department="Legal", added_at=at("2025-06-01T00:00:00+00:00"), updated_at=NOW, removed_at=None
     )
 
 
@@ -232,7 +241,7 @@ def test_rerun_after_apply_is_empty(roster: list[RosterUser], wanted: list[Eligi
     assert again.is_empty
     assert again.unchanged == len(wanted)
     # Applying the empty plan changes nothing either (at-least-once delivery).
-    assert apply_plan_to_roster(applied, again, now="2026-03-01T00:00:00Z") == applied
+    assert apply_plan_to_roster(applied, again, now=at("2026-03-01T00:00:00+00:00")) == applied
 
 
 @pytest.mark.parametrize(
@@ -259,82 +268,6 @@ def test_apply_refuses_a_plan_that_does_not_fit(roster: list[RosterUser], plan: 
 # ---------------------------------------------------------------------------
 
 
-def removing(n: int) -> Plan:
-    return Plan(removals=tuple(active(f"u{i:05d}") for i in range(n)))
-
-
-@pytest.mark.parametrize(
-    ("removals", "active_before", "held"),
-    [
-        pytest.param(0, 1000, False, id="no-removals"),
-        pytest.param(150, 1000, True, id="above-both"),
-        pytest.param(15, 100, False, id="above-percent-below-min-users"),
-        pytest.param(50, 1000, False, id="above-min-users-below-percent"),
-        pytest.param(20, 30, False, id="at-min-users-exactly"),
-        pytest.param(21, 30, True, id="one-over-min-users"),
-        pytest.param(100, 1000, False, id="at-percent-exactly"),
-        pytest.param(101, 1000, True, id="one-over-percent"),
-        pytest.param(21, 210, False, id="at-percent-exactly-over-min-users"),
-        pytest.param(21, 209, True, id="just-over-percent-over-min-users"),
-        pytest.param(25, 0, True, id="empty-before-counts-as-everything"),
-    ],
-)
-def test_guard_thresholds(removals: int, active_before: int, held: bool) -> None:
-    decision = RemovalGuard(percent=10, min_users=20).check(removing(removals), active_before)
-    assert decision.held is held
-    assert decision.removals == removals
-
-
-def test_guard_held_detail_reads_well() -> None:
-    decision = RemovalGuard().check(removing(150), 1000)
-    assert decision == GuardDecision(
-        held=True,
-        detail=(
-            "This run would remove 150 of 1,000 active users (15%), more than the "
-            "10% / 20 users threshold; approve it to apply."
-        ),
-        removals=150,
-        active_before=1000,
-    )
-
-
-@pytest.mark.parametrize(
-    ("removals", "active_before", "detail"),
-    [
-        pytest.param(0, 10, "This run removes no users.", id="none"),
-        pytest.param(
-            3,
-            9,
-            "This run removes 3 of 9 active users (33.3%), within the 10% / 20 users threshold.",
-            id="within",
-        ),
-    ],
-)
-def test_guard_detail_when_not_held(removals: int, active_before: int, detail: str) -> None:
-    assert RemovalGuard().check(removing(removals), active_before).detail == detail
-
-
-def test_allow_removals_bypasses_the_guard() -> None:
-    decision = RemovalGuard().check(removing(150), 1000, allow_removals=True)
-    assert not decision.held
-    assert "approved" in decision.detail
-
-
-def test_guard_with_fractional_percent() -> None:
-    guard = RemovalGuard(percent=2.5, min_users=0)
-    assert not guard.check(removing(25), 1000).held
-    assert guard.check(removing(26), 1000).held
-    assert "2.5% / 0 users" in guard.check(removing(26), 1000).detail
-
-
-@pytest.mark.parametrize(
-    "kwargs", [pytest.param({"percent": -1}, id="percent"), pytest.param({"min_users": -1}, id="min-users")]
-)
-def test_guard_refuses_negative_thresholds(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="must not be negative"):
-        RemovalGuard(**kwargs)
-
-
 # ---------------------------------------------------------------------------
 # purge_due
 # ---------------------------------------------------------------------------
@@ -345,16 +278,16 @@ PURGE_NOW = datetime(2026, 2, 8, 2, 0, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("row", "due"),
     [
-        pytest.param(removed("a", removed_at="2026-02-01T02:00:00Z"), True, id="exactly-grace-days"),
-        pytest.param(removed("a", removed_at="2026-02-01T02:00:01Z"), False, id="one-second-short"),
-        pytest.param(removed("a", removed_at="2026-01-20T00:00:00+00:00"), True, id="long-ago"),
+        pytest.param(removed("a", removed_at=at("2026-02-01T02:00:00+00:00")), True, id="exactly-grace-days"),
+        pytest.param(removed("a", removed_at=at("2026-02-01T02:00:01+00:00")), False, id="one-second-short"),
+        pytest.param(removed("a", removed_at=at("2026-01-20T00:00:00+00:00")), True, id="long-ago"),
         pytest.param(
-            removed("a", removed_at="2026-02-01T03:00:00+01:00"), True, id="other-offset-same-instant"
+            removed("a", removed_at=at("2026-02-01T03:00:00+01:00")), True, id="other-offset-same-instant"
         ),
-        pytest.param(removed("a", removed_at="2026-02-01T02:00:00"), True, id="naive-is-utc"),
         pytest.param(removed("a", removed_at=None), False, id="unknown-age-kept"),
-        pytest.param(removed("a", removed_at="yesterday"), False, id="unreadable-age-kept"),
-        pytest.param(active("a", removed_at="2026-01-01T00:00:00Z"), False, id="active-never-purged"),
+        pytest.param(
+            active("a", removed_at=at("2026-01-01T00:00:00+00:00")), False, id="active-never-purged"
+        ),
     ],
 )
 def test_purge_due_at_the_grace_boundary(row: RosterUser, due: bool) -> None:
@@ -363,13 +296,12 @@ def test_purge_due_at_the_grace_boundary(row: RosterUser, due: bool) -> None:
 
 def test_purge_due_sorted_and_zero_grace() -> None:
     roster = [removed("c", removed_at=NOW), removed("a", removed_at=NOW), active("b")]
-    now = datetime.fromisoformat(NOW)
-    assert purge_due(roster, now=now, grace_days=0) == ["a", "c"]
-    assert purge_due(roster, now=now - timedelta(seconds=1), grace_days=0) == []
+    assert purge_due(roster, now=NOW, grace_days=0) == ["a", "c"]
+    assert purge_due(roster, now=NOW - timedelta(seconds=1), grace_days=0) == []
 
 
 def test_purge_due_naive_now_is_utc() -> None:
-    row = removed("a", removed_at="2026-02-01T02:00:00+00:00")
+    row = removed("a", removed_at=at("2026-02-01T02:00:00+00:00"))
     naive = PURGE_NOW.replace(tzinfo=None)
     assert purge_due([row], now=naive, grace_days=7) == ["a"]
     assert purge_due([row], now=PURGE_NOW.astimezone(timezone(timedelta(hours=-5))), grace_days=7) == ["a"]
@@ -378,3 +310,30 @@ def test_purge_due_naive_now_is_utc() -> None:
 def test_purge_due_refuses_negative_grace() -> None:
     with pytest.raises(ValueError, match="grace_days"):
         purge_due([], now=PURGE_NOW, grace_days=-1)
+
+
+# ---------------------------------------------------------------------------
+# plan_restores (undo)
+# ---------------------------------------------------------------------------
+
+
+def test_an_undo_plan_restores_exactly_that_runs_removals_within_grace() -> None:
+    roster = [
+        removed("a", removed_at=NOW, removed_by_run="r1"),
+        removed("b", removed_at=EARLIER, removed_by_run="r1"),  # past the grace period
+        removed("c", removed_at=NOW, removed_by_run="r2"),  # another run's removal
+        active("d"),
+    ]
+    plan, too_old = plan_restores(roster, removed_by="r1", removed_since=NOW - timedelta(days=7))
+    assert [user.id for user in plan.restores] == ["a"] and too_old == 1
+    assert not (plan.adds or plan.updates or plan.removals)
+    after = {row.id: row for row in apply_plan_to_roster(roster, plan, now=NOW)}
+    assert after["a"].status is RosterStatus.ACTIVE and after["a"].removed_by_run is None
+    assert after["b"].status is RosterStatus.REMOVED and after["c"].status is RosterStatus.REMOVED
+
+
+def test_removals_name_the_run_that_removed_them() -> None:
+    roster = {row.id: row for row in [active("a"), active("b")]}
+    plan = plan_roster_changes(roster.values(), [eligible("a")])
+    (written,) = changed_rows(roster, plan, now=NOW, run_id="r9")
+    assert written.id == "b" and written.status is RosterStatus.REMOVED and written.removed_by_run == "r9"

@@ -1,15 +1,19 @@
-"""sync.safety: a selected group that reads as empty holds the run, whatever its share."""
+"""sync.safety.check_plan: every rule that holds or fails a run, on hand-built rosters; and the
+shapes the service refuses."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from sync.models import EligibleUser, RosterStatus, RosterUser, RunGroup
-from sync.planner import RemovalGuard, plan_roster_changes
-from sync.safety import emptied_group_guard, emptied_groups
-from sync.service import require_run_id, require_user_key
+from sync.planner import Plan, plan_roster_changes
+from sync.safety import RemovalGuard, SafetyVerdict, check_plan, emptied_groups, removal_digest
+from sync.service import InvalidInput, require_run_id, require_user_key
 
 SALES, OPS, NEW = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", "3" * 8
+GUARD = RemovalGuard(percent=10, min_users=20)
 
 
 def row(uid: str, *groups: str, status: RosterStatus = RosterStatus.ACTIVE) -> RosterUser:
@@ -18,6 +22,98 @@ def row(uid: str, *groups: str, status: RosterStatus = RosterStatus.ACTIVE) -> R
 
 def eligible(uid: str, *groups: str) -> EligibleUser:
     return EligibleUser(id=uid, user_principal_name=f"{uid}@contoso.com", groups=groups)
+
+
+def check(roster: list[RosterUser], plan: Plan, groups: list[RunGroup] | None = None, **kwargs: Any) -> Any:
+    return check_plan(plan, roster=roster, groups=groups or [], guard=kwargs.pop("guard", GUARD), **kwargs)
+
+
+# --- the removal guard: percentage AND minimum count -------------------------------------------
+
+
+def roster_and_removals(removals: int, active_before: int) -> tuple[list[RosterUser], Plan]:
+    roster = [row(f"u{i:05d}", OPS) for i in range(max(active_before, removals))]
+    staying = [eligible(r.id, OPS) for r in roster[removals:]]
+    return roster[:active_before] if active_before >= removals else roster, plan_roster_changes(
+        roster, staying
+    )
+
+
+@pytest.mark.parametrize(
+    ("removals", "active_before", "held"),
+    [
+        pytest.param(0, 1000, False, id="no-removals"),
+        pytest.param(150, 1000, True, id="above-both"),
+        pytest.param(15, 100, False, id="above-percent-below-min-users"),
+        pytest.param(50, 1000, False, id="above-min-users-below-percent"),
+        pytest.param(20, 30, False, id="at-min-users-exactly"),
+        pytest.param(21, 30, True, id="one-over-min-users"),
+        pytest.param(100, 1000, False, id="at-percent-exactly"),
+        pytest.param(101, 1000, True, id="one-over-percent"),
+        pytest.param(21, 210, False, id="at-percent-exactly-over-min-users"),
+        pytest.param(21, 209, True, id="just-over-percent-over-min-users"),
+    ],
+)
+def test_guard_thresholds(removals: int, active_before: int, held: bool) -> None:
+    roster, plan = roster_and_removals(removals, active_before)
+    decision = check(roster, plan)
+    assert decision.held is held
+    assert decision.removals == removals and decision.active_before == active_before
+
+
+def test_guard_held_detail_reads_well() -> None:
+    roster, plan = roster_and_removals(150, 1000)
+    decision = check(roster, plan)
+    assert decision.verdict is SafetyVerdict.HOLD
+    assert decision.detail == (
+        "This run would remove 150 of 1,000 active users (15%), more than the 10% / 20 users threshold. "
+        "To apply the removals, approve this run."
+    )
+
+
+@pytest.mark.parametrize(
+    ("removals", "active_before", "detail"),
+    [
+        pytest.param(0, 10, "This run removes no users.", id="none"),
+        pytest.param(
+            3,
+            9,
+            "This run removes 3 of 9 active users (33.3%), within the 10% / 20 users threshold.",
+            id="within",
+        ),
+    ],
+)
+def test_guard_detail_when_not_held(removals: int, active_before: int, detail: str) -> None:
+    roster, plan = roster_and_removals(removals, active_before)
+    assert check(roster, plan).detail == detail
+
+
+def test_an_approval_covers_exactly_the_removals_it_saw() -> None:
+    roster, plan = roster_and_removals(150, 1000)
+    approved = check(roster, plan, approved_digest=removal_digest(plan))
+    assert approved.verdict is SafetyVerdict.APPLY and "approved" in approved.detail
+    _, other = roster_and_removals(151, 1000)
+    assert check(roster, other, approved_digest=removal_digest(plan)).held  # one more user: held again
+
+
+def test_guard_with_fractional_percent() -> None:
+    guard = RemovalGuard(percent=2.5, min_users=0)
+    roster, plan = roster_and_removals(25, 1000)
+    assert not check(roster, plan, guard=guard).held
+    roster, plan = roster_and_removals(26, 1000)
+    assert check(roster, plan, guard=guard).held
+    assert "2.5% / 0 users" in check(roster, plan, guard=guard).detail
+
+
+@pytest.mark.parametrize(
+    "kwargs", [pytest.param({"percent": -1}, id="percent"), pytest.param({"min_users": -1}, id="min-users")]
+)
+def test_guard_refuses_negative_thresholds(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must not be negative"):
+        RemovalGuard(**kwargs)
+
+
+# --- emptied groups -----------------------------------------------------------------------------
 
 
 def big_roster() -> list[RosterUser]:
@@ -37,19 +133,19 @@ def test_an_emptied_group_a_small_share_of_a_big_roster_holds_the_run() -> None:
     roster = big_roster()
     plan = plan_roster_changes(roster, after_sales_reads_empty(roster))
     assert len(plan.removals) == 50
-    # 50 of 10,055 is 0.5 %: the percentage guard lets it through ...
-    assert not RemovalGuard(percent=10, min_users=20).check(plan, 10_055).held
+    # 50 of 10,055 is 0.5 %: the percentage guard alone lets it through ...
+    assert not check(roster, plan).held
     groups = [RunGroup(id=SALES, display_name="Sales", members=0, eligible=0),
               RunGroup(id=OPS, display_name="Ops", members=10_005, eligible=10_005)]  # fmt: skip
     # ... the emptied-group rule does not.
     found = emptied_groups(roster, groups, plan)
     assert [(g.id, g.on_roster, g.removing) for g in found] == [(SALES, 55, 50)]
-    decision = emptied_group_guard(roster, groups, plan)
-    assert decision is not None and decision.held and decision.removals == 50
+    decision = check(roster, plan, groups)
+    assert decision.held and decision.removals == 50
     assert "'Sales'" in decision.detail and SALES in decision.detail and "approve" in decision.detail
     assert "55 users on the platform, 50 of them would be removed" in decision.detail
-    approved = emptied_group_guard(roster, groups, plan, approved=True)
-    assert approved is not None and not approved.held and "approved" in approved.detail
+    approved = check(roster, plan, groups, approved_digest=removal_digest(plan))
+    assert not approved.held and "approved" in approved.detail
 
 
 def test_no_hold_when_nobody_is_lost_or_the_group_was_empty_before() -> None:
@@ -58,12 +154,12 @@ def test_no_hold_when_nobody_is_lost_or_the_group_was_empty_before() -> None:
     groups = [RunGroup(id=SALES, display_name="Sales", members=0, eligible=0),
               RunGroup(id=OPS, display_name="Ops", members=2, eligible=2)]  # fmt: skip
     assert emptied_groups(roster, groups, plan) == []  # "a" stays through Ops
-    assert emptied_group_guard(roster, groups, plan) is None
+    assert not check(roster, plan, groups).held
     newly_selected_empty = [RunGroup(id=NEW, display_name="New", members=0, eligible=0)]
-    assert emptied_group_guard(roster, newly_selected_empty, plan) is None
+    assert emptied_groups(roster, newly_selected_empty, plan) == []
     not_empty = [RunGroup(id=SALES, display_name="Sales", members=3, eligible=0)]
     only_sales = [row("s", SALES)]
-    assert emptied_group_guard(only_sales, not_empty, plan_roster_changes(only_sales, [])) is None
+    assert emptied_groups(only_sales, not_empty, plan_roster_changes(only_sales, [])) == []
 
 
 def test_several_emptied_groups_are_all_named() -> None:
@@ -71,13 +167,16 @@ def test_several_emptied_groups_are_all_named() -> None:
     plan = plan_roster_changes(roster, [])
     groups = [RunGroup(id=OPS, display_name="Ops", members=0, eligible=0),
               RunGroup(id=SALES, display_name="Sales", members=0, eligible=0)]  # fmt: skip
-    decision = emptied_group_guard(roster, groups, plan)
-    assert decision is not None and decision.held
+    decision = check(roster, plan, groups, guard=RemovalGuard(percent=100, min_users=100))
+    assert decision.held
     assert (
         "groups read as empty" in decision.detail
         and "'Ops'" in decision.detail
         and "'Sales'" in decision.detail
     )
+
+
+# --- shapes the service refuses -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -92,44 +191,13 @@ def test_several_emptied_groups_are_all_named() -> None:
     ],
 )
 def test_malformed_run_ids_are_refused(value: str) -> None:
-    from sync.service import InvalidInput
-
     with pytest.raises(InvalidInput):
         require_run_id(value)
 
 
 def test_user_keys_are_object_ids_or_upns_of_at_most_113_characters() -> None:
-    from sync.service import InvalidInput
-
     assert require_user_key(SALES) == SALES
     assert require_user_key("ann_fabrikam.com#EXT#@contoso.onmicrosoft.com")
     for bad in ("", "ann", "a@b@c", "a b@c", "a@b\n", "x" * 60 + "@" + "y" * 53):
         with pytest.raises(InvalidInput):
             require_user_key(bad)
-
-
-def test_a_runs_removals_are_found_by_its_id_or_by_its_time_window() -> None:
-    from sync.models import Run, RunStatus
-    from sync.service import _removed_by
-
-    run = Run(
-        id="8234567890123-0a1b2c3d",
-        tenant_id=SALES,
-        status=RunStatus.SUCCEEDED,
-        reason="manual",
-        requested_at="2026-01-01T10:00:00.000Z",
-        started_at="2026-01-01T10:00:01.000Z",
-        finished_at="2026-01-01T10:00:09.000Z",
-    )
-    removed = RosterStatus.REMOVED
-
-    def gone(at: str, by: str | None = None) -> RosterUser:
-        return RosterUser(
-            id="u", user_principal_name="u@c.com", status=removed, removed_at=at, removed_by_run=by
-        )
-
-    assert _removed_by(gone("2026-01-01T10:00:05.000Z", run.id), run)
-    assert not _removed_by(gone("2026-01-01T10:00:05.000Z", "8234567890999-ffffffff"), run)  # a later run's
-    assert _removed_by(gone("2026-01-01T10:00:05.000Z"), run)  # rows written before runs were named
-    assert not _removed_by(gone("2026-01-01T10:00:10.000Z"), run)
-    assert not _removed_by(row("u"), run)  # active: nothing to undo

@@ -32,6 +32,14 @@ def test_defaults_match_the_architecture() -> None:
 def test_missing_storage_names_the_setting() -> None:
     with pytest.raises(SettingsError, match="SYNC_STORAGE"):
         load_settings({}, local_settings=None)
+    with pytest.raises(SettingsError, match="SYNC_STORAGE__blobServiceUri"):  # the tenant locks need blobs
+        load_settings(
+            {
+                "SYNC_STORAGE__tableServiceUri": "https://acct.table.core.windows.net",
+                "SYNC_STORAGE__queueServiceUri": "https://acct.queue.core.windows.net",
+            },
+            local_settings=None,
+        )
 
 
 def test_identity_based_storage_is_accepted() -> None:
@@ -39,11 +47,13 @@ def test_identity_based_storage_is_accepted() -> None:
         {
             "SYNC_STORAGE__tableServiceUri": "https://acct.table.core.windows.net",
             "SYNC_STORAGE__queueServiceUri": "https://acct.queue.core.windows.net",
+            "SYNC_STORAGE__blobServiceUri": "https://acct.blob.core.windows.net",
             "SYNC_STORAGE__clientId": "11111111-2222-3333-4444-555555555555",
         },
         local_settings=None,
     )
     assert settings.storage.connection_string is None
+    assert settings.storage.blob_service_uri == "https://acct.blob.core.windows.net"
     assert settings.storage.client_id == "11111111-2222-3333-4444-555555555555"
 
 

@@ -1,0 +1,35 @@
+"""What a run or a request needs: the settings and the clients for storage and Graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.graph import GraphClients
+from shared.settings import Settings
+from sync.directory import DirectoryReader
+from sync.roster import RosterStore
+from sync.store import SyncStore
+
+
+@dataclass
+class SyncContext:
+    """Settings and clients for one invocation (the Graph pool may outlive it)."""
+
+    settings: Settings
+    store: SyncStore
+    roster: RosterStore
+    graph: GraphClients
+
+    @classmethod
+    def create(cls, settings: Settings, graph: GraphClients | None = None) -> SyncContext:
+        """Clients for these settings (Graph clients may be shared across contexts)."""
+        return cls(settings, SyncStore(settings), RosterStore(settings), graph or GraphClients(settings))
+
+    def reader(self, tenant_id: str) -> DirectoryReader:
+        """A directory reader for one tenant: one per run or request, so its request count is theirs."""
+        return DirectoryReader(self.graph.for_tenant(tenant_id))
+
+    async def aclose(self) -> None:
+        """Close the storage clients (the Graph pool belongs to its owner)."""
+        await self.store.aclose()
+        await self.roster.aclose()

@@ -1,0 +1,166 @@
+"""One tenant's Graph traffic: single requests through the SDK (auth, retries, redirects) with the
+body taken as bytes, and the one `$batch` helper every fan-out goes through."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+from kiota_abstractions.method import Method
+from kiota_abstractions.request_information import RequestInformation
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.graph_service_client import GraphServiceClient
+
+from sync.directory.errors import GraphUnavailable, error_from_odata
+from sync.directory.wire import BATCH_RESPONSE, JSON, BatchItem, BatchRequest
+
+MAX_PAGE_SIZE = 999  # Graph's $top ceiling for users, groups and member lists
+MAX_BATCH_SIZE = 20  # Graph's $batch ceiling
+# Graph's Retry-After is honoured as given; a wait longer than this fails the read instead (a run
+# must finish within the Functions timeout, and the next refresh converges).
+MAX_RETRY_AFTER_SECONDS = 600.0
+_ERROR_MAP: dict[str, Any] = {"XXX": ODataError}
+_THROTTLED = (429, 503, 504)
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class GraphTransport:
+    """Sends one tenant's Graph requests; counts them for the run record."""
+
+    def __init__(
+        self, client: GraphServiceClient, *, concurrency: int = 16, batch_retry_limit: int = 5
+    ) -> None:
+        self.client = client
+        self._adapter = client.request_adapter
+        self._limit = asyncio.Semaphore(concurrency)
+        self._batch_retry_limit = batch_retry_limit
+        self.requests_sent = 0  # HTTP requests issued (SDK middleware retries not included)
+
+    @property
+    def slot(self) -> asyncio.Semaphore:
+        """One of the tenant's request slots: hold it around a chain of page reads."""
+        return self._limit
+
+    @property
+    def base_url(self) -> str:
+        """The Graph root requests go to (no trailing slash)."""
+        return str(self._adapter.base_url)
+
+    async def send(self, request: RequestInformation, permission: str) -> bytes:
+        """Send one request through the SDK and return the raw body, mapping failures to typed errors."""
+        self.requests_sent += 1
+        try:
+            body: bytes | None = await self._adapter.send_primitive_async(request, "bytes", _ERROR_MAP)
+        except ODataError as exc:
+            raise error_from_odata(exc, permission) from exc
+        except httpx.TimeoutException as exc:
+            raise GraphUnavailable(f"request timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise GraphUnavailable(f"connection failed ({type(exc).__name__})") from exc
+        return body or b""
+
+    def request_for(self, url: str, *, eventual: bool = False) -> RequestInformation:
+        """A GET of an absolute URL (a nextLink, a delta link) through the SDK's pipeline."""
+        request = self.client.users.with_url(url).to_get_request_information()
+        if eventual:  # casts, $count and $search need it on every page
+            request.headers.try_add("ConsistencyLevel", "eventual")
+        return request
+
+    async def pages(
+        self,
+        first: RequestInformation,
+        decoder: msgspec.json.Decoder[T],
+        permission: str,
+        *,
+        eventual: bool = False,
+    ) -> AsyncIterator[T]:
+        """Every page of a list, following @odata.nextLink to the end; any failing page raises."""
+        request = first
+        while True:
+            page = decoder.decode(await self.send(request, permission))
+            yield page
+            link: str | None = getattr(page, "next_link", None)
+            if not link:
+                return
+            request = self.request_for(link, eventual=eventual)
+
+    def relative(self, link: str) -> str:
+        """An absolute Graph URL (a nextLink) as the relative URL a `$batch` item needs."""
+        base = self.base_url
+        if link.startswith(base):
+            return link[len(base) :]
+        parts = urlsplit(link)
+        path = parts.path.split("/", 2)[2] if parts.path.count("/") >= 2 else parts.path
+        return f"/{path.lstrip('/')}?{parts.query}"
+
+    async def batch_get(
+        self, urls: Mapping[K, str], permission: str, *, eventual: bool = False
+    ) -> dict[K, BatchItem]:
+        """GET each relative URL, 20 to a `$batch`, batches side by side (bounded).
+
+        Items throttled inside the batch's 200 (429/503/504) are retried after their own
+        Retry-After; every other answer is returned as it came, for the caller to read.
+        """
+        keys = list(urls)
+        headers = {"ConsistencyLevel": "eventual"} if eventual else {}
+        results: dict[K, BatchItem] = {}
+
+        async def one_batch(chunk: Sequence[K]) -> None:
+            requests = {
+                str(i): BatchRequest(id=str(i), method="GET", url=urls[key], headers=headers)
+                for i, key in enumerate(chunk)
+            }
+            async with self._limit:
+                items = await self._batch(requests, permission)
+            for i, key in enumerate(chunk):
+                results[key] = items[str(i)]
+
+        chunks = [keys[i : i + MAX_BATCH_SIZE] for i in range(0, len(keys), MAX_BATCH_SIZE)]
+        await asyncio.gather(*(one_batch(chunk) for chunk in chunks))
+        return results
+
+    async def _batch(self, requests: dict[str, BatchRequest], permission: str) -> dict[str, BatchItem]:
+        pending = dict(requests)
+        results: dict[str, BatchItem] = {}
+        for attempt in range(self._batch_retry_limit + 1):
+            info = RequestInformation(Method.POST, "{+baseurl}/$batch", {})
+            info.headers.try_add("Accept", "application/json")
+            info.set_stream_content(JSON.encode({"requests": list(pending.values())}), "application/json")
+            raw = await self.send(info, permission)
+            wait = 0.0
+            for item in BATCH_RESPONSE.decode(raw).responses:
+                if item.status in _THROTTLED and attempt < self._batch_retry_limit:
+                    wait = max(wait, retry_after(item.headers, attempt))
+                    continue
+                results[item.id] = item
+                pending.pop(item.id, None)
+            if not pending:
+                return results
+            await asyncio.sleep(wait)
+        missing = ", ".join(sorted(pending))
+        raise GraphUnavailable(f"batch items {missing} stayed throttled", 429)
+
+
+def retry_after(headers: Mapping[str, str], attempt: int) -> float:
+    """Seconds to wait before retrying a throttled `$batch` item: its Retry-After, else backoff."""
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            try:
+                seconds = float(value)
+            except ValueError:
+                break
+            if seconds > MAX_RETRY_AFTER_SECONDS:
+                raise GraphUnavailable(f"Graph asked to wait {seconds:.0f} s before retrying", 429)
+            return max(seconds, 0.0)
+    return min(0.5 * 2.0**attempt, 10.0)
+
+
+def chunked(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    """`items` in slices of `size`."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
