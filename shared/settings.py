@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -27,7 +28,61 @@ class GraphAuthMode(enum.StrEnum):
     DEMO = "demo"  # the demo tenant in devtools/
 
 
-DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+class GraphCloud(enum.StrEnum):
+    """Which Microsoft cloud the customer tenants live in (Microsoft Graph national cloud deployments)."""
+
+    GLOBAL = "global"
+    USGOV = "usgov"  # Microsoft Cloud for US Government L4 (GCC High)
+    USGOVDOD = "usgovdod"  # US Government L5 (DoD)
+    CHINA = "china"  # Microsoft 365 operated by 21Vianet
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudEndpoints:
+    """Where Graph and Entra ID are in one cloud.
+
+    Graph roots and Entra authorities: "Microsoft Graph national cloud deployments"; token-exchange
+    audiences: "Configure an application to trust a managed identity" (docs/graph-contract.md).
+    """
+
+    graph_root: str  # scheme and host of Microsoft Graph
+    authority_host: str  # Entra ID token service
+    token_exchange_audience: str  # what a managed identity's assertion is issued for
+
+    @property
+    def graph_base_url(self) -> str:
+        """The v1.0 endpoint."""
+        return f"{self.graph_root}/v1.0"
+
+    @property
+    def graph_scope(self) -> str:
+        """The `.default` scope of Microsoft Graph in this cloud (application permissions)."""
+        return f"{self.graph_root}/.default"
+
+
+CLOUDS: dict[GraphCloud, CloudEndpoints] = {
+    GraphCloud.GLOBAL: CloudEndpoints(
+        graph_root="https://graph.microsoft.com",
+        authority_host="https://login.microsoftonline.com",
+        token_exchange_audience="api://AzureADTokenExchange",
+    ),
+    GraphCloud.USGOV: CloudEndpoints(
+        graph_root="https://graph.microsoft.us",
+        authority_host="https://login.microsoftonline.us",
+        token_exchange_audience="api://AzureADTokenExchangeUSGov",
+    ),
+    GraphCloud.USGOVDOD: CloudEndpoints(
+        graph_root="https://dod-graph.microsoft.us",
+        authority_host="https://login.microsoftonline.us",
+        token_exchange_audience="api://AzureADTokenExchangeUSGov",
+    ),
+    GraphCloud.CHINA: CloudEndpoints(
+        graph_root="https://microsoftgraph.chinacloudapi.cn",
+        authority_host="https://login.chinacloudapi.cn",
+        token_exchange_audience="api://AzureADTokenExchangeChina",
+    ),
+}
+DEFAULT_GRAPH_BASE_URL = CLOUDS[GraphCloud.GLOBAL].graph_base_url
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,15 +101,25 @@ class Settings:
     """The app's configuration, read from the environment (see README, "Settings")."""
 
     storage: StorageSettings
-    graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    graph_cloud: GraphCloud = GraphCloud.GLOBAL
+    graph_base_url: str = DEFAULT_GRAPH_BASE_URL  # GRAPH_BASE_URL, else the cloud's
+    graph_authority_host: str = CLOUDS[
+        GraphCloud.GLOBAL
+    ].authority_host  # GRAPH_AUTHORITY_HOST, else the cloud's
     graph_auth: GraphAuthMode = GraphAuthMode.MANAGED_IDENTITY
     graph_app_client_id: str | None = None
+    graph_identity_client_id: str | None = None  # the Graph-only identity (GRAPH_IDENTITY_CLIENT_ID)
     azure_client_id: str | None = None
     queue_name: str = "sync-refresh"
     schedule: str = "0 0 2 * * *"
     removal_grace_days: int = 7
     removal_guard_percent: float = 10.0
     removal_guard_min_users: int = 20
+
+    @property
+    def cloud(self) -> CloudEndpoints:
+        """Graph scope and token-exchange audience of GRAPH_CLOUD."""
+        return CLOUDS[self.graph_cloud]
 
 
 def _read_local_settings(path: Path) -> dict[str, str]:
@@ -117,11 +182,23 @@ def load_settings(
         raise SettingsError(f"GRAPH_AUTH must be one of {choices}; got {auth_raw!r}") from None
     if auth is GraphAuthMode.FEDERATED and not values.get("GRAPH_APP_CLIENT_ID"):
         raise SettingsError("GRAPH_AUTH=federated needs GRAPH_APP_CLIENT_ID (the multi-tenant app id)")
+    cloud_raw = values.get("GRAPH_CLOUD", GraphCloud.GLOBAL.value).lower()
+    try:
+        cloud = GraphCloud(cloud_raw)
+    except ValueError:
+        choices = ", ".join(c.value for c in GraphCloud)
+        raise SettingsError(f"GRAPH_CLOUD must be one of {choices}; got {cloud_raw!r}") from None
+    endpoints = CLOUDS[cloud]
     return Settings(
         storage=storage,
-        graph_base_url=values.get("GRAPH_BASE_URL", DEFAULT_GRAPH_BASE_URL).rstrip("/"),
+        graph_cloud=cloud,
+        graph_base_url=values.get("GRAPH_BASE_URL", endpoints.graph_base_url).rstrip("/"),
+        graph_authority_host=values.get(
+            "GRAPH_AUTHORITY_HOST", _authority_for(auth, values, endpoints)
+        ).rstrip("/"),
         graph_auth=auth,
         graph_app_client_id=values.get("GRAPH_APP_CLIENT_ID"),
+        graph_identity_client_id=values.get("GRAPH_IDENTITY_CLIENT_ID") or values.get("AZURE_CLIENT_ID"),
         azure_client_id=values.get("AZURE_CLIENT_ID"),
         queue_name=values.get("SYNC_QUEUE", "sync-refresh"),
         schedule=values.get("SYNC_SCHEDULE", "0 0 2 * * *"),
@@ -129,6 +206,14 @@ def load_settings(
         removal_guard_percent=_number(values, "REMOVAL_GUARD_PERCENT", 10.0, minimum=0),
         removal_guard_min_users=int(_number(values, "REMOVAL_GUARD_MIN_USERS", 20, minimum=0)),
     )
+
+
+def _authority_for(auth: GraphAuthMode, values: Mapping[str, str], endpoints: CloudEndpoints) -> str:
+    """The cloud's token service; the demo tenant serves its own beside its Graph (same origin)."""
+    if auth is GraphAuthMode.DEMO and values.get("GRAPH_BASE_URL"):
+        parts = urlsplit(values["GRAPH_BASE_URL"])
+        return f"{parts.scheme}://{parts.netloc}"
+    return endpoints.authority_host
 
 
 _cached: Settings | None = None

@@ -92,6 +92,7 @@ class ExclusionReason(enum.StrEnum):
     """
 
     GUEST = "guest"
+    EXTERNAL_MEMBER = "externalMember"
     DISABLED = "disabled"
     UNLICENSED = "unlicensed"
     SHARED_MAILBOX = "sharedMailbox"
@@ -174,13 +175,19 @@ _EXPLANATIONS: dict[ExclusionReason, str] = {
         "The user is a guest (external) account, and guest users are not included in sync; "
         "add them as a member user of your tenant if they need training."
     ),
+    ExclusionReason.EXTERNAL_MEMBER: (
+        "The user is an external member: a member account that belongs to another organisation "
+        "(#EXT# in the user name, e.g. from cross-tenant synchronisation). External members are "
+        "excluded unless your organisation's rules include them (includeExternalMembers)."
+    ),
     ExclusionReason.DISABLED: (
         "The account is blocked from signing in or disabled; unblock it in the Microsoft 365 "
         "admin center (Users > Active users) and refresh."
     ),
     ExclusionReason.UNLICENSED: (
-        "The user has no Microsoft 365 license assigned; assign one in the Microsoft 365 "
-        "admin center and refresh."
+        "The user has no Microsoft 365 license with an active subscription (no assigned service plan "
+        "is enabled: none assigned, or the subscription is suspended or deleted); assign one in the "
+        "Microsoft 365 admin center and refresh."
     ),
     ExclusionReason.SHARED_MAILBOX: (
         "The account is a shared, room or equipment mailbox rather than a person, so it is "
@@ -234,6 +241,52 @@ def looks_like_shared_mailbox(user: DirectoryUser) -> bool:
 # ---------------------------------------------------------------------------
 
 
+# SKU part numbers a tenant rule may name instead of SKU ids ("Product names and service plan
+# identifiers for licensing"); any other SKU is named by its id (assignedLicenses skuId).
+KNOWN_SKUS: dict[str, str] = {
+    "SPE_E3": "05e9a617-0261-4cee-bb44-138d3ef5d965",  # Microsoft 365 E3
+    "SPE_E5": "06ebc4ee-1bb5-47dd-8120-11324bc54e06",  # Microsoft 365 E5
+    "SPB": "cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46",  # Microsoft 365 Business Premium
+    "O365_BUSINESS_PREMIUM": "f245ecc8-75af-4f8e-b61f-27d8114de5f3",  # Microsoft 365 Business Standard
+    "O365_BUSINESS_ESSENTIALS": "3b555118-da6a-4418-894f-7df1e2096870",  # Microsoft 365 Business Basic
+    "ENTERPRISEPACK": "6fd2c87f-b296-42f0-b197-1e91e994b900",  # Office 365 E3
+    "ENTERPRISEPREMIUM": "c7df2760-2c81-4ef7-b578-5b5392b571df",  # Office 365 E5
+    "STANDARDPACK": "18181a46-0d4e-45cd-891e-60aabd171b4e",  # Office 365 E1
+    "SPE_F1": "66b55226-6b4f-492c-910c-a3b7a3c9d993",  # Microsoft 365 F3
+}
+_SKU_NAMES = {sku: name for name, sku in KNOWN_SKUS.items()}
+
+
+def sku_name(sku_id: str) -> str:
+    """A SKU's part number when it is a well-known one, else its id."""
+    return _SKU_NAMES.get(sku_id.lower(), sku_id)
+
+
+def _sku_id(value: str, index: int) -> str:
+    text = value.strip()
+    if is_object_id(text):
+        return text.lower()
+    known = KNOWN_SKUS.get(text.upper())
+    if known is None:
+        raise InvalidRules(
+            f"requiredSkus[{index}] ({text[:64]!r}) is neither a SKU id (a GUID, assignedLicenses skuId) "
+            f"nor one of {', '.join(sorted(KNOWN_SKUS))}."
+        )
+    return known
+
+
+# UPNs of every shape a rule could meet (short, dotted, digits, subdomains; a UPN suffix is a domain,
+# so it always has a dot): a pattern that matches
+# each of them, whole or by the part before '@', matches every user of any tenant.
+_PROBE_UPNS = ("a@b.cc", "zq9@x.uk", "first.last@mail.example.com", "Q_1-x@d.io", "w@y.ru")
+
+
+def matches_every_upn(pattern: str) -> bool:
+    """Whether a UPN pattern would exclude everyone ('*', '*@*', '?*', '*.*' and the like)."""
+    regex = re.compile(fnmatch.translate(pattern.lower()), re.DOTALL)
+    return all(regex.match(upn.lower()) or regex.match(_local_part(upn).lower()) for upn in _PROBE_UPNS)
+
+
 class InvalidRules(ValueError):
     """A tenant's exclusion rules are malformed; the message says what to fix."""
 
@@ -248,6 +301,8 @@ class ExclusionRules(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     upn_patterns: tuple[str, ...] = ()  # fnmatch-style, against the whole UPN and its local part
     excluded_users: tuple[str, ...] = ()  # object ids or UPNs
     exclusion_group_id: str | None = None  # the caller resolves its transitive user ids
+    include_external_members: bool = False  # members from other organisations (#EXT#, userType Member)
+    required_skus: tuple[str, ...] = ()  # SKU ids (lower case); empty: any licence will do
 
     def validate(self) -> ExclusionRules:
         """Return a normalised copy (trimmed, de-duplicated), or raise `InvalidRules`."""
@@ -334,7 +389,7 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
             raise InvalidRules(
                 f"upnPatterns[{i}] is {len(p)} characters long; at most {MAX_PATTERN_LENGTH} are allowed."
             )
-        if set(p) == {"*"}:
+        if matches_every_upn(p):
             # Would exclude every user of the tenant: certainly a mistake.
             raise InvalidRules(f"upnPatterns[{i}] ({p!r}) would exclude every user.")
     users = [u.strip() for u in rules.excluded_users]
@@ -365,10 +420,12 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
         upn_patterns=_dedupe(patterns),
         excluded_users=_dedupe(users),
         exclusion_group_id=group,
+        include_external_members=rules.include_external_members,
+        required_skus=_dedupe(_sku_id(sku, i) for i, sku in enumerate(rules.required_skus)),
     )
 
 
-_RULE_FIELDS = {"upnPatterns", "excludedUsers", "exclusionGroupId"}
+_RULE_FIELDS = {"upnPatterns", "excludedUsers", "exclusionGroupId", "includeExternalMembers", "requiredSkus"}
 
 
 def parse_exclusion_rules(obj: object) -> ExclusionRules:
@@ -395,16 +452,21 @@ def parse_exclusion_rules(obj: object) -> ExclusionRules:
     if unknown:
         raise InvalidRules(
             f"Unknown field(s) in exclusion rules: {', '.join(unknown)}; expected "
-            "upnPatterns, excludedUsers, exclusionGroupId."
+            f"{', '.join(sorted(_RULE_FIELDS))}."
         )
     group = obj.get("exclusionGroupId")
     if group is not None and not isinstance(group, str):
         raise InvalidRules("exclusionGroupId must be a string or null.")
+    external = obj.get("includeExternalMembers")
+    if external is not None and not isinstance(external, bool):
+        raise InvalidRules("includeExternalMembers must be true or false.")
     return _validated(
         ExclusionRules(
             upn_patterns=tuple(_string_list(obj.get("upnPatterns"), "upnPatterns")),
             excluded_users=tuple(_string_list(obj.get("excludedUsers"), "excludedUsers")),
             exclusion_group_id=group,
+            include_external_members=bool(external),
+            required_skus=tuple(_string_list(obj.get("requiredSkus"), "requiredSkus")),
         )
     )
 
@@ -415,10 +477,15 @@ def parse_exclusion_rules(obj: object) -> ExclusionRules:
 
 
 class Verdict(msgspec.Struct, frozen=True):
-    """Whether a user may be on the platform and, when not, every reason in the fixed order."""
+    """Whether a user may be on the platform and, when not, every reason in the fixed order.
+
+    `unknown` names the attributes Graph left out: then neither is known, and the user is kept
+    exactly as the roster has them (never removed, never added on partial knowledge).
+    """
 
     included: bool
     reasons: tuple[ExclusionReason, ...] = ()
+    unknown: tuple[str, ...] = ()
 
     @property
     def primary(self) -> ExclusionReason | None:
@@ -430,7 +497,19 @@ _INCLUDED = Verdict(included=True)
 
 
 def _is_guest(user: DirectoryUser) -> bool:
-    return (user.user_type or "").lower() == "guest" or "#ext#" in user.user_principal_name.lower()
+    return (user.user_type or "").lower() == "guest"
+
+
+def _is_external_member(user: DirectoryUser) -> bool:
+    # A member account of another organisation (cross-tenant synchronisation, multi-tenant
+    # organisations): userType Member, yet the #EXT# principal name of an external identity.
+    return (user.user_type or "").lower() == "member" and "#ext#" in user.user_principal_name.lower()
+
+
+def _is_unlicensed(user: DirectoryUser, rules: ExclusionRules) -> bool:
+    if user.licensed is False:
+        return True
+    return bool(rules.required_skus) and not set(user.sku_ids) & set(rules.required_skus)
 
 
 def _is_shared_mailbox(
@@ -455,12 +534,17 @@ def classify_user(
     `purpose_source` is ``mailboxSettings``; `excluded_by_group` says the user is a
     (transitive) member of the tenant's exclusion group.
     """
+    missing = user.missing_attributes
+    if missing:
+        return Verdict(included=False, unknown=missing)
     reasons: list[ExclusionReason] = []
     if _is_guest(user):
         reasons.append(ExclusionReason.GUEST)
+    if _is_external_member(user) and not rules.include_external_members:
+        reasons.append(ExclusionReason.EXTERNAL_MEMBER)
     if user.account_enabled is False:
         reasons.append(ExclusionReason.DISABLED)
-    if user.license_count <= 0:
+    if _is_unlicensed(user, rules):
         reasons.append(ExclusionReason.UNLICENSED)
     if _is_shared_mailbox(user, mailbox_purpose, purpose_source):
         reasons.append(ExclusionReason.SHARED_MAILBOX)
@@ -483,9 +567,22 @@ def count_exclusions(verdicts: Iterable[Verdict]) -> dict[str, int]:
     return counts
 
 
-def explain_reason(reason: ExclusionReason | str) -> str:
+def explain_reason(reason: ExclusionReason | str, rules: ExclusionRules | None = None) -> str:
     """One sentence a customer admin can act on, for "why is this user not synced?"."""
-    return _EXPLANATIONS[ExclusionReason(reason)]
+    reason = ExclusionReason(reason)
+    if reason is ExclusionReason.UNLICENSED and rules is not None and rules.required_skus:
+        names = ", ".join(sku_name(sku) for sku in rules.required_skus)
+        return (
+            f"Your organisation's rules require one of these licences: {names}. The user has none of "
+            "them with an active subscription; assign one in the Microsoft 365 admin center and refresh."
+        )
+    return _EXPLANATIONS[reason]
+
+
+UNKNOWN_VERDICT = (
+    "Microsoft Graph did not return {missing} for this user, so whether they may be on the platform is "
+    "unknown: a user already on it is kept as they are, a new user is not added, until Graph answers."
+)
 
 
 # ---------------------------------------------------------------------------
@@ -501,6 +598,13 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
     groups: list[RunGroup]
     purpose_source: MailboxPurposeSource
     purposes_checked: frozenset[str] = frozenset()  # users whose mailbox purpose Graph gave this run
+    purpose_unknown: int = 0  # users whose mailbox Graph would not show (judged by the heuristic)
+    licensed_by_sku: dict[str, int] = msgspec.field(default_factory=dict)  # eligible users per SKU id
+
+    @property
+    def unknown(self) -> list[str]:
+        """Users whose verdict is unknown (Graph left out an attribute), sorted."""
+        return sorted(uid for uid, verdict in self.verdicts.items() if verdict.unknown)
 
     def excluded_counts(self) -> ExcludedCounts:
         """Excluded users by their first reason."""
@@ -515,22 +619,25 @@ def classify_members(
     rules: ExclusionRules,
     purposes: Mapping[str, str | None] | None,
     excluded_ids: Collection[str],
+    purpose_unknown: Collection[str] = (),
 ) -> Classification:
     """Apply the eligibility rules to every member and count per selected group.
 
-    `purposes` are mailbox purposes by user id, or None when the tenant gave none (the
-    heuristic decides); `excluded_ids` are the members of the tenant's exclusion group.
+    `purposes` are mailbox purposes by user id, or None when the tenant gave none (the heuristic
+    decides for everyone); `purpose_unknown` are users whose own mailbox Graph would not show (the
+    heuristic decides for them); `excluded_ids` are the members of the tenant's exclusion group.
     """
     source = MailboxPurposeSource.HEURISTIC if purposes is None else MailboxPurposeSource.MAILBOX_SETTINGS
     verdicts: dict[str, Verdict] = {}
     eligible: list[EligibleUser] = []
     per_group = {gid: [0, 0] for gid in group_names}
+    by_sku: dict[str, int] = {}
     for uid, user in users.items():
         verdict = classify_user(
             user,
             rules=rules,
             mailbox_purpose=purposes.get(uid) if purposes is not None else None,
-            purpose_source=source,
+            purpose_source=MailboxPurposeSource.HEURISTIC if uid in purpose_unknown else source,
             excluded_by_group=uid in excluded_ids,
         )
         verdicts[uid] = verdict
@@ -541,6 +648,8 @@ def classify_members(
                 tally[0] += 1
                 tally[1] += verdict.included
         if verdict.included:
+            for sku in user.sku_ids:
+                by_sku[sku] = by_sku.get(sku, 0) + 1
             eligible.append(
                 EligibleUser(
                     id=uid,
@@ -556,7 +665,14 @@ def classify_members(
         RunGroup(id=gid, display_name=name, members=per_group[gid][0], eligible=per_group[gid][1])
         for gid, name in group_names.items()
     ]
-    return Classification(eligible=eligible, verdicts=verdicts, groups=groups, purpose_source=source)
+    return Classification(
+        eligible=eligible,
+        verdicts=verdicts,
+        groups=groups,
+        purpose_source=source,
+        purpose_unknown=sum(1 for uid in purpose_unknown if uid in users),
+        licensed_by_sku=dict(sorted(by_sku.items())),
+    )
 
 
 def purpose_candidates(users: Mapping[str, DirectoryUser], rules: ExclusionRules) -> list[str]:
@@ -593,6 +709,7 @@ def explain_user(
     selected: Iterable[SelectedGroup],
     rules: ExclusionRules,
     purposes: Mapping[str, str | None] | None,
+    purpose_unknown: Collection[str] = (),
 ) -> UserVerdict:
     """The same rules a run applies, for one user, with a sentence per reason."""
     verdict = classify_members(
@@ -602,9 +719,14 @@ def explain_user(
         rules=rules,
         purposes=purposes,
         excluded_ids={user.id} if rules.exclusion_group_id in member_of else set(),
+        purpose_unknown=purpose_unknown,
     ).verdicts[user.id]
     groups = [group for group in selected if group.id in member_of]
-    reasons = [ReasonText(code=str(r), message=explain_reason(r)) for r in verdict.reasons]
+    reasons = [ReasonText(code=str(r), message=explain_reason(r, rules)) for r in verdict.reasons]
+    if verdict.unknown:
+        reasons.append(
+            ReasonText(code="unknown", message=UNKNOWN_VERDICT.format(missing=", ".join(verdict.unknown)))
+        )
     in_scope = mode is SelectionMode.ALL or bool(groups)
     if not in_scope:
         reasons.insert(0, NOT_IN_SELECTED_GROUPS)

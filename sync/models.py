@@ -61,8 +61,24 @@ class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     department: str | None = None
     job_title: str | None = None
     user_type: str | None = None  # "Member" | "Guest" | None (not returned)
-    account_enabled: bool | None = None
-    license_count: int = 0  # len(assignedLicenses)
+    account_enabled: bool | None = None  # None: not returned
+    # Whether at least one assigned service plan is enabled (assignedPlans capabilityStatus Enabled or
+    # Warning), so a licence whose subscription is suspended or deleted does not count. None: Graph
+    # did not return assignedLicenses or assignedPlans.
+    licensed: bool | None = None
+    sku_ids: tuple[str, ...] = ()  # assignedLicenses skuIds
+
+    @property
+    def missing_attributes(self) -> tuple[str, ...]:
+        """The attributes the rules need that Graph did not return: the user's verdict is unknown."""
+        missing = []
+        if self.account_enabled is None:
+            missing.append("accountEnabled")
+        if self.licensed is None:
+            missing.append("assignedLicenses")
+        if self.user_type is None:
+            missing.append("userType")
+        return tuple(missing)
 
 
 class GroupMembers(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -229,6 +245,7 @@ class ExcludedCounts(msgspec.Struct, kw_only=True, rename="camel"):
     """Users of the selected groups kept off the platform, by their first reason."""
 
     guest: int = 0
+    external_member: int = 0  # userType Member from another organisation (cross-tenant sync)
     disabled: int = 0
     unlicensed: int = 0
     shared_mailbox: int = 0  # the API's key
@@ -247,6 +264,11 @@ class RunCounts(msgspec.Struct, kw_only=True, rename="camel"):
     restored: int = 0
     unchanged: int = 0
     excluded: ExcludedCounts = msgspec.field(default_factory=ExcludedCounts)
+    # Users whose verdict is unknown (Graph left out an attribute the rules need): kept as they were.
+    unknown: int = 0
+    # Users whose mailbox purpose Graph would not give (403 or 404): judged by the name heuristic.
+    purpose_unknown: int = 0
+    licensed_by_sku: dict[str, int] = msgspec.field(default_factory=dict)  # eligible users per SKU id
 
 
 class RunGroup(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -299,6 +321,8 @@ class Run(msgspec.Struct, kw_only=True, rename="camel"):
     undo_of: str | None = None  # an undo run: the run whose removals it restored
     undone_by: str | None = None  # a run whose removals were undone: the undo run
     note: str | None = None  # a remark for the admin, e.g. users an undo could not restore
+    unknown_users: list[str] | None = None  # sample of users kept because Graph left out an attribute
+    fallback: str | None = None  # why a nightly run read everything instead of only what changed
 
 
 class RefreshMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

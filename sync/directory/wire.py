@@ -22,7 +22,10 @@ USER_FIELDS = [
     "userType",
     "accountEnabled",
     "assignedLicenses",
+    "assignedPlans",
 ]
+# assignedPlan.capabilityStatus values under which the service still works (Warning: a grace period).
+ENABLED_PLAN_STATES = frozenset({"enabled", "warning"})
 
 
 def group_kind(
@@ -38,6 +41,14 @@ def group_kind(
     return GroupKind.DISTRIBUTION
 
 
+class WireLicense(msgspec.Struct, rename="camel"):
+    sku_id: str | None = None
+
+
+class WirePlan(msgspec.Struct, rename="camel"):
+    capability_status: str | None = None
+
+
 class WireUser(msgspec.Struct, rename="camel"):
     id: str
     user_principal_name: str = ""
@@ -49,7 +60,18 @@ class WireUser(msgspec.Struct, rename="camel"):
     job_title: str | None = None
     user_type: str | None = None
     account_enabled: bool | None = None
-    assigned_licenses: list[msgspec.Raw] = []
+    assigned_licenses: list[WireLicense] | None = None  # None: not returned
+    assigned_plans: list[WirePlan] | None = None
+
+    def licensed(self) -> bool | None:
+        """At least one enabled service plan; None when Graph left out the licence data."""
+        if self.assigned_licenses is None or self.assigned_plans is None:
+            return None
+        if not self.assigned_licenses:
+            return False
+        return any(
+            (plan.capability_status or "").lower() in ENABLED_PLAN_STATES for plan in self.assigned_plans
+        )
 
     def to_directory_user(self) -> DirectoryUser:
         return DirectoryUser(
@@ -63,7 +85,8 @@ class WireUser(msgspec.Struct, rename="camel"):
             job_title=self.job_title,
             user_type=self.user_type,
             account_enabled=self.account_enabled,
-            license_count=len(self.assigned_licenses),
+            licensed=self.licensed(),
+            sku_ids=tuple(lic.sku_id.lower() for lic in self.assigned_licenses or () if lic.sku_id),
         )
 
 
