@@ -113,14 +113,14 @@ class GraphRoutes:
 
     def _route_users(self, call: Call, segments: list[str], lowered: list[str]) -> tuple[str, Handler]:
         if len(segments) == 1:
-            return "users.list", lambda: self._list_users(call)
+            return "users.list", lambda: self._list(call, USER_TYPE)
         if len(segments) == 2 and lowered[1] == "$count":
-            return "users.count", lambda: self._count_users(call)
+            return "users.count", lambda: self._count(call, USER_TYPE)
         if len(segments) == 2 and _is_delta(lowered[1]):
             return "users.delta", lambda: self._server.delta.serve(call, "user")
         user_key = segments[1]
         if len(segments) == 2:
-            return "users.get", lambda: self._get_user(call, user_key)
+            return "users.get", lambda: self._entity(call, self._find_user(call, user_key), USER_TYPE)
         if lowered[2] == "mailboxsettings" and len(segments) <= 4:
             single = segments[3] if len(segments) == 4 else None
             return "mailboxSettings", lambda: self._mailbox_settings(call, user_key, single)
@@ -144,20 +144,20 @@ class GraphRoutes:
                 segments[3:],
                 lambda: self._find_user(call, user_key),
                 member_of,
-                f"users/{user_key}/{kind}",
+                f"users/{user_key}/{kind}/hidden={self._may_read_hidden(call)}",
             )
         return "unknown", _throw(_segment_error(segments[2]))
 
     def _route_groups(self, call: Call, segments: list[str], lowered: list[str]) -> tuple[str, Handler]:
         if len(segments) == 1:
-            return "groups.list", lambda: self._list_groups(call)
+            return "groups.list", lambda: self._list(call, GROUP_TYPE)
         if len(segments) == 2 and lowered[1] == "$count":
-            return "groups.count", lambda: self._count_groups(call)
+            return "groups.count", lambda: self._count(call, GROUP_TYPE)
         if len(segments) == 2 and _is_delta(lowered[1]):
             return "groups.delta", lambda: self._server.delta.serve(call, "group")
         group_id = segments[1]
         if len(segments) == 2:
-            return "groups.get", lambda: self._get_group(call, group_id)
+            return "groups.get", lambda: self._entity(call, self._find_group(call, group_id), GROUP_TYPE)
         if lowered[2] in ("members", "transitivemembers"):
             transitive = lowered[2] == "transitivemembers"
             kind = "groups.transitiveMembers" if transitive else "groups.members"
@@ -306,46 +306,26 @@ class GraphRoutes:
 
     # ------------------------------------------------------------------ handlers
 
-    def _list_users(self, call: Call) -> Reply:
-        check_options(call, _LIST_OPTIONS)
-        tenant = call.tenant
-        assert tenant is not None
-        select = select_for(call, USER_TYPE)
-        ids, count = self._select_ids(call, USER_TYPE, lambda t: list(t.users), "users")
-        return page(
-            call,
-            self._server.page_tokens,
-            ids,
-            self._renderer(call, USER_TYPE, select),
-            context_url(call, "users", select),
-            count,
-        )
+    def _collection(self, info: TypeInfo) -> tuple[IdSource, str, tuple[str, ...]]:
+        """Where a top-level collection's ids come from, its cache key and the $orderby it allows."""
+        if info is USER_TYPE:
+            return (lambda t: list(t.users)), "users", ()
+        return (lambda t: list(t.groups)), "groups", ("displayName",)
 
-    def _count_users(self, call: Call) -> Reply:
+    def _list(self, call: Call, info: TypeInfo) -> Reply:
+        check_options(call, _LIST_OPTIONS if info is USER_TYPE else _GROUP_LIST_OPTIONS)
+        select = select_for(call, info)
+        source, key, orderby = self._collection(info)
+        ids, count = self._select_ids(call, info, source, key, orderby=orderby)
+        renderer = self._renderer(call, info, select)
+        context = context_url(call, info.entity_set, select)
+        return page(call, self._server.page_tokens, ids, renderer, context, count)
+
+    def _count(self, call: Call, info: TypeInfo) -> Reply:
         check_options(call, _COUNT_OPTIONS)
         require_count_segment(call)
-        _, count = self._select_ids(call, USER_TYPE, lambda t: list(t.users), "users")
-        return Reply(200, text=str(count))
-
-    def _list_groups(self, call: Call) -> Reply:
-        check_options(call, _GROUP_LIST_OPTIONS)
-        select = select_for(call, GROUP_TYPE)
-        ids, count = self._select_ids(
-            call, GROUP_TYPE, lambda t: list(t.groups), "groups", orderby=("displayName",)
-        )
-        return page(
-            call,
-            self._server.page_tokens,
-            ids,
-            self._renderer(call, GROUP_TYPE, select),
-            context_url(call, "groups", select),
-            count,
-        )
-
-    def _count_groups(self, call: Call) -> Reply:
-        check_options(call, _COUNT_OPTIONS)
-        require_count_segment(call)
-        _, count = self._select_ids(call, GROUP_TYPE, lambda t: list(t.groups), "groups")
+        source, key, _ = self._collection(info)
+        _, count = self._select_ids(call, info, source, key)
         return Reply(200, text=str(count))
 
     def _renderer(
@@ -364,20 +344,11 @@ class GraphRoutes:
 
         return render
 
-    def _get_user(self, call: Call, key: str) -> Reply:
+    def _entity(self, call: Call, obj: DirectoryObject, info: TypeInfo) -> Reply:
         check_options(call, _ENTITY_OPTIONS)
-        user = self._find_user(call, key)
-        select = select_for(call, USER_TYPE)
-        body = {"@odata.context": context_url(call, "users", select, "/$entity")}
-        body.update(project(self._server.wire(call, user), USER_TYPE, select, typed=True))
-        return Reply(200, body)
-
-    def _get_group(self, call: Call, group_id: str) -> Reply:
-        check_options(call, _ENTITY_OPTIONS)
-        group = self._find_group(call, group_id)
-        select = select_for(call, GROUP_TYPE)
-        body = {"@odata.context": context_url(call, "groups", select, "/$entity")}
-        body.update(project(self._server.wire(call, group), GROUP_TYPE, select, typed=True))
+        select = select_for(call, info)
+        body = {"@odata.context": context_url(call, info.entity_set, select, "/$entity")}
+        body.update(project(self._server.wire(call, obj), info, select, typed=True))
         return Reply(200, body)
 
     def _mailbox_settings(self, call: Call, key: str, single: str | None) -> Reply:
