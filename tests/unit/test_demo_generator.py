@@ -3,8 +3,6 @@ Tenant mutation helpers."""
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 import pytest
 
@@ -268,6 +266,7 @@ def test_large_tenant_builds_and_fifty_groups_cover_about_sixty_percent() -> Non
         "e7d4b8e0-f92d-4608-91d5-03bd65696376", "Northwind", users=100_000, groups=2000, seed=3
     )
     assert len(tenant.users) == 100_000 and len(tenant.groups) == 2000
+    assert len(tenant.landmarks.external_member_ids) == len(tenant.landmarks.suspended_license_ids) == 1000
     sizes = sorted((len(tenant.direct_member_ids(group_id)) for group_id in tenant.groups), reverse=True)
     assert sizes[5] > 1000  # department and office groups of thousands
     assert sizes[len(sizes) // 2] < 100  # most groups are small teams
@@ -361,10 +360,3 @@ def test_fixed_demo_tenants_keep_their_group_ids_and_names(contoso: Tenant) -> N
     names = [group.display_name for group in contoso.groups.values()]
     assert names[:4] == ["Office - Redmond", "Office - London", "Office - Singapore", "All Staff"]
     assert "Marketing - Willow" in names and "Engineering - Redwood" in names
-
-
-def test_one_hundred_thousand_users_still_build_quickly() -> None:
-    started = time.perf_counter()
-    tenant = build_tenant(CONTOSO_ID, "Big", users=100_000, groups=2000, seed=1)
-    assert len(tenant.users) == 100_000 and len(tenant.landmarks.external_member_ids) == 1000
-    assert time.perf_counter() - started < 30
