@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
+from shared.demo_credential import DemoTenantCredential
 from shared.settings import GraphAuthMode, Settings
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -46,23 +46,6 @@ class GraphHttpOptions:
     request_timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 10.0
     max_connections: int = 32
-
-
-class DemoTenantCredential(AsyncTokenCredential):
-    """Token for the demo tenant server in devtools/: it routes requests by this token."""
-
-    def __init__(self, tenant_id: str) -> None:
-        self._token = f"demo.{tenant_id}"
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        """Return a long-lived demo token naming the tenant."""
-        return AccessToken(self._token, int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-    async def __aexit__(self, *args: object) -> None:
-        await self.close()
 
 
 def _token_tenant(token: str) -> str | None:
@@ -116,7 +99,11 @@ def _credential_for(settings: Settings, tenant_id: str) -> AsyncTokenCredential:
 
     mode = settings.graph_auth
     if mode is GraphAuthMode.DEMO:
-        return DemoTenantCredential(tenant_id)
+        return DemoTenantCredential(
+            tenant_id,
+            authority=str(httpx.URL(settings.graph_base_url).join("/")),
+            client_id=settings.graph_app_client_id,
+        )
     if mode is GraphAuthMode.FEDERATED:
         identity = ManagedIdentityCredential(client_id=settings.azure_client_id)
 

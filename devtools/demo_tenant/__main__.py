@@ -8,7 +8,7 @@ import contextlib
 import time
 
 from devtools.demo_tenant.generator import build_demo_tenants
-from devtools.demo_tenant.server import TOKEN_PREFIX, DemoGraphServer
+from devtools.demo_tenant.server import DemoGraphServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,10 +35,11 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"  {tenant.display_name:<10} tenant {tenant.tenant_id}  "
             f"{len(tenant.users)} users, {len(tenant.groups)} groups  "
-            f"token: Bearer {TOKEN_PREFIX}{tenant.tenant_id}"
+            f"token: POST {server.root_url}/{tenant.tenant_id}/oauth2/v2.0/token"
         )
     print(
-        f"  controls: {server.root_url}/_demo/tenants, /_demo/requests, /_demo/faults, /_demo/reset",
+        f"  controls: {server.root_url}/_demo/tenants, /_demo/requests, /_demo/faults, /_demo/reset "
+        "(consent, delta, page-tokens, index-lag, count-bom, hidden-members, mailbox-policy: see control.py)",
         flush=True,
     )
     try:

@@ -31,6 +31,15 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from devtools.demo_tenant.licensing import (
+    ENTERPRISEPACK,
+    POWER_BI_PRO,
+    SPB,
+    SPE_E3,
+    SPE_E5,
+    TEAMS,
+    CapabilityStatus,
+)
 from devtools.demo_tenant.model import (
     AssignedLicense,
     Device,
@@ -41,6 +50,7 @@ from devtools.demo_tenant.model import (
     Tenant,
     User,
     UserPurpose,
+    plans_for,
 )
 
 # (name, share of staff, job titles)
@@ -307,9 +317,16 @@ _DEVICE_OS = (
     ("iOS", "17.4"),
     ("Android", "14"),
 )
-_SKU_NAMES = ("ENTERPRISEPACK", "SPE_E5", "SPE_F1", "POWER_BI_PRO")
+_SMALL_COMPANY = 500  # users; up to this size the main licence is Business Premium (SPB), else E3
 
 _FIXED_GROUPS = 15  # landmark groups every tenant gets, whatever its size
+# Which team kinds may nest an earlier team of which kind (see model.Tenant.check_member).
+_NESTABLE_KINDS: dict[str, tuple[str, ...]] = {
+    "microsoft365": (),
+    "security": ("security",),
+    "mailEnabledSecurity": ("mailEnabledSecurity", "distribution"),
+    "distribution": ("mailEnabledSecurity", "distribution"),
+}
 _MIN_USERS = 50
 
 
@@ -416,10 +433,15 @@ class _Builder:
         self.contacts: dict[str, OrgContact] = {}
         self.service_principals: dict[str, ServicePrincipal] = {}
         self.used_upns: dict[str, int] = {}
-        self.sku_ids = [self.ids.make("sku", n) for n in range(len(_SKU_NAMES))]
+        self.main_sku = SPB if user_count <= _SMALL_COMPANY else SPE_E3
+        # The realism added later (plans, external members, hidden groups) draws from its own
+        # generator, so the seeded names and memberships of earlier releases stay as they were.
+        self.extra_rng = random.Random(f"{seed}:fidelity")
         self.by_department: dict[str, list[str]] = {name: [] for name, _, _ in self.departments}
         self.by_office: dict[str, list[str]] = {office: [] for office, _ in _OFFICES if office}
         self.category: dict[str, str] = {}  # user id -> landmark category ("normal" when none)
+        self.suspended_ids: frozenset[str] = frozenset()
+        self.external_ids: frozenset[str] = frozenset()
         self.group_ordinal = 0
 
     # ------------------------------------------------------------------ helpers
@@ -440,11 +462,14 @@ class _Builder:
         local = f"{given}.{surname}" if count == 0 else f"{given}.{surname}{count + 1}"
         return f"{local}@{external_domain}".lower()
 
-    def licenses(self, premium_share: float = 0.1) -> tuple[AssignedLicense, ...]:
-        main = self.sku_ids[1] if self.rng.random() < premium_share else self.sku_ids[0]
+    def licenses(self, premium_share: float = 0.1, main: str | None = None) -> tuple[AssignedLicense, ...]:
+        main_sku = SPE_E5.sku_id if self.rng.random() < premium_share else (main or self.main_sku.sku_id)
+        # Some people have Teams switched off in their suite (a disabled plan).
+        disabled = (TEAMS.plan_id,) if self.extra_rng.random() < 0.05 else ()
+        first = AssignedLicense(sku_id=main_sku, disabled_plans=disabled)
         if self.rng.random() < 0.15:
-            return (AssignedLicense(sku_id=main), AssignedLicense(sku_id=self.sku_ids[3]))
-        return (AssignedLicense(sku_id=main),)
+            return (first, AssignedLicense(sku_id=POWER_BI_PRO.sku_id))
+        return (first,)
 
     def add_group(
         self, display_name: str, kind: str, description: str | None, member_ids: Iterable[str] = ()
@@ -562,7 +587,7 @@ class _Builder:
                 office_location=office,
                 user_type="Member",
                 account_enabled=True,
-                assigned_licenses=self.licenses() if licensed else (),
+                assigned_licenses=self.licenses(main=ENTERPRISEPACK.sku_id) if licensed else (),
                 created_date_time=created,
                 user_purpose=purpose,
             )
@@ -681,16 +706,21 @@ class _Builder:
         chain_l2 = self.add_group(
             "Engineering - Platform", "security", "Platform teams", [chain_l3, *self.pick(engineering, 8)]
         )
+        # "Engineering - All" and "Project Phoenix - Core" hold groups, so they are security groups: a
+        # Microsoft 365 group holds users only. Each was a Microsoft 365 group once and drew its
+        # visibility from the seeded sequence; the draw stays so every later name stays the same.
         chain_l1 = self.add_group(
             "Engineering - All",
-            "microsoft365",
+            "security",
             "All engineering teams",
             [chain_l2, *self.pick(engineering, 10)],
         )
+        self.rng.random()
 
         cycle_core = self.add_group(
-            "Project Phoenix - Core", "microsoft365", "Phoenix core team", self.pick(normal, 5)
+            "Project Phoenix - Core", "security", "Phoenix core team", self.pick(normal, 5)
         )
+        self.rng.random()
         cycle_extended = self.add_group(
             "Project Phoenix - Extended",
             "security",
@@ -814,14 +844,79 @@ class _Builder:
             if kind == "distribution" and contacts and rng.random() < 0.3:
                 members += self.pick(contacts, rng.randint(1, 3))
             if team_ids and rng.random() < 0.1:
-                # Nest an earlier team: keeps team nesting acyclic (the only cycle is the landmark).
-                members.insert(0, rng.choice(team_ids))
+                # Nest an earlier team where Entra allows it (never in or of a Microsoft 365 group);
+                # earlier teams only, so team nesting stays acyclic (the only cycle is the landmark).
+                nested = rng.choice(team_ids)
+                if self.groups[nested].kind in _NESTABLE_KINDS[kind]:
+                    members.insert(0, nested)
             team_ids.append(self.add_group(name, kind, f"{topic} ({department})", members))
+
+    def assign_plans(self) -> None:
+        """assignedPlans from assignedLicenses; about 1 % keep a licence whose plans are not enabled."""
+        rng = self.extra_rng
+        lapsed: tuple[CapabilityStatus, ...] = ("Suspended", "LockedOut", "Deleted")
+        normal = sorted(uid for uid, category in self.category.items() if category == "normal")
+        suspended = set(rng.sample(normal, max(2, round(len(self.users) * 0.01))))
+        self.suspended_ids = frozenset(suspended)
+        for ordinal, (user_id, user) in enumerate(self.users.items()):
+            if not user.assigned_licenses:
+                continue
+            status: CapabilityStatus = "Enabled"
+            if user_id in suspended:
+                status = lapsed[ordinal % len(lapsed)]
+            elif rng.random() < 0.01:
+                status = "Warning"  # in the grace period: still usable
+            plans = plans_for(user.assigned_licenses, status, user.created_date_time)
+            self.users[user_id] = msgspec.structs.replace(user, assigned_plans=plans)
+
+    def add_external_members(self) -> None:
+        """About 1 % of people become members synced in from a partner tenant (cross-tenant sync).
+
+        They keep their groups; their UPN carries #EXT#, their mail is the partner's, userType stays
+        Member, and they have no mailbox here.
+        """
+        rng = self.extra_rng
+        partner = "fabrikam.com" if self.domain != "fabrikam.com" else "contoso.com"
+        candidates = sorted(
+            uid
+            for uid, category in self.category.items()
+            if category == "normal" and uid not in self.suspended_ids
+        )
+        chosen = sorted(rng.sample(candidates, max(2, round(len(self.users) * 0.01))))
+        for user_id in chosen:
+            user = self.users[user_id]
+            external_mail = self.unique_external_mail(user.given_name or "x", user.surname or "y", partner)
+            self.users[user_id] = msgspec.structs.replace(
+                user,
+                user_principal_name=guest_principal_name(external_mail, self.initial_domain),
+                mail=external_mail,
+                user_purpose=None,
+            )
+        self.external_ids = frozenset(chosen)
+
+    def hide_memberships(self) -> tuple[str, ...]:
+        """Make two small Microsoft 365 team groups HiddenMembership (only Microsoft 365 groups can be)."""
+        unified_teams = [
+            gid
+            for gid, group in self.groups.items()
+            if group.kind == "microsoft365"
+            and 3 <= len(self.members[gid]) <= 40
+            and not group.display_name.startswith(("Vendors", "Archive"))
+        ]
+        chosen = tuple(unified_teams[:2])
+        for gid in chosen:
+            self.groups[gid] = msgspec.structs.replace(self.groups[gid], visibility="HiddenMembership")
+        return chosen
 
     def build(self) -> Tenant:
         self.build_users()
         self.build_other_objects()
         landmarks = self.build_groups()
+        self.assign_plans()
+        self.add_external_members()
+        landmarks.hidden_membership_group_ids = self.hide_memberships()
+        landmarks.suspended_license_ids = self.suspended_ids
+        landmarks.external_member_ids = self.external_ids
         return Tenant(
             self.tenant_id,
             self.display_name,

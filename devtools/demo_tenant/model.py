@@ -15,7 +15,10 @@ from typing import Any, Literal
 
 import msgspec
 
+from devtools.demo_tenant.licensing import SKUS, CapabilityStatus
+
 ObjectKind = Literal["user", "group", "device", "orgContact", "servicePrincipal"]
+GroupKind = Literal["microsoft365", "security", "mailEnabledSecurity", "distribution"]
 UserPurpose = Literal["user", "shared", "room", "equipment"]
 
 
@@ -24,6 +27,35 @@ class AssignedLicense(msgspec.Struct, frozen=True, kw_only=True):
 
     sku_id: str
     disabled_plans: tuple[str, ...] = ()
+
+
+class AssignedPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of a user's assignedPlans: a service plan of an assigned licence and its state."""
+
+    assigned_date_time: str
+    capability_status: CapabilityStatus
+    service: str
+    service_plan_id: str
+
+
+def plans_for(
+    licenses: Iterable[AssignedLicense], status: CapabilityStatus, assigned: str
+) -> tuple[AssignedPlan, ...]:
+    """The assignedPlans that follow from assignedLicenses: each SKU's plans but the disabled ones."""
+    plans: list[AssignedPlan] = []
+    for license_ in licenses:
+        sku = SKUS.get(license_.sku_id)
+        for plan in sku.plans if sku else ():
+            if plan.plan_id not in license_.disabled_plans:
+                plans.append(
+                    AssignedPlan(
+                        assigned_date_time=assigned,
+                        capability_status=status,
+                        service=plan.service,
+                        service_plan_id=plan.plan_id,
+                    )
+                )
+    return tuple(plans)
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +80,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     user_type: str = "Member"
     account_enabled: bool = True
     assigned_licenses: tuple[AssignedLicense, ...] = ()
+    assigned_plans: tuple[AssignedPlan, ...] = ()
     created_date_time: str = "2020-01-01T00:00:00Z"
     user_purpose: UserPurpose | None = "user"
 
@@ -64,7 +97,51 @@ class Group(msgspec.Struct, frozen=True, kw_only=True):
     group_types: tuple[str, ...] = ()
     mail_nickname: str = ""
     created_date_time: str = "2020-01-01T00:00:00Z"
-    visibility: str | None = None
+    visibility: str | None = None  # Public, Private or HiddenMembership (Microsoft 365 groups only)
+
+    @property
+    def kind(self) -> GroupKind:
+        """microsoft365, security, mailEnabledSecurity or distribution, from groupTypes and the flags."""
+        if "Unified" in self.group_types:
+            return "microsoft365"
+        if self.mail_enabled:
+            return "mailEnabledSecurity" if self.security_enabled else "distribution"
+        return "security"
+
+    @property
+    def hidden_membership(self) -> bool:
+        """Whether only Member.Read.Hidden reveals the members."""
+        return self.visibility == "HiddenMembership"
+
+
+# Which kinds of group may be DIRECT members of which (Entra "Add or remove a group from another
+# group"; Exchange lets mail-enabled security groups and distribution groups nest in each other).
+# A Microsoft 365 group holds no group and is in none.
+_NESTABLE: dict[GroupKind, frozenset[GroupKind]] = {
+    "microsoft365": frozenset(),
+    "security": frozenset({"security"}),
+    "mailEnabledSecurity": frozenset({"mailEnabledSecurity", "distribution"}),
+    "distribution": frozenset({"mailEnabledSecurity", "distribution"}),
+}
+# Member kinds other than groups: Microsoft 365 groups hold users only (guests included).
+_OTHER_MEMBERS: dict[GroupKind, frozenset[str]] = {
+    "microsoft365": frozenset({"user"}),
+    "security": frozenset({"user", "device", "orgContact", "servicePrincipal"}),
+    "mailEnabledSecurity": frozenset({"user", "orgContact"}),
+    "distribution": frozenset({"user", "orgContact"}),
+}
+
+
+def member_kinds(group_kind: GroupKind) -> frozenset[str]:
+    """The object kinds ("user", "group", ...) a group of this kind can have as members."""
+    kinds = set(_OTHER_MEMBERS[group_kind])
+    if _NESTABLE[group_kind]:
+        kinds.add("group")
+    return frozenset(kinds)
+
+
+class MembershipRefused(ValueError):
+    """Entra refuses this kind of member in this kind of group (e.g. a group in a Microsoft 365 group)."""
 
 
 class Device(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,7 +185,11 @@ class Landmarks(msgspec.Struct, kw_only=True):
     Each id set is disjoint from the others except `ineligible_ids`, which is their union
     (guests, disabled, unlicensed, shared/room/equipment mailboxes and service accounts).
     `guest_like_upn_ids` holds members whose UPN looks like a guest's (#EXT#) while their
-    userType is "Member"; they are not in `ineligible_ids`.
+    userType is "Member"; they are not in `ineligible_ids`. `external_member_ids` are members of a
+    partner tenant synced in (cross-tenant synchronization): userType "Member", an #EXT# UPN and no
+    mailbox here; they are not in `ineligible_ids` either. `suspended_license_ids` still list a
+    licence but none of its plans is enabled (a suspended, locked-out or deleted subscription).
+    `hidden_membership_group_ids` are Microsoft 365 groups whose members only Member.Read.Hidden reads.
     """
 
     big_group_id: str = ""
@@ -120,6 +201,9 @@ class Landmarks(msgspec.Struct, kw_only=True):
     department_group_ids: dict[str, str] = {}
     guest_ids: frozenset[str] = frozenset()
     guest_like_upn_ids: frozenset[str] = frozenset()
+    external_member_ids: frozenset[str] = frozenset()
+    suspended_license_ids: frozenset[str] = frozenset()
+    hidden_membership_group_ids: tuple[str, ...] = ()
     disabled_ids: frozenset[str] = frozenset()
     unlicensed_ids: frozenset[str] = frozenset()
     shared_mailbox_ids: frozenset[str] = frozenset()
@@ -297,13 +381,31 @@ class Tenant:
         self._transitive_cache.clear()
         self._member_of_index = None
 
+    def check_member(self, group_id: str, member_id: str) -> None:
+        """Raise MembershipRefused when Entra would not take this object as a direct member of the group."""
+        group = self.groups[group_id]
+        member_kind = self.kind_of(member_id)
+        if member_kind == "group":
+            child = self.groups[member_id]
+            if child.kind not in _NESTABLE[group.kind]:
+                raise MembershipRefused(
+                    f"a {child.kind} group cannot be a member of a {group.kind} group"
+                    + (" (Microsoft 365 groups hold users only)" if group.kind == "microsoft365" else "")
+                )
+        elif member_kind not in _OTHER_MEMBERS[group.kind]:
+            raise MembershipRefused(f"a {member_kind} cannot be a member of a {group.kind} group")
+
     def add_member(self, group_id: str, member_id: str) -> bool:
-        """Add a direct member to a group; False if it already was one. Raises KeyError for unknown ids."""
+        """Add a direct member to a group; False if it already was one.
+
+        Raises KeyError for unknown ids and MembershipRefused for a member Entra would refuse.
+        """
         with self.lock:
             if group_id not in self.groups:
                 raise KeyError(f"no group {group_id}")
             if self.kind_of(member_id) is None:
                 raise KeyError(f"no directory object {member_id}")
+            self.check_member(group_id, member_id)
             member_ids = self.members.setdefault(group_id, [])
             if member_id in member_ids:
                 return False
@@ -371,6 +473,40 @@ class Tenant:
             self._upn_index = None
             self._record("user", user_id)
             return user
+
+    def set_licenses(
+        self,
+        user_id: str,
+        licenses: Iterable[AssignedLicense],
+        status: CapabilityStatus = "Enabled",
+        assigned: str | None = None,
+    ) -> User:
+        """Replace a user's assignedLicenses and derive assignedPlans from them, all in `status`."""
+        chosen = tuple(licenses)
+        user = self.users[user_id]
+        when = assigned or user.created_date_time
+        return self.update_user(
+            user_id, assigned_licenses=chosen, assigned_plans=plans_for(chosen, status, when)
+        )
+
+    def snapshot(self) -> Tenant:
+        """A copy of the directory as it is now (objects are frozen, so copying the maps is enough)."""
+        with self.lock:
+            copy = Tenant(
+                self.tenant_id,
+                self.display_name,
+                domain=self.domain,
+                initial_domain=self.initial_domain,
+                users=dict(self.users),
+                groups=dict(self.groups),
+                devices=dict(self.devices),
+                org_contacts=dict(self.org_contacts),
+                service_principals=dict(self.service_principals),
+                members={group_id: list(ids) for group_id, ids in self.members.items()},
+                landmarks=self.landmarks,
+            )
+            copy.revision = self.revision
+            return copy
 
     def set_user_attribute(self, user_id: str, name: str, value: Any) -> User:
         """Change one user attribute by snake_case field name."""

@@ -1,4 +1,5 @@
-"""The demo tenant generator: determinism, landmarks and the Tenant mutation helpers."""
+"""The demo tenant generator: determinism, landmarks, Entra's membership rules, licences, and the
+Tenant mutation helpers."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import pytest
 
 from devtools.demo_tenant import (
     DEMO_TENANTS,
+    AssignedLicense,
+    MembershipRefused,
     Tenant,
     build_demo_tenants,
     build_tenant,
     pick_groups_covering,
 )
+from devtools.demo_tenant.licensing import ENTERPRISEPACK, SKUS, SPB, SPE_E3, SPE_E5
 
 CONTOSO_ID = DEMO_TENANTS[0].tenant_id
 
@@ -262,6 +266,7 @@ def test_large_tenant_builds_and_fifty_groups_cover_about_sixty_percent() -> Non
         "e7d4b8e0-f92d-4608-91d5-03bd65696376", "Northwind", users=100_000, groups=2000, seed=3
     )
     assert len(tenant.users) == 100_000 and len(tenant.groups) == 2000
+    assert len(tenant.landmarks.external_member_ids) == len(tenant.landmarks.suspended_license_ids) == 1000
     sizes = sorted((len(tenant.direct_member_ids(group_id)) for group_id in tenant.groups), reverse=True)
     assert sizes[5] > 1000  # department and office groups of thousands
     assert sizes[len(sizes) // 2] < 100  # most groups are small teams
@@ -271,3 +276,87 @@ def test_large_tenant_builds_and_fifty_groups_cover_about_sixty_percent() -> Non
     for group_id in chosen:
         covered.update(tenant.transitive_user_ids(group_id))
     assert 0.55 <= len(covered) / len(tenant.users) <= 0.65
+
+
+def test_no_group_sits_in_a_microsoft_365_group_and_nesting_follows_entra(contoso: Tenant) -> None:
+    for tenant in (contoso, build_tenant(CONTOSO_ID, "Northwind", users=20_000, groups=400, seed=5)):
+        for group_id, member_ids in tenant.members.items():
+            kind = tenant.groups[group_id].kind
+            for member_id in member_ids:
+                tenant.check_member(group_id, member_id)  # raises MembershipRefused otherwise
+                if kind == "microsoft365":
+                    assert tenant.kind_of(member_id) == "user"
+                if member_id in tenant.groups:
+                    assert tenant.groups[member_id].kind != "microsoft365"
+
+
+def test_the_model_refuses_a_group_in_a_microsoft_365_group() -> None:
+    tenant = fresh_contoso()
+    unified = next(gid for gid, g in tenant.groups.items() if g.kind == "microsoft365")
+    with pytest.raises(MembershipRefused):
+        tenant.add_member(unified, tenant.landmarks.nested_chain[2])
+    with pytest.raises(MembershipRefused):
+        tenant.add_member(tenant.landmarks.nested_chain[0], unified)  # nor is one a member of a group
+
+
+def test_hidden_membership_groups_are_microsoft_365_groups(contoso: Tenant) -> None:
+    hidden = contoso.landmarks.hidden_membership_group_ids
+    assert len(hidden) == 2
+    assert {gid for gid, g in contoso.groups.items() if g.visibility == "HiddenMembership"} == set(hidden)
+    for group_id in hidden:
+        assert contoso.groups[group_id].kind == "microsoft365"
+        assert contoso.direct_member_ids(group_id)
+
+
+def test_assigned_plans_are_consistent_with_assigned_licences(contoso: Tenant) -> None:
+    suspended = contoso.landmarks.suspended_license_ids
+    assert suspended and not suspended & contoso.landmarks.ineligible_ids
+    statuses = set()
+    for user in contoso.users.values():
+        assert all(license_.sku_id in SKUS for license_ in user.assigned_licenses)
+        expected = {
+            plan.plan_id
+            for license_ in user.assigned_licenses
+            for plan in SKUS[license_.sku_id].plans
+            if plan.plan_id not in license_.disabled_plans
+        }
+        assert {plan.service_plan_id for plan in user.assigned_plans} == expected
+        statuses |= {plan.capability_status for plan in user.assigned_plans}
+        if user.id in suspended:
+            assert user.assigned_licenses and user.assigned_plans
+            assert {p.capability_status for p in user.assigned_plans} <= {"Suspended", "LockedOut", "Deleted"}
+    assert statuses >= {"Enabled", "Warning", "Suspended", "LockedOut", "Deleted"}
+    skus = {license_.sku_id for user in contoso.users.values() for license_ in user.assigned_licenses}
+    assert {SPE_E3.sku_id, SPE_E5.sku_id, ENTERPRISEPACK.sku_id} <= skus
+    fabrikam = build_demo_tenants()[1]  # a small company: Business Premium
+    assert SPB.sku_id in {lic.sku_id for u in fabrikam.users.values() for lic in u.assigned_licenses}
+    assert any(lic.disabled_plans for u in contoso.users.values() for lic in u.assigned_licenses)
+
+
+def test_set_licenses_derives_plans_in_the_given_state() -> None:
+    tenant = fresh_contoso()
+    user_id = next(iter(tenant.users))
+    user = tenant.set_licenses(user_id, [AssignedLicense(sku_id=SPB.sku_id)], "Suspended")
+    assert {p.service_plan_id for p in user.assigned_plans} == {plan.plan_id for plan in SPB.plans}
+    assert {p.capability_status for p in user.assigned_plans} == {"Suspended"}
+    assert tenant.set_licenses(user_id, []).assigned_plans == ()
+
+
+def test_external_members_are_synced_members_not_guests(contoso: Tenant) -> None:
+    external = contoso.landmarks.external_member_ids
+    assert len(external) >= 2
+    assert not external & contoso.landmarks.guest_ids and not external & contoso.landmarks.guest_like_upn_ids
+    assert not external & contoso.landmarks.ineligible_ids
+    for user_id in external:
+        user = contoso.users[user_id]
+        assert user.user_type == "Member" and "#EXT#@contoso.onmicrosoft.com" in user.user_principal_name
+        assert user.mail and user.mail.endswith("@fabrikam.com") and user.user_purpose is None
+        assert contoso.transitive_member_of(user_id)  # they keep their groups
+
+
+def test_fixed_demo_tenants_keep_their_group_ids_and_names(contoso: Tenant) -> None:
+    all_staff = contoso.groups["df0b5b89-1863-51ec-8945-260137bf4161"]
+    assert (all_staff.display_name, all_staff.kind) == ("All Staff", "mailEnabledSecurity")
+    names = [group.display_name for group in contoso.groups.values()]
+    assert names[:4] == ["Office - Redmond", "Office - London", "Office - Singapore", "All Staff"]
+    assert "Marketing - Willow" in names and "Engineering - Redwood" in names
