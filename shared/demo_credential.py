@@ -21,7 +21,9 @@ from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
-DEMO_CLIENT_ID = "5b8a2f0e-4c1d-4e7a-9f3b-2d6c8e1a7b90"
+from shared.settings import DEMO_GRAPH_APP_CLIENT_ID
+
+DEMO_CLIENT_ID = DEMO_GRAPH_APP_CLIENT_ID
 """The app id the demo credential presents when no GRAPH_APP_CLIENT_ID is configured."""
 DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

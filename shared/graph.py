@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import weakref
 from dataclasses import dataclass
@@ -27,10 +28,6 @@ from msgraph_core import GraphClientFactory
 
 from shared.demo_credential import DemoTenantCredential
 from shared.settings import GraphAuthMode, Settings
-
-GRAPH_SCOPE = "https://graph.microsoft.com/.default"
-# Token exchange audience for a managed identity acting as a federated credential.
-FEDERATION_AUDIENCE = "api://AzureADTokenExchange/.default"
 
 
 class WrongTenantError(RuntimeError):
@@ -100,20 +97,24 @@ def _credential_for(settings: Settings, tenant_id: str) -> AsyncTokenCredential:
     mode = settings.graph_auth
     if mode is GraphAuthMode.DEMO:
         return DemoTenantCredential(
-            tenant_id,
-            authority=str(httpx.URL(settings.graph_base_url).join("/")),
-            client_id=settings.graph_app_client_id,
+            tenant_id, authority=settings.graph_authority_host, client_id=settings.graph_app_client_id
         )
     if mode is GraphAuthMode.FEDERATED:
-        identity = ManagedIdentityCredential(client_id=settings.azure_client_id)
+        # The Graph-only identity: its token, issued for the cloud's token-exchange audience, is the
+        # assertion of the multi-tenant Graph app in the customer's tenant.
+        identity = ManagedIdentityCredential(client_id=settings.graph_identity_client_id)
+        audience = f"{settings.cloud.token_exchange_audience}/.default"
 
         async def assertion() -> str:
-            token: AccessToken = await identity.get_token(FEDERATION_AUDIENCE)
+            token: AccessToken = await identity.get_token(audience)
             return token.token
 
         assert settings.graph_app_client_id  # load_settings enforces it
         return _AsyncAssertionCredential(
-            tenant_id, settings.graph_app_client_id, assertion, ClientAssertionCredential
+            tenant_id,
+            settings.graph_app_client_id,
+            assertion,
+            functools.partial(ClientAssertionCredential, authority=settings.graph_authority_host),
         )
     if mode is GraphAuthMode.DEFAULT:
         return TenantPinnedCredential(DefaultAzureCredential(), tenant_id)
@@ -151,7 +152,7 @@ def admin_consent_url(settings: Settings, tenant_id: str) -> str | None:
     if not settings.graph_app_client_id:
         return None
     return (
-        f"https://login.microsoftonline.com/{tenant_id}/adminconsent?client_id={settings.graph_app_client_id}"
+        f"{settings.graph_authority_host}/{tenant_id}/adminconsent?client_id={settings.graph_app_client_id}"
     )
 
 
@@ -204,7 +205,9 @@ class GraphClients:
         if client is None:
             credential = _credential_for(self._settings, tenant_id)
             host = httpx.URL(self._settings.graph_base_url).host
-            auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=[host])
+            auth = AzureIdentityAuthenticationProvider(
+                credential, scopes=[self._settings.cloud.graph_scope], allowed_hosts=[host]
+            )
             adapter = GraphRequestAdapter(auth, client=self._pool(loop))
             # Must be set before GraphServiceClient is built, which otherwise pins graph.microsoft.com.
             adapter.base_url = self._settings.graph_base_url

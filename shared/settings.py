@@ -83,6 +83,8 @@ CLOUDS: dict[GraphCloud, CloudEndpoints] = {
     ),
 }
 DEFAULT_GRAPH_BASE_URL = CLOUDS[GraphCloud.GLOBAL].graph_base_url
+# The Graph app id the demo tenant knows (GRAPH_AUTH=demo without GRAPH_APP_CLIENT_ID).
+DEMO_GRAPH_APP_CLIENT_ID = "5b8a2f0e-4c1d-4e7a-9f3b-2d6c8e1a7b90"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,7 +199,8 @@ def load_settings(
             "GRAPH_AUTHORITY_HOST", _authority_for(auth, values, endpoints)
         ).rstrip("/"),
         graph_auth=auth,
-        graph_app_client_id=values.get("GRAPH_APP_CLIENT_ID"),
+        graph_app_client_id=values.get("GRAPH_APP_CLIENT_ID")
+        or (DEMO_GRAPH_APP_CLIENT_ID if auth is GraphAuthMode.DEMO else None),
         graph_identity_client_id=values.get("GRAPH_IDENTITY_CLIENT_ID") or values.get("AZURE_CLIENT_ID"),
         azure_client_id=values.get("AZURE_CLIENT_ID"),
         queue_name=values.get("SYNC_QUEUE", "sync-refresh"),

@@ -128,7 +128,7 @@ async def guarded(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
         async with open_service() as service:
             return await handler(req, service, principal)
     except ServiceError as exc:
-        extra = {"errors": exc.errors} if exc.errors else {}
+        extra = {**({"errors": exc.errors} if exc.errors else {}), **exc.extensions}
         return problem(exc.status, exc.title, exc.detail, **extra)
     except Exception:
         log.exception("unexpected error on %s %s", req.method, req.url)

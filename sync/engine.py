@@ -22,7 +22,6 @@ from sync.directory import (
     DeltaExpired,
     DirectoryError,
     DirectoryReader,
-    GraphAccessDenied,
     cheaper_member_strategy,
 )
 from sync.eligibility import Classification, classify_members, parse_exclusion_rules, purpose_candidates
@@ -112,13 +111,22 @@ async def read_full(
         excluded_ids = frozenset((await reader.read_group_users([rules.exclusion_group_id])).users)
     candidates = purpose_candidates(users, rules)
     to_check = [uid for uid in candidates if uid not in known_people]
-    purposes = await reader.read_mailbox_purposes(to_check)
-    if purposes is not None:
-        purposes.update({uid: "user" for uid in candidates if uid in known_people})
+    mailboxes = await reader.read_mailbox_purposes(to_check)
+    purposes: dict[str, str | None] | None = None
+    unknown: frozenset[str] = frozenset()
+    if mailboxes is not None:
+        purposes = {**mailboxes.purposes, **{uid: "user" for uid in candidates if uid in known_people}}
+        unknown = mailboxes.unknown
     classification = classify_members(
-        users, groups_of_user, group_names=names, rules=rules, purposes=purposes, excluded_ids=excluded_ids
+        users,
+        groups_of_user,
+        group_names=names,
+        rules=rules,
+        purposes=purposes,
+        excluded_ids=excluded_ids,
+        purpose_unknown=unknown,
     )
-    checked = frozenset(to_check) if purposes is not None else frozenset()
+    checked = frozenset(mailboxes.purposes) if mailboxes is not None else frozenset()
     return msgspec.structs.replace(classification, purposes_checked=checked)
 
 
@@ -152,16 +160,26 @@ def _counts(classification: Classification, plan: Plan) -> RunCounts:
         restored=len(plan.restores),
         unchanged=plan.unchanged,
         excluded=classification.excluded_counts(),
+        unknown=len(classification.unknown),
+        purpose_unknown=classification.purpose_unknown,
+        licensed_by_sku=classification.licensed_by_sku,
+    )
+
+
+def _fallback_reason(exc: Exception) -> str:
+    """Why a nightly run read everything instead of only what changed."""
+    if isinstance(exc, (DeltaExpired, NeedFullRead)):
+        return str(exc)
+    return (
+        f"the incremental read failed ({type(exc).__name__}: {str(exc)[:200]}); everything was read instead"
     )
 
 
 def failure_text(ctx: SyncContext, tenant_id: str, exc: Exception) -> str:
     """Why a run failed, in words the admin can act on."""
-    if isinstance(exc, GraphAccessDenied):
-        link = admin_consent_url(ctx.settings, tenant_id)
-        grant = f" A Global Administrator of the tenant can grant it at {link}" if link else ""
-        return f"{exc}{grant}"
-    if isinstance(exc, (DirectoryError, LeaseLost)):
+    if isinstance(exc, DirectoryError):
+        return exc.advice(admin_consent_url(ctx.settings, tenant_id))
+    if isinstance(exc, LeaseLost):
         return str(exc)
     # Storage or code failures: the next refresh converges (plans are recomputed from the roster).
     return f"internal error ({type(exc).__name__}: {str(exc)[:300]}); run a refresh again to converge"
@@ -257,7 +275,10 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
     finally:
         run.graph_requests += reader.requests_sent
     roster = await load_roster()
-    plan = plan_roster_changes(roster.values(), classification.eligible)
+    unknown = classification.unknown
+    plan = plan_roster_changes(roster.values(), classification.eligible, keep=unknown)
+    if unknown:
+        run.unknown_users = unknown[:PLAN_SAMPLE_SIZE]
     decision = check_plan(
         plan,
         roster=list(roster.values()),

@@ -94,7 +94,7 @@ async def read_incremental(
     excluded_ids = {uid for uid, groups in memberships.items() if rules.exclusion_group_id in groups}
     if rules.exclusion_group_id and fresh:
         excluded_ids |= set((await reader.read_group_users([rules.exclusion_group_id])).users)
-    purposes = await reader.read_mailbox_purposes(purpose_candidates(users, rules))
+    mailboxes = await reader.read_mailbox_purposes(purpose_candidates(users, rules))
 
     order = {gid: i for i, gid in enumerate(selected)}
     affected_set = set(affected)
@@ -112,8 +112,9 @@ async def read_incremental(
         groups_of_user,
         group_names={gid: names[gid] for gid in affected},
         rules=rules,
-        purposes=purposes,
+        purposes=mailboxes.purposes if mailboxes is not None else None,
         excluded_ids=excluded_ids,
+        purpose_unknown=mailboxes.unknown if mailboxes is not None else (),
     )
     # Unchanged users keep their row: eligible then, and nothing about them changed since.
     carried: list[EligibleUser] = []

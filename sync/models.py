@@ -40,6 +40,7 @@ class Group(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     description: str | None = None
     mail: str | None = None
     member_count: int | None = None  # transitive user members; None when not counted
+    hidden_membership: bool = False  # visibility HiddenMembership: members readable with Member.Read.Hidden
 
 
 class GroupPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -425,6 +426,27 @@ class SelectionSaved(Selection, frozen=True, kw_only=True, rename="camel"):
     run: Run
 
 
+class AccessProblem(enum.StrEnum):
+    """Why Microsoft 365 refuses the app for a tenant, as the admin has to act on it."""
+
+    NOT_CONSENTED = "notConsented"  # no admin consent, consent revoked, or the app was deleted
+    PERMISSION_MISSING = "permissionMissing"  # signed in, but a Graph permission is not granted
+    TENANT_NOT_FOUND = "tenantNotFound"  # Entra ID does not know the tenant id
+    CREDENTIAL_REJECTED = "credentialRejected"  # the app's own credential is wrong: the operator's to fix
+    BLOCKED = "blocked"  # a Conditional Access policy or a disabled app stops the sign-in
+
+
+class ConnectionState(enum.StrEnum):
+    """A tenant's connection as the Connection panel shows it."""
+
+    CONNECTED = "connected"
+    PERMISSION_MISSING = "permissionMissing"
+    NOT_CONSENTED = "notConsented"
+    TENANT_NOT_FOUND = "tenantNotFound"
+    CREDENTIAL_REJECTED = "credentialRejected"
+    BLOCKED = "blocked"
+
+
 class PermissionCheck(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """Whether one Graph permission works in the tenant."""
 
@@ -440,9 +462,12 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     tenant_id: str
     ok: bool  # every required permission works
+    state: ConnectionState
     checks: list[PermissionCheck]
+    missing_permissions: list[str]  # required permissions that do not work (all of them without consent)
     admin_consent_url: str | None
-    note: str | None
+    detail: str | None = None  # what is wrong and who can fix it, when not connected
+    note: str | None = None
 
 
 class UserRef(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

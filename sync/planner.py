@@ -11,7 +11,7 @@ eligible user's group order is kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -109,14 +109,20 @@ def _id(item: RosterUser | EligibleUser | RosterChange) -> str:
     return item.id
 
 
-def plan_roster_changes(roster: Iterable[RosterUser], eligible: Iterable[EligibleUser]) -> Plan:
+def plan_roster_changes(
+    roster: Iterable[RosterUser], eligible: Iterable[EligibleUser], *, keep: Collection[str] = ()
+) -> Plan:
     """Compare the roster with the users who should be on it; O(n) with dicts.
 
-    Removed users who are still not eligible need nothing (they are not removed twice).
+    Removed users who are still not eligible need nothing (they are not removed twice). Users in
+    `keep` (their verdict is unknown: Graph left out an attribute) are left exactly as they are:
+    an active row is neither removed nor updated, a newcomer is not added.
     Raises ValueError when either input holds the same id twice.
     """
     current = _by_id(roster, "roster")
     wanted = _by_id(eligible, "eligible users")
+    for user_id in keep:
+        wanted.pop(user_id, None)
     adds: list[EligibleUser] = []
     updates: list[RosterChange] = []
     restores: list[EligibleUser] = []
@@ -136,7 +142,10 @@ def plan_roster_changes(roster: Iterable[RosterUser], eligible: Iterable[Eligibl
                 unchanged += 1
     for user_id, row in current.items():
         if row.status == RosterStatus.ACTIVE and user_id not in wanted:
-            removals.append(row)
+            if user_id in keep:
+                unchanged += 1
+            else:
+                removals.append(row)
     return Plan(
         adds=tuple(sorted(adds, key=_id)),
         updates=tuple(sorted(updates, key=_id)),

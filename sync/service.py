@@ -20,12 +20,15 @@ from shared.settings import Settings, get_settings
 from shared.storage import ensure_storage, queue_client
 from sync import runs
 from sync.context import SyncContext
-from sync.directory import DirectoryError, GraphAccessDenied, InvalidCursor
+from sync.directory import DirectoryError, GraphAccessDenied, GraphTokenRefused, InvalidCursor
+from sync.directory.errors import REQUIRED_PERMISSIONS
 from sync.eligibility import ExclusionRules, InvalidRules, explain_user, parse_exclusion_rules
 from sync.engine import LeaseBusy as LeaseBusy  # re-exported for sync.jobs
 from sync.engine import NothingToUndo, execute_refresh, execute_undo
 from sync.models import (
+    AccessProblem,
     Connection,
+    ConnectionState,
     Explanation,
     GroupPage,
     MailboxPurposeSource,
@@ -67,10 +70,17 @@ class ServiceError(Exception):
     status = 400
     title = "Bad request"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, str]] | None = None,
+        extensions: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+        self.extensions = extensions or {}  # problem+json extension members (e.g. adminConsentUrl)
 
 
 class InvalidInput(ServiceError):
@@ -303,16 +313,24 @@ class SyncService:
         return parsed
 
     async def _graph(self, tenant_id: str, read: Any) -> Any:
-        """Await a Graph read; its refusal becomes a 502 naming the permission and the consent link."""
+        """Await a Graph read; a refusal becomes a 502 naming the problem, permission and consent link."""
         try:
             return await read
         except DirectoryError as exc:
-            detail = str(exc)
-            if isinstance(exc, GraphAccessDenied):
-                link = admin_consent_url(self.ctx.settings, tenant_id)
-                if link:
-                    detail += f" Grant consent at {link}"
-            raise UpstreamError(detail) from exc
+            raise self._upstream(tenant_id, exc) from exc
+
+    def _upstream(self, tenant_id: str, exc: DirectoryError) -> UpstreamError:
+        link = admin_consent_url(self.ctx.settings, tenant_id)
+        extensions: dict[str, Any] = {}
+        if isinstance(exc, GraphTokenRefused):
+            extensions = {"accessProblem": str(exc.problem), "adminConsentUrl": link}
+        elif isinstance(exc, GraphAccessDenied):
+            extensions = {
+                "accessProblem": str(AccessProblem.PERMISSION_MISSING),
+                "missingPermission": exc.permission,
+                "adminConsentUrl": link,
+            }
+        return UpstreamError(exc.advice(link), extensions=extensions)
 
     # -- groups and selection --
 
@@ -336,12 +354,27 @@ class SyncService:
         return await self.ctx.store.get_selection(tenant.id)
 
     async def _resolve_groups(self, tenant_id: str, group_ids: list[str]) -> list[SelectedGroup]:
-        found = await self._graph(tenant_id, self.ctx.reader(tenant_id).get_groups(group_ids))
+        reader = self.ctx.reader(tenant_id)
+        found = await self._graph(tenant_id, reader.get_groups(group_ids))
         unknown = [gid for gid, group in found.items() if group is None]
         if unknown:
             raise InvalidInput(
                 "these groups do not exist in the tenant: " + ", ".join(unknown),
                 errors=[{"groupId": g, "problem": "not found in tenant"} for g in unknown],
+            )
+        hidden = [gid for gid, group in found.items() if group is not None and group.hidden_membership]
+        refused = await self._graph(tenant_id, reader.members_refused(hidden)) if hidden else []
+        if refused:
+            link = admin_consent_url(self.ctx.settings, tenant_id)
+            names = ", ".join(f"'{found[gid].display_name}' ({gid})" for gid in refused)
+            raise InvalidInput(
+                f"these groups have hidden membership and the app may not read their members: {names}. "
+                "Reading them needs the application permission Member.Read.Hidden; a Global Administrator "
+                f"of the tenant grants it{' at ' + link if link else ''}, or choose other groups.",
+                errors=[
+                    {"groupId": g, "problem": "hidden membership: needs Member.Read.Hidden"} for g in refused
+                ],
+                extensions={"missingPermission": "Member.Read.Hidden", "adminConsentUrl": link},
             )
         return [
             SelectedGroup(id=gid, display_name=group.display_name) for gid, group in found.items() if group
@@ -556,14 +589,15 @@ class SyncService:
         if directory_user is None:
             raise NotFound(f"no user {key!r} in the tenant's directory")
         member_of = set(await self._graph(tenant.id, reader.user_group_ids(directory_user.id)))
-        purposes = await self._graph(tenant.id, reader.read_mailbox_purposes([directory_user.id]))
+        mailboxes = await self._graph(tenant.id, reader.read_mailbox_purposes([directory_user.id]))
         verdict = explain_user(
             directory_user,
             member_of=member_of,
             mode=selection.mode,
             selected=selection.groups,
             rules=parse_exclusion_rules(tenant.exclusion_rules),
-            purposes=purposes,
+            purposes=mailboxes.purposes if mailboxes is not None else None,
+            purpose_unknown=mailboxes.unknown if mailboxes is not None else (),
         )
         row = await self.ctx.roster.get_user(tenant.id, directory_user.id)
         return Explanation(
@@ -576,9 +610,9 @@ class SyncService:
             reasons=verdict.reasons,
             groups=verdict.groups,
             roster_status=str(row.status) if row else "absent",
-            mailbox_purpose_source=MailboxPurposeSource.HEURISTIC
-            if purposes is None
-            else MailboxPurposeSource.MAILBOX_SETTINGS,
+            mailbox_purpose_source=MailboxPurposeSource.MAILBOX_SETTINGS
+            if mailboxes is not None and directory_user.id in mailboxes.purposes
+            else MailboxPurposeSource.HEURISTIC,
         )
 
     # -- nightly --
@@ -600,17 +634,35 @@ class SyncService:
             return list(await asyncio.gather(*(queue_one(tenant) for tenant in tenants)))
 
     async def connection(self, tenant_id: str) -> Connection:
-        """Which Graph permissions work in the tenant, with the admin-consent link when not."""
+        """Whether the app can read the tenant: which Graph permissions work, and what to do when not."""
         tenant = await self.require_tenant(tenant_id)
-        checks = await self.ctx.reader(tenant.id).check_permissions()
-        mailbox_ok = all(c.ok for c in checks if not c.required)
+        link = admin_consent_url(self.ctx.settings, tenant.id)
+        try:
+            checks = await self.ctx.reader(tenant.id).check_permissions()
+        except GraphTokenRefused as exc:  # no token at all: nothing can be read
+            return Connection(
+                tenant_id=tenant.id,
+                ok=False,
+                state=ConnectionState(str(exc.problem)),
+                checks=[],
+                missing_permissions=list(REQUIRED_PERMISSIONS),
+                admin_consent_url=link,
+                detail=exc.advice(link),
+            )
+        missing = sorted({c.permission for c in checks if c.required and not c.ok})
         return Connection(
             tenant_id=tenant.id,
-            ok=all(c.ok for c in checks if c.required),
+            ok=not missing,
+            state=ConnectionState.PERMISSION_MISSING if missing else ConnectionState.CONNECTED,
             checks=checks,
-            admin_consent_url=admin_consent_url(self.ctx.settings, tenant.id),
+            missing_permissions=missing,
+            admin_consent_url=link,
+            detail=f"Microsoft Graph refuses {', '.join(missing)}: a Global Administrator of the tenant "
+            f"grants it{' at ' + link if link else ''}."
+            if missing
+            else None,
             note=None
-            if mailbox_ok
+            if all(c.ok for c in checks if not c.required)
             else "Without MailboxSettings.Read, shared mailboxes are recognised by a heuristic "
             "(no given name or surname, and a resource-like name).",
         )

@@ -25,9 +25,11 @@ from sync.directory.errors import (
     DirectoryError,
     GraphAccessDenied,
     GraphRequestRejected,
+    GraphTokenRefused,
     GraphUnavailable,
     GroupNotFound,
     InvalidCursor,
+    PageExpired,
 )
 from sync.directory.groups import GroupReads
 from sync.directory.members import MemberReads, cheaper_member_strategy
@@ -45,9 +47,11 @@ __all__ = [
     "DirectoryReader",
     "GraphAccessDenied",
     "GraphRequestRejected",
+    "GraphTokenRefused",
     "GraphUnavailable",
     "GroupNotFound",
     "InvalidCursor",
+    "PageExpired",
     "cheaper_member_strategy",
     "group_kind",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sync.directory.errors import DeltaExpired, GraphRequestRejected, GraphUnavailable
+from sync.directory.errors import GraphUnavailable
 from sync.directory.transport import GraphTransport
 from sync.directory.wire import DELTA_PAGE, USER_FIELDS, DeltaPage
 
@@ -26,12 +26,8 @@ class DeltaReads:
         return users.delta_link, groups.delta_link
 
     async def _delta_page(self, url: str, permission: str) -> DeltaPage:
-        try:
-            return DELTA_PAGE.decode(await self.transport.send(self.transport.request_for(url), permission))
-        except GraphRequestRejected as exc:
-            if exc.status == 410:
-                raise DeltaExpired(str(exc)) from exc
-            raise
+        # An expired token answers 400 syncStateNotFound or 410 resyncRequired: DeltaExpired.
+        return DELTA_PAGE.decode(await self.transport.send(self.transport.request_for(url), permission))
 
     async def read_changes(self, delta_link: str, permission: str) -> tuple[set[str], str]:
         """Ids of the objects changed (or removed) since `delta_link`, and the next delta link.

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+from sync.models import AccessProblem
+
+REQUIRED_PERMISSIONS = ("GroupMember.Read.All", "User.Read.All")
+# Delta tokens Graph no longer knows: 400 syncStateNotFound / syncStateInvalid, 410 resyncRequired
+# ("Use delta query to track changes": token duration, synchronization reset).
+DELTA_EXPIRED_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
+EXPIRED_PAGE_CODE = "directory_expiredpagetoken"
 
 
 class DirectoryError(Exception):
     """Graph could not answer a read completely."""
 
     status: int | None = None
+
+    def advice(self, consent_url: str | None) -> str:
+        """The error in words an admin can act on (with the consent link where consent helps)."""
+        return str(self)
 
 
 class GroupNotFound(DirectoryError):
@@ -32,6 +46,79 @@ class GraphAccessDenied(DirectoryError):
         )
         self.status = status
         self.permission = permission
+
+    def advice(self, consent_url: str | None) -> str:
+        """The refusal with the link where a Global Administrator grants the permission."""
+        grant = f" A Global Administrator of the tenant can grant it at {consent_url}" if consent_url else ""
+        return f"{self}{grant}"
+
+
+# AADSTS codes of a refused token (Microsoft identity platform error codes), by what the admin does.
+_TOKEN_PROBLEMS: dict[int, AccessProblem] = {
+    700016: AccessProblem.NOT_CONSENTED,  # the app is not in the directory: never consented, or removed
+    7000229: AccessProblem.NOT_CONSENTED,  # the client app has no service principal in the tenant
+    65001: AccessProblem.NOT_CONSENTED,  # consent not granted
+    500011: AccessProblem.NOT_CONSENTED,  # the resource principal is not in the tenant
+    90002: AccessProblem.TENANT_NOT_FOUND,
+    90023: AccessProblem.TENANT_NOT_FOUND,
+    700213: AccessProblem.CREDENTIAL_REJECTED,  # no federated identity record matches the subject
+    70021: AccessProblem.CREDENTIAL_REJECTED,  # no federated identity record matches the assertion
+    700024: AccessProblem.CREDENTIAL_REJECTED,  # the assertion is outside its validity period
+    700027: AccessProblem.CREDENTIAL_REJECTED,  # the assertion's signature is invalid
+    7000215: AccessProblem.CREDENTIAL_REJECTED,  # invalid client secret
+    7000218: AccessProblem.CREDENTIAL_REJECTED,  # no client credential
+    53003: AccessProblem.BLOCKED,  # Conditional Access
+    7000112: AccessProblem.BLOCKED,  # the application is disabled
+}
+_AADSTS = re.compile(r"AADSTS(\d+)")
+
+_TOKEN_ADVICE = {
+    AccessProblem.NOT_CONSENTED: "the app has not been granted admin consent in this tenant, or the consent "
+    "was removed (the enterprise application was deleted). A Global Administrator of the tenant must grant "
+    "consent{link}.",
+    AccessProblem.TENANT_NOT_FOUND: "Entra ID does not know this tenant: check the tenant id.",
+    AccessProblem.CREDENTIAL_REJECTED: "the app's own credential was rejected (the managed identity is not "
+    "a federated credential of the Graph app: check GRAPH_APP_CLIENT_ID and GRAPH_IDENTITY_CLIENT_ID). This "
+    "is for the operator to fix, not the customer.",
+    AccessProblem.BLOCKED: "a Conditional Access policy or a disabled app in the tenant stops the app from "
+    "signing in; a Global Administrator of the tenant can allow it.",
+}
+
+
+class GraphTokenRefused(DirectoryError):
+    """Entra ID would not issue a Graph token for the tenant (azure-identity's ClientAuthenticationError)."""
+
+    status = 401
+
+    def __init__(self, problem: AccessProblem, aadsts: int | None, description: str) -> None:
+        code = f"AADSTS{aadsts}" if aadsts else "no AADSTS code"
+        super().__init__(f"Entra ID refused a Microsoft Graph token for this tenant ({code}): {description}")
+        self.problem = problem
+        self.aadsts = aadsts
+        self.description = description
+
+    @classmethod
+    def from_message(cls, message: str) -> GraphTokenRefused:
+        """Classify azure-identity's message by its AADSTS code (an unknown one counts as no consent)."""
+        found = _AADSTS.search(message)
+        code = int(found.group(1)) if found else None
+        problem = _TOKEN_PROBLEMS.get(code or 0, AccessProblem.NOT_CONSENTED)
+        first_line = message.strip().splitlines()[0] if message.strip() else ""
+        return cls(problem, code, first_line[:400])
+
+    def advice(self, consent_url: str | None) -> str:
+        """What went wrong and who fixes it, with the consent link where consent is the fix."""
+        code = f"AADSTS{self.aadsts}" if self.aadsts else "no AADSTS code"
+        link = f" at {consent_url}" if consent_url else ""
+        return f"Entra ID refused a Microsoft Graph token for this tenant ({code}): " + _TOKEN_ADVICE[
+            self.problem
+        ].format(link=link)
+
+
+class PageExpired(DirectoryError):
+    """Graph no longer honours a paging link (400 Directory_ExpiredPageToken): read the list again."""
+
+    status = 400
 
 
 class GraphUnavailable(DirectoryError):
@@ -79,6 +166,10 @@ def classify_error(status: int, code: str, message: str, permission: str) -> Dir
         return GraphAccessDenied(status, permission, message)
     if status == 429 or status >= 500:
         return GraphUnavailable(f"{status} {code}: {message}".strip(), status)
+    if code.lower() in DELTA_EXPIRED_CODES or status == 410:
+        return DeltaExpired(f"Graph no longer knows the delta token ({status} {code}); a full read follows")
+    if code.lower() == EXPIRED_PAGE_CODE:
+        return PageExpired(f"Graph no longer honours a paging link ({status} {code}): {message}")
     return GraphRequestRejected(status, f"{code}: {message}".strip(": "), code)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -12,7 +12,7 @@ from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
 from sync.directory.errors import GroupNotFound, InvalidCursor, error_from_body
 from sync.directory.transport import MAX_PAGE_SIZE, GraphTransport
-from sync.directory.wire import COUNT_ONLY, GROUP, GROUP_FIELDS, GROUP_PAGE, ID_PAGE
+from sync.directory.wire import COUNT_ONLY, GROUP, GROUP_FIELDS, GROUP_PAGE, ID_PAGE, BatchItem
 from sync.models import Group, GroupKind, GroupPage
 from sync.validation import MAX_SEARCH_LENGTH, is_object_id
 
@@ -73,15 +73,24 @@ class GroupReads:
             raise InvalidCursor("the cursor is not one this API issued")
         return f"{base.scheme}://{base.netloc}{decoded}"
 
+    async def _first_user_members(self, group_ids: Sequence[str]) -> dict[str, BatchItem]:
+        url = "/groups/{}/transitiveMembers/microsoft.graph.user?$count=true&$top=1&$select=id"
+        return await self.transport.batch_get(
+            {gid: url.format(gid) for gid in group_ids}, PERMISSION, eventual=True
+        )
+
+    async def members_refused(self, group_ids: Sequence[str]) -> list[str]:
+        """Groups whose members Graph will not show (401/403): hidden membership, no Member.Read.Hidden."""
+        items = await self._first_user_members(group_ids)
+        return [gid for gid in group_ids if items[gid].status in (401, 403)]
+
     async def count_group_users(self, group_ids: Sequence[str]) -> dict[str, int]:
         """Transitive user member counts, 20 groups per $batch request.
 
-        A group deleted between listing and counting simply shows no count.
+        A group deleted between listing and counting (or whose members are hidden from the app)
+        simply shows no count.
         """
-        url = "/groups/{}/transitiveMembers/microsoft.graph.user?$count=true&$top=1&$select=id"
-        items = await self.transport.batch_get(
-            {gid: url.format(gid) for gid in group_ids}, PERMISSION, eventual=True
-        )
+        items = await self._first_user_members(group_ids)
         counts: dict[str, int] = {}
         for gid, item in items.items():
             if item.status == 200:
@@ -107,13 +116,22 @@ class GroupReads:
                 raise error_from_body(item.status, item.body, PERMISSION)
         return found
 
-    async def group_closure(self, group_ids: Sequence[str]) -> dict[str, frozenset[str]]:
-        """For each group, itself and every group nested in it (transitively), 20 groups per $batch."""
+    async def group_closure(
+        self, group_ids: Sequence[str], *, microsoft365: Collection[str] = ()
+    ) -> dict[str, frozenset[str]]:
+        """For each group, itself and every group nested in it (transitively), 20 groups per $batch.
+
+        A Microsoft 365 group cannot hold groups, and Graph refuses the group cast on one (400
+        Request_UnsupportedQuery): the ids in `microsoft365` are their own closure, unasked.
+        """
         url = "/groups/{}/transitiveMembers/microsoft.graph.group?$select=id&$top=999&$count=true"
+        asked = [gid for gid in group_ids if gid not in microsoft365]
         items = await self.transport.batch_get(
-            {gid: url.format(gid) for gid in group_ids}, PERMISSION, eventual=True
+            {gid: url.format(gid) for gid in asked}, PERMISSION, eventual=True
         )
-        closure: dict[str, frozenset[str]] = {}
+        closure: dict[str, frozenset[str]] = {
+            gid: frozenset({gid}) for gid in group_ids if gid in microsoft365
+        }
         for gid, item in items.items():
             if item.status == 404:
                 raise GroupNotFound(gid)

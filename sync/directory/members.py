@@ -16,7 +16,7 @@ from msgraph.generated.users.item.transitive_member_of.transitive_member_of_requ
     TransitiveMemberOfRequestBuilder,
 )
 
-from sync.directory.errors import GraphRequestRejected, GroupNotFound, error_from_body
+from sync.directory.errors import GraphRequestRejected, GroupNotFound, PageExpired, error_from_body
 from sync.directory.transport import MAX_BATCH_SIZE, MAX_PAGE_SIZE, GraphTransport
 from sync.directory.users import UserReads
 from sync.directory.wire import ID_PAGE, USER_FIELDS, USER_PAGE
@@ -24,7 +24,7 @@ from sync.models import DirectoryUser, GroupMembers, MemberStrategy
 from sync.validation import is_object_id
 
 PERMISSION = "GroupMember.Read.All"
-MEMBERS_AND_USERS = "GroupMember.Read.All and User.Read.All"
+MEMBERS_AND_USERS = "GroupMember.Read.All and User.Read.All (and Member.Read.Hidden for hidden membership)"
 _USER_MEMBER_IDS = "/groups/{}/transitiveMembers/microsoft.graph.user?$select=id&$top=999&$count=true"
 _GROUPS_OF_USER = "/users/{}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999&$count=true"
 
@@ -79,6 +79,12 @@ class MemberReads(UserReads):
         return _members(ordered, per_group)
 
     async def _read_transitive_users(self, group_id: str) -> list[DirectoryUser]:
+        try:
+            return await self._read_transitive_users_once(group_id)
+        except PageExpired:  # a paging link went stale mid-read: read the group again from its first page
+            return await self._read_transitive_users_once(group_id)
+
+    async def _read_transitive_users_once(self, group_id: str) -> list[DirectoryUser]:
         if not is_object_id(group_id):
             raise GroupNotFound(group_id)
         builder = self.transport.client.groups.by_group_id(group_id).transitive_members.graph_user

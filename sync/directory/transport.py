@@ -10,13 +10,16 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+from azure.core.exceptions import ClientAuthenticationError
 from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.graph_service_client import GraphServiceClient
 
-from sync.directory.errors import GraphUnavailable, error_from_odata
+from shared.graph import WrongTenantError
+from sync.directory.errors import GraphTokenRefused, GraphUnavailable, error_from_odata
 from sync.directory.wire import BATCH_RESPONSE, JSON, BatchItem, BatchRequest
+from sync.models import AccessProblem
 
 MAX_PAGE_SIZE = 999  # Graph's $top ceiling for users, groups and member lists
 MAX_BATCH_SIZE = 20  # Graph's $batch ceiling
@@ -59,6 +62,10 @@ class GraphTransport:
             body: bytes | None = await self._adapter.send_primitive_async(request, "bytes", _ERROR_MAP)
         except ODataError as exc:
             raise error_from_odata(exc, permission) from exc
+        except ClientAuthenticationError as exc:  # Entra ID refused the token (consent, credential)
+            raise GraphTokenRefused.from_message(exc.message or str(exc)) from exc
+        except WrongTenantError as exc:
+            raise GraphTokenRefused(AccessProblem.CREDENTIAL_REJECTED, None, str(exc)) from exc
         except httpx.TimeoutException as exc:
             raise GraphUnavailable(f"request timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
@@ -15,6 +16,15 @@ from sync.directory.wire import PURPOSE, USER, USER_FIELDS, USER_PAGE
 from sync.models import DirectoryUser
 
 PERMISSION = "User.Read.All"
+
+
+class MailboxPurposes(msgspec.Struct, frozen=True, kw_only=True):
+    """What Graph said of the mailboxes asked about."""
+
+    purposes: dict[str, str | None]  # user id -> mailboxSettings.userPurpose
+    unknown: frozenset[str] = frozenset()  # mailboxes Graph would not show (403 or 404)
+
+
 MAILBOX_PERMISSION = "MailboxSettings.Read"
 
 
@@ -41,7 +51,7 @@ class UserReads:
         request = self.transport.client.users.count.to_get_request_information(cfg)
         raw = await self.transport.send(request, PERMISSION)
         try:
-            return int(raw.decode().strip())
+            return int(raw.decode("utf-8-sig").strip())  # text/plain; Graph may lead with a byte-order mark
         except ValueError:
             raise GraphUnavailable(f"Graph answered /users/$count with {raw[:40]!r}") from None
 
@@ -74,22 +84,26 @@ class UserReads:
                 raise error_from_body(item.status, item.body, PERMISSION)
         return found
 
-    async def read_mailbox_purposes(self, user_ids: Sequence[str]) -> dict[str, str | None] | None:
+    async def read_mailbox_purposes(self, user_ids: Sequence[str]) -> MailboxPurposes | None:
         """`mailboxSettings.userPurpose` per user, 20 users per $batch.
 
-        A user without a mailbox maps to None. Returns None altogether when the tenant has
-        not granted MailboxSettings.Read (Graph answers 403), so the caller can fall back.
+        A mailbox Graph will not show (403: an Exchange application access policy leaves it out;
+        404: no Exchange Online mailbox) makes that user's purpose unknown. Returns None when every
+        look-up was refused (403): the tenant has not granted MailboxSettings.Read.
         """
         url = "/users/{}/mailboxSettings?$select=userPurpose"
         items = await self.transport.batch_get({uid: url.format(uid) for uid in user_ids}, MAILBOX_PERMISSION)
         purposes: dict[str, str | None] = {}
+        unknown: set[str] = set()
+        refused = 0
         for uid, item in items.items():
             if item.status == 200:
                 purposes[uid] = PURPOSE.decode(item.body).user_purpose
-            elif item.status == 404:
-                purposes[uid] = None  # no Exchange Online mailbox
-            elif item.status in (401, 403):
-                return None
+            elif item.status in (401, 403, 404):
+                unknown.add(uid)
+                refused += item.status != 404
             else:
                 raise error_from_body(item.status, item.body, MAILBOX_PERMISSION)
-        return purposes
+        if items and refused == len(items):
+            return None
+        return MailboxPurposes(purposes=purposes, unknown=frozenset(unknown))

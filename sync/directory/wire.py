@@ -9,7 +9,16 @@ import msgspec
 
 from sync.models import DirectoryUser, Group, GroupKind
 
-GROUP_FIELDS = ["id", "displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes"]
+GROUP_FIELDS = [
+    "id",
+    "displayName",
+    "description",
+    "mail",
+    "mailEnabled",
+    "securityEnabled",
+    "groupTypes",
+    "visibility",
+]
 USER_FIELDS = [
     "id",
     "userPrincipalName",
@@ -103,6 +112,7 @@ class WireGroup(msgspec.Struct, rename="camel"):
     mail_enabled: bool | None = None
     security_enabled: bool | None = None
     group_types: list[str] = []
+    visibility: str | None = None
 
     def to_group(self, member_count: int | None = None) -> Group:
         return Group(
@@ -112,6 +122,7 @@ class WireGroup(msgspec.Struct, rename="camel"):
             description=self.description,
             mail=self.mail,
             member_count=member_count,
+            hidden_membership=(self.visibility or "").lower() == "hiddenmembership",
         )
 
 

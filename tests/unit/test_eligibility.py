@@ -28,6 +28,8 @@ from sync.models import DirectoryUser
 R = ExclusionReason
 NO_RULES = ExclusionRules()
 GROUP_ID = "3f2a9c1e-7b4d-4e8a-9c0f-1a2b3c4d5e6f"
+E3 = "05e9a617-0261-4cee-bb44-138d3ef5d965"  # SPE_E3
+E5 = "06ebc4ee-1bb5-47dd-8120-11324bc54e06"  # SPE_E5
 
 
 def person(**overrides: Any) -> DirectoryUser:
@@ -41,7 +43,8 @@ def person(**overrides: Any) -> DirectoryUser:
         "mail": "adele.vance@contoso.com",
         "user_type": "Member",
         "account_enabled": True,
-        "license_count": 1,
+        "licensed": True,
+        "sku_ids": (E3,),
     }
     fields.update(overrides)
     return DirectoryUser(**fields)
@@ -81,18 +84,35 @@ def classify(
         pytest.param(
             person(user_type="Member", user_principal_name="bob_fabrikam.com#EXT#@contoso.onmicrosoft.com"),
             {},
-            (R.GUEST,),
-            id="guest-by-upn-only",
+            (R.EXTERNAL_MEMBER,),
+            id="external-member-not-a-guest",
         ),
         pytest.param(
-            person(user_type=None, user_principal_name="bob_fabrikam.com#ext#@contoso.onmicrosoft.com"),
-            {},
+            person(user_type="member", user_principal_name="bob_fabrikam.com#ext#@contoso.onmicrosoft.com"),
+            {"rules": ExclusionRules(include_external_members=True)},
+            (),
+            id="external-member-included-by-rule",
+        ),
+        pytest.param(
+            person(user_type="Guest", user_principal_name="bob_fabrikam.com#ext#@contoso.onmicrosoft.com"),
+            {"rules": ExclusionRules(include_external_members=True)},
             (R.GUEST,),
-            id="guest-by-upn-lowercase-ext",
+            id="guest-stays-out-with-external-members-in",
         ),
         pytest.param(person(account_enabled=False), {}, (R.DISABLED,), id="disabled"),
-        pytest.param(person(account_enabled=None), {}, (), id="account-enabled-unknown-is-not-disabled"),
-        pytest.param(person(license_count=0), {}, (R.UNLICENSED,), id="unlicensed"),
+        pytest.param(person(licensed=False, sku_ids=()), {}, (R.UNLICENSED,), id="unlicensed"),
+        pytest.param(
+            person(licensed=False), {}, (R.UNLICENSED,), id="licence-of-a-suspended-subscription-does-not-count"
+        ),
+        pytest.param(
+            person(sku_ids=(E3,)),
+            {"rules": ExclusionRules(required_skus=(E5,))},
+            (R.UNLICENSED,),
+            id="required-sku-missing",
+        ),
+        pytest.param(
+            person(sku_ids=(E3, E5)), {"rules": ExclusionRules(required_skus=(E5,))}, (), id="required-sku-held"
+        ),
         pytest.param(person(), {"purpose": "shared"}, (R.SHARED_MAILBOX,), id="shared-mailbox"),
         pytest.param(
             person(user_principal_name="svc-backup@contoso.com"),
@@ -121,7 +141,7 @@ def test_all_reasons_reported_in_fixed_order() -> None:
         user_principal_name="svc-room_fabrikam.com#EXT#@contoso.onmicrosoft.com",
         user_type="Guest",
         account_enabled=False,
-        license_count=0,
+        licensed=False,
     )
     verdict = classify(user, purpose="room", by_group=True)
     assert verdict.reasons == (
@@ -140,13 +160,13 @@ def test_all_reasons_reported_in_fixed_order() -> None:
     ("overrides", "purpose", "reasons"),
     [
         pytest.param(
-            {"account_enabled": False, "license_count": 0},
+            {"account_enabled": False, "licensed": False},
             "shared",
             (R.DISABLED, R.UNLICENSED, R.SHARED_MAILBOX),
             id="typical-shared-mailbox-counts-as-disabled",
         ),
         pytest.param(
-            {"license_count": 0, "user_principal_name": "noreply@contoso.com"},
+            {"licensed": False, "user_principal_name": "noreply@contoso.com"},
             "user",
             (R.UNLICENSED, R.SERVICE_ACCOUNT),
             id="unlicensed-noreply",
@@ -162,6 +182,7 @@ def test_several_reasons(overrides: dict[str, Any], purpose: str, reasons: tuple
 def test_reason_values_are_the_api_keys() -> None:
     assert [r.value for r in ExclusionReason] == [
         "guest",
+        "externalMember",
         "disabled",
         "unlicensed",
         "sharedMailbox",
@@ -350,6 +371,7 @@ def test_shared_mailbox_heuristic(user: DirectoryUser, expected: bool) -> None:
 def test_counts_have_every_key_even_when_nothing_is_excluded() -> None:
     assert count_exclusions([]) == {
         "guest": 0,
+        "externalMember": 0,
         "disabled": 0,
         "unlicensed": 0,
         "sharedMailbox": 0,
@@ -366,10 +388,13 @@ def test_counts_take_each_user_once_by_primary_reason() -> None:
         Verdict(included=False, reasons=(R.DISABLED, R.UNLICENSED, R.SHARED_MAILBOX)),
         Verdict(included=False, reasons=(R.UNLICENSED,)),
         Verdict(included=False, reasons=(R.RULE,)),
+        Verdict(included=False, reasons=(R.EXTERNAL_MEMBER, R.UNLICENSED)),
+        Verdict(included=False, unknown=("userType",)),  # unknown: counted apart, not as an exclusion
     ]
     counts = count_exclusions(iter(verdicts))
     assert counts == {
         "guest": 1,
+        "externalMember": 1,
         "disabled": 1,
         "unlicensed": 1,
         "sharedMailbox": 0,
@@ -488,3 +513,43 @@ def test_limits_themselves_are_allowed() -> None:
     assert len(rules.upn_patterns) == MAX_UPN_PATTERNS
     assert len(rules.excluded_users) == MAX_EXCLUDED_USERS
     assert rules.validate() == rules
+
+
+@pytest.mark.parametrize(
+    ("overrides", "missing"),
+    [
+        pytest.param({"account_enabled": None}, ("accountEnabled",), id="accountEnabled"),
+        pytest.param({"licensed": None}, ("assignedLicenses",), id="assignedLicenses"),
+        pytest.param({"user_type": None}, ("userType",), id="userType"),
+        pytest.param({"user_type": None, "licensed": None}, ("assignedLicenses", "userType"), id="two"),
+    ],
+)
+def test_an_attribute_graph_left_out_makes_the_verdict_unknown_never_an_exclusion(
+    overrides: dict[str, Any], missing: tuple[str, ...]
+) -> None:
+    verdict = classify(person(**overrides))
+    assert verdict.unknown == missing and verdict.reasons == () and not verdict.included
+    assert verdict.primary is None  # counted as unknown, not under an exclusion reason
+
+
+@pytest.mark.parametrize(
+    "pattern", ["*", "*@*", "?*", "*.*", "*?", "**", "*@*.*", "??*", "*@*.??*"]
+)
+def test_patterns_that_match_every_upn_are_refused(pattern: str) -> None:
+    with pytest.raises(InvalidRules, match="would exclude every user"):
+        parse_exclusion_rules({"upnPatterns": [pattern]})
+
+
+@pytest.mark.parametrize("pattern", ["svc-*", "*@contoso.com", "a*", "*o*", "*.c*", "*-bot@*"])
+def test_narrow_patterns_are_accepted(pattern: str) -> None:
+    assert parse_exclusion_rules({"upnPatterns": [pattern]}).upn_patterns == (pattern,)
+
+
+def test_required_skus_accept_ids_and_part_numbers_and_name_the_bad_one() -> None:
+    rules = parse_exclusion_rules({"requiredSkus": ["spe_e5", E3.upper()], "includeExternalMembers": True})
+    assert rules.required_skus == (E5, E3) and rules.include_external_members
+    with pytest.raises(InvalidRules, match=r"requiredSkus\[1\] \('E7'\)"):
+        parse_exclusion_rules({"requiredSkus": [E3, "E7"]})
+    with pytest.raises(InvalidRules, match="includeExternalMembers"):
+        parse_exclusion_rules({"includeExternalMembers": "yes"})
+    assert "SPE_E5" in explain_reason(R.UNLICENSED, rules)
