@@ -246,12 +246,9 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
         if incremental_allowed(tenant, selection, run, utc_now()):
             try:
                 delta = await read_incremental(reader, tenant, selection, load_roster)
-            except (DeltaExpired, NeedFullRead) as exc:
-                log.info(
-                    "full refresh instead of incremental: %s",
-                    exc,
-                    extra={"tenantId": tenant.id, "runId": run.id},
-                )
+            except Exception as exc:  # only a full read may fail a run: anything unexpected reads everything
+                run.fallback = _fallback_reason(exc)
+                log.info("full read instead of incremental: %s", run.fallback, extra={"tenantId": tenant.id})
             else:
                 full, run.incremental = False, True
                 links = (delta.users_link, delta.groups_link)

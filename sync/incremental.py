@@ -19,6 +19,7 @@ from sync.eligibility import Classification, classify_members, parse_exclusion_r
 from sync.models import (
     DirectoryUser,
     EligibleUser,
+    GroupKind,
     RosterStatus,
     RosterUser,
     Run,
@@ -71,9 +72,14 @@ async def read_incremental(
     roster = await load_roster()
     selected = [g.id for g in selection.groups]
     names = {g.id: g.display_name for g in selection.groups}
-    closure = await reader.group_closure(
-        selected + ([rules.exclusion_group_id] if rules.exclusion_group_id else [])
-    )
+    watched = selected + ([rules.exclusion_group_id] if rules.exclusion_group_id else [])
+    found = await reader.get_groups(watched)
+    if any(group is None for group in found.values()):
+        raise NeedFullRead("a selected group (or the exclusion group) no longer exists")
+    microsoft365 = {
+        gid for gid, group in found.items() if group is not None and group.kind is GroupKind.MICROSOFT365
+    }
+    closure = await reader.group_closure(watched, microsoft365=microsoft365)
     if rules.exclusion_group_id and closure[rules.exclusion_group_id] & changed_groups:
         raise NeedFullRead("the exclusion group changed")
     affected = [gid for gid in selected if closure[gid] & changed_groups]

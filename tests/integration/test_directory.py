@@ -76,10 +76,15 @@ async def test_user_attributes_the_rules_need_are_read(reader: DirectoryReader, 
     guest = users[next(iter(lm.guest_ids))]
     assert guest.user_type == "Guest" or "#EXT#" in guest.user_principal_name
     assert users[next(iter(lm.disabled_ids))].account_enabled is False
-    assert users[next(iter(lm.unlicensed_ids))].license_count == 0
+    assert users[next(iter(lm.unlicensed_ids))].licensed is False
     assert users[next(iter(lm.no_mail_ids))].mail is None
     shared = users[next(iter(lm.shared_mailbox_ids))]
-    assert shared.account_enabled and shared.license_count > 0  # only userPurpose reveals it
+    assert shared.account_enabled and shared.licensed  # only userPurpose reveals it
+    suspended = users[next(iter(lm.suspended_license_ids))]
+    assert suspended.sku_ids and suspended.licensed is False  # a licence, but no plan still works
+    external = users[next(iter(lm.external_member_ids))]
+    assert external.user_type == "Member" and "#EXT#" in external.user_principal_name
+    assert all(u.missing_attributes == () for u in users.values())  # Graph returned everything asked for
     assert any(u.department for u in users.values()) and any(u.job_title for u in users.values())
 
 
@@ -172,8 +177,15 @@ async def test_mailbox_purposes_and_the_fallback_when_permission_is_missing(
     lm = contoso.landmarks
     ids = [next(iter(lm.shared_mailbox_ids)), next(iter(lm.room_ids)), next(iter(lm.equipment_ids))]
     person = next(uid for uid in contoso.users if uid not in lm.ineligible_ids)
-    purposes = await reader.read_mailbox_purposes([*ids, person])
-    assert purposes == {ids[0]: "shared", ids[1]: "room", ids[2]: "equipment", person: "user"}
+    read = await reader.read_mailbox_purposes([*ids, person])
+    assert read is not None and read.unknown == frozenset()
+    assert read.purposes == {ids[0]: "shared", ids[1]: "room", ids[2]: "equipment", person: "user"}
+    # An Exchange application access policy hides one mailbox: that user's purpose alone is unknown.
+    graph.set_mailbox_access_denied(contoso.tenant_id, [ids[0]])
+    partly = await reader.read_mailbox_purposes([*ids, person])
+    assert partly is not None and partly.unknown == {ids[0]} and ids[0] not in partly.purposes
+    assert partly.purposes[ids[1]] == "room"
+    # Every look-up refused: the permission is missing, the caller falls back to the heuristic.
     graph.add_fault(403, r"/users/[^/]+/mailboxSettings")
     assert await reader.read_mailbox_purposes(ids) is None
 

@@ -390,7 +390,7 @@ async def test_consent_revoked_fails_the_run_naming_permission_and_consent_link(
         says=[
             f"refused access ({status})",
             "Read.All",
-            f"login.microsoftonline.com/{own_tenant.tenant_id}/adminconsent?client_id={CONSENT_APP_ID}",
+            f"/{own_tenant.tenant_id}/adminconsent?client_id={CONSENT_APP_ID}",
         ],
     )
     assert failed["graphRequests"] >= 1

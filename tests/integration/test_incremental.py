@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from devtools.demo_tenant import AssignedLicense, User
+from devtools.demo_tenant.model import MembershipRefused
 from devtools.demo_tenant import Tenant as DemoTenant
 from shared.storage import queue_client
 from sync.models import RunStatus
@@ -16,6 +17,8 @@ from sync.service import open_service
 from tests.integration.conftest import AppUnderTest
 from tests.integration.test_sync_flow import register, roster, run, select
 from tests.oracle import expected_roster
+
+E3 = "05e9a617-0261-4cee-bb44-138d3ef5d965"  # SPE_E3
 
 
 async def nightly(app: AppUnderTest, tenant: DemoTenant) -> dict:
@@ -60,9 +63,12 @@ def random_changes(tenant: DemoTenant, selected: list[str], count: int, seed: in
             done.append(f"toggle enabled {uid}")
         elif action == 4:
             licensed = bool(tenant.users[uid].assigned_licenses)
-            licenses = () if licensed else (AssignedLicense(sku_id=str(uuid.uuid4())),)
-            tenant.update_user(uid, assigned_licenses=licenses)
-            done.append(f"toggle license {uid}")
+            if licensed and rng.random() < 0.5:  # the subscription lapses: licence kept, plans suspended
+                tenant.set_licenses(uid, tenant.users[uid].assigned_licenses, status="Suspended")
+                done.append(f"suspend license {uid}")
+            else:
+                tenant.set_licenses(uid, () if licensed else (AssignedLicense(sku_id=E3),))
+                done.append(f"toggle license {uid}")
         elif action == 5:
             tenant.update_user(uid, department=rng.choice(["Sales", "Legal", "Ops"]), job_title="Changed")
             done.append(f"attributes {uid}")
@@ -79,15 +85,19 @@ def random_changes(tenant: DemoTenant, selected: list[str], count: int, seed: in
                     given_name="New",
                     surname=new_id[:8],
                     mail=f"new.{new_id[:8]}@{tenant.domain}",
-                    assigned_licenses=(AssignedLicense(sku_id=str(uuid.uuid4())),),
                 )
             )
+            tenant.set_licenses(new_id, (AssignedLicense(sku_id=E3),))
             tenant.add_member(rng.choice(selected + nested), new_id)
             done.append(f"new user {new_id}")
         else:
             # A nested group gains or loses a whole group: membership changes two levels down.
             parent, child = rng.choice(selected), rng.choice(groups)
-            if child != parent and tenant.add_member(parent, child):
+            try:
+                nested_now = child != parent and tenant.add_member(parent, child)
+            except MembershipRefused:  # Entra's nesting rules: e.g. no group in a Microsoft 365 group
+                continue
+            if nested_now:
                 done.append(f"nest {child} in {parent}")
     return done
 
@@ -135,18 +145,91 @@ async def test_after_100_random_changes_incremental_equals_full(
     assert snapshot(await roster(app, own_tenant)) == after_incremental
 
 
+@pytest.mark.parametrize("answer", ["syncStateNotFound", "resyncRequired", "syncStateInvalid"])
 async def test_an_expired_delta_token_falls_back_to_a_full_refresh(
-    app: AppUnderTest, own_tenant: DemoTenant
+    app: AppUnderTest, own_tenant: DemoTenant, answer: str
 ) -> None:
     await register(app, own_tenant)
     selected = [own_tenant.landmarks.big_group_id]
     await select(app, own_tenant, selected)
     await app.deliver()
-    app.graph.add_fault(410, r"/users/delta", code="syncStateNotFound", times=1)
+    app.graph.set_delta_expired_answer(answer)  # 400 syncStateNotFound / 410 resyncRequired / 400 ...
+    app.graph.expire_delta_tokens(own_tenant.tenant_id)
     gone = next(iter(expected_roster(own_tenant, selected)))
     own_tenant.remove_member(selected[0], gone)
     result = await nightly(app, own_tenant)
     assert result["status"] == "succeeded" and result["incremental"] is False
+    assert answer in (result["fallback"] or ""), {
+        k: result[k] for k in ("fallback", "incremental", "reason", "graphRequests", "counts")
+    }
+    assert "full read" in result["fallback"]
+    assert set(await roster(app, own_tenant)) == set(expected_roster(own_tenant, selected))
+    assert (await nightly(app, own_tenant))["incremental"] is True  # fresh links from the full read
+
+
+def microsoft365_groups(tenant: DemoTenant, count: int) -> list[str]:
+    """Microsoft 365 groups with user members (the most common kind a customer selects)."""
+    found = [
+        gid
+        for gid, group in sorted(tenant.groups.items())
+        if group.kind == "microsoft365" and tenant.transitive_user_ids(gid)
+    ]
+    assert len(found) >= count
+    return found[:count]
+
+
+async def test_nightly_runs_on_microsoft_365_groups_stay_incremental_without_the_group_cast(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    """Graph answers the group cast on a Microsoft 365 group with 400 Request_UnsupportedQuery:
+    the nesting closure of such a group is the group itself, asked of nobody."""
+    await register(app, own_tenant)
+    selected = microsoft365_groups(own_tenant, 2)
+    await select(app, own_tenant, selected)
+    await app.deliver()
+    members = sorted(own_tenant.transitive_user_ids(selected[0]))
+    assert own_tenant.remove_member(selected[0], members[0])  # Microsoft 365 groups hold users directly
+    newcomer = next(
+        uid for uid in sorted(own_tenant.users) if uid not in own_tenant.transitive_user_ids(selected[1])
+    )
+    own_tenant.add_member(selected[1], newcomer)
+    app.graph.reset_log()
+    result = await nightly(app, own_tenant)
+    assert result["status"] == "succeeded" and result["incremental"] is True, [
+        (r.path, r.status) for r in app.graph.request_log() if r.status >= 400
+    ]
+    assert result["fallback"] is None
+    casts = [
+        r
+        for r in app.graph.request_log()
+        if r.path.startswith("/groups/") and "microsoft.graph.group" in r.path
+    ]
+    assert casts == []  # no group cast on a Microsoft 365 group
+    assert set(await roster(app, own_tenant)) == set(expected_roster(own_tenant, selected))
+
+
+async def test_any_failure_of_the_incremental_read_falls_back_to_a_full_read(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    await register(app, own_tenant)
+    selected = [own_tenant.landmarks.nested_chain[0]]  # a security group: its closure is asked of Graph
+    assert own_tenant.groups[selected[0]].kind != "microsoft365"
+    await select(app, own_tenant, selected)
+    await app.deliver()
+    direct_user = next(
+        uid for uid in sorted(own_tenant.direct_member_ids(selected[0])) if uid in own_tenant.users
+    )
+    assert own_tenant.remove_member(selected[0], direct_user)
+    # Something the incremental path did not foresee: Graph refuses the nesting closure as malformed.
+    app.graph.add_fault(
+        400, r"/microsoft.graph.group", code="Request_UnsupportedQuery", in_batch=True, times=1
+    )
+    app.graph.reset_log()
+    result = await nightly(app, own_tenant)
+    assert result["status"] == "succeeded" and result["incremental"] is False, [
+        (r.method, r.path, r.status) for r in app.graph.request_log()
+    ]
+    assert "incremental read failed" in result["fallback"]
     assert set(await roster(app, own_tenant)) == set(expected_roster(own_tenant, selected))
 
 

@@ -355,7 +355,11 @@ async def test_consent_revoked_run_says_which_permission_and_how(
         route={"tenantId": own_tenant.tenant_id},
     )
     assert code == 502 and "GroupMember.Read.All" in problem["detail"]
-    assert f"login.microsoftonline.com/{own_tenant.tenant_id}/adminconsent" in problem["detail"]
+    assert f"/{own_tenant.tenant_id}/adminconsent?client_id=" in problem["detail"]
+    assert (
+        problem["adminConsentUrl"] in problem["detail"]
+        and problem["missingPermission"] == "GroupMember.Read.All"
+    )
     failed = await refresh(app, own_tenant)
     assert failed["status"] == "failed" and "adminconsent" in failed["error"]
     code, conn, _ = await app.http(

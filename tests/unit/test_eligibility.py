@@ -102,7 +102,10 @@ def classify(
         pytest.param(person(account_enabled=False), {}, (R.DISABLED,), id="disabled"),
         pytest.param(person(licensed=False, sku_ids=()), {}, (R.UNLICENSED,), id="unlicensed"),
         pytest.param(
-            person(licensed=False), {}, (R.UNLICENSED,), id="licence-of-a-suspended-subscription-does-not-count"
+            person(licensed=False),
+            {},
+            (R.UNLICENSED,),
+            id="licence-of-a-suspended-subscription-does-not-count",
         ),
         pytest.param(
             person(sku_ids=(E3,)),
@@ -111,7 +114,10 @@ def classify(
             id="required-sku-missing",
         ),
         pytest.param(
-            person(sku_ids=(E3, E5)), {"rules": ExclusionRules(required_skus=(E5,))}, (), id="required-sku-held"
+            person(sku_ids=(E3, E5)),
+            {"rules": ExclusionRules(required_skus=(E5,))},
+            (),
+            id="required-sku-held",
         ),
         pytest.param(person(), {"purpose": "shared"}, (R.SHARED_MAILBOX,), id="shared-mailbox"),
         pytest.param(
@@ -403,7 +409,9 @@ def test_counts_take_each_user_once_by_primary_reason() -> None:
     }
     included = sum(v.included for v in verdicts)
     unknown = sum(bool(v.unknown) for v in verdicts)
-    assert included + sum(counts.values()) + unknown == len(verdicts)  # members = eligible + excluded + unknown
+    assert included + sum(counts.values()) + unknown == len(
+        verdicts
+    )  # members = eligible + excluded + unknown
 
 
 @pytest.mark.parametrize("reason", list(ExclusionReason), ids=str)
@@ -533,9 +541,7 @@ def test_an_attribute_graph_left_out_makes_the_verdict_unknown_never_an_exclusio
     assert verdict.primary is None  # counted as unknown, not under an exclusion reason
 
 
-@pytest.mark.parametrize(
-    "pattern", ["*", "*@*", "?*", "*.*", "*?", "**", "*@*.*", "??*", "*@*.??*"]
-)
+@pytest.mark.parametrize("pattern", ["*", "*@*", "?*", "*.*", "*?", "**", "*@*.*", "??*", "*@*.??*"])
 def test_patterns_that_match_every_upn_are_refused(pattern: str) -> None:
     with pytest.raises(InvalidRules, match="would exclude every user"):
         parse_exclusion_rules({"upnPatterns": [pattern]})
