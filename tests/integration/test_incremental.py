@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from devtools.demo_tenant import AssignedLicense, User
-from devtools.demo_tenant.model import MembershipRefused
 from devtools.demo_tenant import Tenant as DemoTenant
+from devtools.demo_tenant.model import MembershipRefused
 from shared.storage import queue_client
 from sync.models import RunStatus
 from sync.service import open_service
