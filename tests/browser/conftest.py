@@ -39,10 +39,12 @@ TENANT_NAMES = ("flow", "held", "failure", "narrow", "undo")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test here is a browser test (`-m "not browser"` skips them)."""
+    """Every test here is a browser test (`-m "not browser"` skips them); under pytest-xdist they
+    share one worker, so the module's host, tenants and Chromium start once."""
     for item in items:
         if "tests/browser/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.fixture(scope="module")
