@@ -8,8 +8,7 @@ It runs `function_app.py` from the app's own registrations, as `func start` woul
   session signed in at /.auth/login/aad as one of the dev identities (`identities.py`);
 - queue triggers fed from Azurite with host.json `extensions.queues` semantics (`queues.py`);
 - timer triggers NOT run on their schedule (a dev machine should not sync every tenant at night):
-  run one with `POST /admin/functions/{name}` and body `{"input": ""}` (`admin.py`);
-  `runOnStartup: true` is honoured.
+  run one with `POST /admin/functions/{name}` and body `{"input": ""}` (`admin.py`).
 
 It holds no product logic: everything it knows comes from the bindings and host.json.
 Run it with `python -m devtools.host [--port 7071]`; stop it with Ctrl-C.

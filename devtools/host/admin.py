@@ -16,7 +16,7 @@ from devtools.host.routes import problem_response
 
 
 class AdminApi:
-    """`POST /admin/functions/{name}` with `{"input": "..."}` (202) and `GET /admin/host/status`."""
+    """`POST /admin/functions/{name}` with `{"input": "..."}` answers 202 and runs it."""
 
     def __init__(self, index: FunctionIndex, invoker: Invoker, queues: QueueWorker) -> None:
         """Serves the functions of `index`."""
@@ -27,16 +27,12 @@ class AdminApi:
     def add_routes(self, router: web.UrlDispatcher) -> None:
         """Register the admin routes."""
         router.add_post("/admin/functions/{name}", self._invoke)
-        router.add_get("/admin/host/status", self._status)
 
     async def run_timer(self, timer: TimerFunction, reason: str) -> None:
         """Call a timer function once (nothing retries a timer; a failure is logged)."""
         request = TimerRequest(past_due=False, schedule={"AdjustForDST": True})
         with contextlib.suppress(Exception):
             await self._invoker.invoke(timer, reason, request)
-
-    async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response({"state": "Running", "functions": sorted(self._index.by_name)})
 
     async def _invoke(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -73,7 +73,6 @@ class TimerFunction(HostedFunction):
     """A timer-triggered function (run on demand only)."""
 
     schedule: str
-    run_on_startup: bool
 
 
 @dataclass
@@ -134,7 +133,7 @@ def _entry(name: str, handler: Handler, trigger: Mapping[str, Any]) -> HostedFun
         return QueueFunction(name, handler, arg, queue, connection)
     if kind == "timerTrigger":
         schedule = resolve_expression(trigger["schedule"])
-        return TimerFunction(name, handler, arg, schedule, bool(trigger.get("runOnStartup")))
+        return TimerFunction(name, handler, arg, schedule)
     return None
 
 

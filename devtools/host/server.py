@@ -134,8 +134,6 @@ class DevHost:
                 timer.schedule,
                 timer.name,
             )
-            if timer.run_on_startup:
-                self._invoker.spawn(admin.run_timer(timer, "Timer fired at startup (runOnStartup)."))
 
     async def stop(self) -> None:
         """Stop polling, let running invocations finish (up to the grace period), close everything."""
@@ -152,13 +150,6 @@ class DevHost:
             self._runner = None
         self._base_url = None
         self._restore_settings()
-
-    async def __aenter__(self) -> DevHost:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def start_in_thread(self, timeout: float = 60.0) -> DevHost:
         """Run the host in its own event loop on a daemon thread; returns once it serves."""
