@@ -41,8 +41,10 @@ chromium:
 run: setup
 	$(PY) -m devtools.stack
 
+# On every core (pytest-xdist); tests that share state carry an xdist_group and stay together.
+# One test at a time: `$(PY) -m pytest -p no:xdist`.
 test: setup chromium iac
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadgroup
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ from devtools.azurite import REPO_ROOT, Azurite, AzuriteError
 from devtools.demo_tenant.generator import build_demo_tenants
 from devtools.demo_tenant.server import DemoGraphServer
 from devtools.host import DevHost
+from devtools.host.easyauth import sign_in_help
 
 DEMO_GRAPH_PORT = 7081
 APP_PORT = 7071
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     first = tenants[0].tenant_id
     print(f"  App (Functions dev host):  {app_host.base_url}/api/health")
     print(f"  The page:                  {app_host.base_url}/api/ui?tenant={first}")
+    print("Every data route needs a signed-in user, as behind App Service Authentication:")
+    for line in sign_in_help(app_host.base_url, f"/api/ui?tenant={first}"):
+        print(f"  {line}")
     print("Try the CLI in another terminal (it reads local.settings.json):")
     print(f"  .venv/bin/python -m sync tenant add {first} --name Contoso")
     print(f"  .venv/bin/python -m sync groups {first}")

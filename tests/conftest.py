@@ -1,4 +1,5 @@
-"""Shared fixtures: real Azurite and the demo Graph tenant, each started once per session."""
+"""Shared fixtures: real Azurite and the demo Graph tenant, each started once per session; under
+pytest-xdist a session is a worker, so each worker has its own (free ports, its own data folder)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from _pytest.nodeid import NodeId
 
 from devtools.azurite import Azurite, AzuriteError
 from devtools.demo_tenant import DemoGraphServer, build_demo_tenants, build_tenant
@@ -14,13 +16,43 @@ from shared.graph import GraphClients, GraphHttpOptions
 from shared.settings import Settings, load_settings
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give items the node ids pytest-xdist and schemathesis mean them to have.
+
+    pytest 9 builds a node id from `Node._id`; pytest-xdist 3.8 and schemathesis 4.32 still set
+    the old `_nodeid`, which it ignores. So the ids of schemathesis' one-item-per-operation
+    (`test[GET /api/health]`) all read `test`, and xdist, which schedules by id, ran one
+    operation of eighteen; and `--dist loadgroup` never saw an `xdist_group`. Both are put right
+    here (a no-op once the plugins catch up): the operation goes back into the id, and under
+    loadgroup the id ends in `@group`, which sends the group to one worker, in order.
+    """
+    loadgroup = bool(getattr(config.option, "loadgroup", False))  # set on xdist workers
+    for item in items:
+        nodeid = item.nodeid
+        if item.parent is not None and not nodeid.endswith(item.name):
+            nodeid = f"{item.parent.nodeid}::{item.name}"
+        if loadgroup:
+            marks = item.iter_markers("xdist_group")
+            groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
+            suffix = f"@{'_'.join(groups)}"
+            if groups and not nodeid.endswith(suffix):
+                nodeid += suffix
+        if nodeid != item.nodeid:
+            item._id = NodeId.parse(nodeid)  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     """Azurite on free loopback ports with a temporary data folder, stopped at the end."""
-    try:
-        server = Azurite().start()
-    except AzuriteError as exc:
-        pytest.fail(f"Azurite could not start, so the storage tests cannot run: {exc}", pytrace=False)
+    for attempt in range(3):
+        try:
+            server = Azurite().start()
+            break
+        except AzuriteError as exc:
+            # A port found free may be taken before Azurite binds it (parallel workers): new ports.
+            if attempt == 2:
+                pytest.fail(f"Azurite could not start, so the storage tests cannot run: {exc}", pytrace=False)
     yield server
     server.stop()
 

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from devtools.azurite import Azurite
 from devtools.demo_tenant import DemoGraphServer, build_tenant
 from devtools.demo_tenant import Tenant as DemoTenant
-from devtools.host import DevHost
+from devtools.host import SESSION_COOKIE, DevHost
 from shared.settings import reset_settings_cache
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -39,10 +39,12 @@ TENANT_NAMES = ("flow", "held", "failure", "narrow", "undo")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test here is a browser test (`-m "not browser"` skips them)."""
+    """Every test here is a browser test (`-m "not browser"` skips them); under pytest-xdist they
+    share one worker, so the module's host, tenants and Chromium start once."""
     for item in items:
         if "tests/browser/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +88,26 @@ def dev_host(azurite: Azurite, browser_graph: DemoGraphServer) -> Iterator[DevHo
     reset_settings_cache()
 
 
+def dev_session(base_url: str, identity: str) -> str:
+    """A Cookie header value for a dev session (the dev host's shortcut for scripts)."""
+    request = urllib.request.Request(
+        f"{base_url}/.auth/login/dev",
+        data=json.dumps({"identity": identity}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        cookie = str(json.load(response)["cookie"])
+    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    return cookie
+
+
 @dataclass
 class Api:
-    """Plain HTTP calls to the hosted app (the dev host injects the dev principal)."""
+    """Plain HTTP calls to the hosted app, signed in as the dev operator."""
 
     base_url: str
+    cookie: str
 
     def call(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -100,7 +117,7 @@ class Api:
             f"{self.base_url}/api/{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/json", **(headers or {})},
+            headers={"Content-Type": "application/json", "Cookie": self.cookie, **(headers or {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -118,7 +135,7 @@ class Api:
 @pytest.fixture(scope="module")
 def api(dev_host: DevHost) -> Api:
     """HTTP access to the app, for set-up the page does not do (registering a tenant)."""
-    return Api(dev_host.base_url)
+    return Api(dev_host.base_url, dev_session(dev_host.base_url, "operator"))
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +165,17 @@ def page_errors() -> PageErrors:
     return PageErrors()
 
 
+def sign_in(page: Page, base_url: str, identity: str) -> None:
+    """Sign in as App Service Authentication would have the user do it: the dev host's sign-in page."""
+    page.goto(f"{base_url}/.auth/login/aad?post_login_redirect_uri=/.auth/me")
+    page.locator(f'button[name="identity"][value="{identity}"]').click()
+    page.wait_for_url(f"{base_url}/.auth/me")
+
+
 @pytest.fixture
-def page(browser: Browser, page_errors: PageErrors) -> Iterator[Page]:
-    """A fresh page at 1280x800; fails the test on any script error or CSP violation."""
+def page(browser: Browser, page_errors: PageErrors, dev_host: DevHost) -> Iterator[Page]:
+    """A fresh page at 1280x800, signed in as the dev operator; fails the test on any script error
+    or CSP violation."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(20_000)
     page = context.new_page()
@@ -162,6 +187,7 @@ def page(browser: Browser, page_errors: PageErrors) -> Iterator[Page]:
             page_errors.messages.append(f"CSP: {text}")
 
     page.on("console", on_console)
+    sign_in(page, dev_host.base_url, "operator")
     yield page
     context.close()
     assert not page_errors.messages, page_errors.messages

@@ -50,6 +50,10 @@ from tests.integration.test_fault_matrix import forget_tenants
 from tests.integration.test_sync_flow import register, select
 from tests.oracle import expected_roster
 
+# The fuzzed operations share one app (module fixture) and the last test counts their requests
+# (module state): under pytest-xdist the whole module runs on one worker, in order.
+pytestmark = pytest.mark.xdist_group("api_contract")
+
 # Hypothesis keeps caches in ./.hypothesis by default; keep the work tree clean.
 set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "o365-groups-sync-hypothesis"))
 
