@@ -70,5 +70,7 @@ def test_every_runtime_distribution_is_pinned_to_the_installed_version() -> None
     assert {"azure-functions", "azure-core", "opentelemetry-sdk"} <= closure
     unpinned = sorted(name for name in closure if name not in constraints)
     assert unpinned == []
-    drift = {n: (constraints[n], metadata.version(n)) for n in closure if constraints[n] != metadata.version(n)}
+    drift = {
+        n: (constraints[n], metadata.version(n)) for n in closure if constraints[n] != metadata.version(n)
+    }
     assert drift == {}
