@@ -477,3 +477,29 @@ def test_a_data_route_among_the_anonymous_paths_is_reported() -> None:
         "  '/api/health'\n", "  '/api/health'\n  '/api/tenants'\n", 1
     )
     assert "/api/tenants is a data route" in anonymous_path_problems(text)
+
+
+def test_region_and_memory_are_limited_to_what_flex_consumption_offers() -> None:
+    main = (INFRA / "main.bicep").read_text(encoding="utf-8")
+    location = re.search(
+        r"@allowed\(\[(.*?)\]\)\n@metadata\(\{\n  azd: \{\n    type: 'location'", main, re.DOTALL
+    )
+    assert location, "the location parameter has no @allowed list"
+    regions = re.findall(r"'([a-z0-9]+)'", location.group(1))
+    assert {"eastus", "westeurope", "australiaeast"} <= set(regions) and len(regions) == len(set(regions))
+    for path in (INFRA / "main.bicep", API_BICEP):
+        memory = re.search(
+            r"@allowed\(\[\s*512\s+2048\s+4096\s*\]\)\nparam instanceMemoryMB int = 2048", path.read_text()
+        )
+        assert memory, path.name
+
+
+def test_the_optional_event_grid_topic_takes_entra_tokens_from_the_app_identity_only() -> None:
+    events = check_infra.strip_comments((INFRA / "app" / "events.bicep").read_text(encoding="utf-8"))
+    assert "disableLocalAuth: true" in events
+    assert "'d5a91429-5739-47e2-a06b-3470a27159e7'" in events  # EventGrid Data Sender
+    module = check_infra.Infra(ROOT).module_params("app/events.bicep")
+    assert "identityPrincipalId: identity.outputs.principalId" in module
+    assert re.search(
+        r"^param eventsTopic bool = false$", (INFRA / "main.bicep").read_text(encoding="utf-8"), re.MULTILINE
+    )
