@@ -488,8 +488,9 @@ def test_region_and_memory_are_limited_to_what_flex_consumption_offers() -> None
     regions = re.findall(r"'([a-z0-9]+)'", location.group(1))
     assert {"eastus", "westeurope", "australiaeast"} <= set(regions) and len(regions) == len(set(regions))
     for path in (INFRA / "main.bicep", API_BICEP):
+        text = path.read_text(encoding="utf-8")
         memory = re.search(
-            r"@allowed\(\[\s*512\s+2048\s+4096\s*\]\)\nparam instanceMemoryMB int = 2048", path.read_text()
+            r"@allowed\(\[\s*512\s+2048\s+4096\s*\]\)\nparam instanceMemoryMB int = 2048", text
         )
         assert memory, path.name
 
