@@ -9,7 +9,7 @@ NODE_STAMP := node_modules/.installed
 IAC_VENV := .venv-iac
 IAC_STAMP := $(IAC_VENV)/.installed
 
-.PHONY: run test setup lint bench clean chromium iac
+.PHONY: run test setup lint bench clean chromium shellcheck iac
 
 setup: $(PIP_STAMP) $(NODE_STAMP)
 
@@ -29,14 +29,21 @@ $(IAC_STAMP): requirements-iac.txt
 
 # checkov on infra/ in its own virtualenv (its dependencies clash with the app's pins). checkov exits 0
 # on files it cannot parse; check_parsing.py fails on any but app/graph-app.bicep (see infra/README.md).
-iac: $(IAC_STAMP)
+# check_infra.py checks the values checkov cannot know (endpoints, roles, Flex, telemetry); shellcheck
+# the deployment scripts.
+iac: $(IAC_STAMP) shellcheck
 	@mkdir -p .run
 	$(IAC_VENV)/bin/checkov -d infra --framework bicep -o cli -o json --output-file-path console,.run/checkov.json
 	$(IAC_VENV)/bin/python infra/scripts/check_parsing.py .run/checkov.json
+	$(IAC_VENV)/bin/python infra/scripts/check_infra.py
+	shellcheck infra/scripts/*.sh scripts/*.sh
 
 # Browser tests drive Debian's Chromium; a browser is never downloaded by a test tool.
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+shellcheck:
+	@command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null)
 
 run: setup
 	$(PY) -m devtools.stack

@@ -1,11 +1,19 @@
 """Telemetry: OpenTelemetry to Application Insights, run ids on every log line, one summary per run.
 
-In Azure, `configure_telemetry()` (called once from function_app.py) sends the app's logs,
-traces and dependencies (Graph over httpx, Storage over the Azure SDK) to Application Insights
-through `azure-monitor-opentelemetry`. It does nothing when APPLICATIONINSIGHTS_CONNECTION_STRING
-is not set, so local runs and tests never export anything. With App Insights local auth switched
-off, the exporter authenticates with the managed identity named in
+One telemetry path, the one Microsoft documents for Python on Functions with Application
+Insights (learn.microsoft.com/azure/azure-functions/opentelemetry-howto): host.json
+`telemetryMode: OpenTelemetry`, and the app setting PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true
+with which the Python worker itself calls `configure_azure_monitor` for the logger named in
+PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME ("sync") before it imports function_app.py, and tells the
+host so, which then stops exporting the worker's logs a second time. `configure_telemetry()` (called
+once from function_app.py) then only adds the run ids to that exporter. Anywhere else (a host
+without that setting) it configures the same distro itself. It does nothing without
+APPLICATIONINSIGHTS_CONNECTION_STRING, so local runs and tests never export anything. With App
+Insights local auth switched off, the exporter authenticates with the managed identity named in
 APPLICATIONINSIGHTS_AUTHENTICATION_STRING (`ClientId=...;Authorization=AAD`), which it reads itself.
+PYTHON_ENABLE_OPENTELEMETRY must not be set: in the worker it only marks OpenTelemetry as present,
+without the trace-context propagator, and every async invocation then fails
+(azure-functions-python-worker issue #1881); Microsoft lists it for OTLP export only.
 
 `run_context()` marks the work of one refresh run; `RunContextFilter` stamps its tenantId and
 runId on every record logged inside it (they become customDimensions). `log_run_summary()`
@@ -25,6 +33,10 @@ from typing import Any
 import msgspec
 
 CONNECTION_STRING_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+# With this setting "true" the Python worker configures Azure Monitor itself (see above).
+WORKER_TELEMETRY_SETTING = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+# The logger the worker exports; infra/app/api.bicep sets it to APP_LOGGER_NAME.
+WORKER_LOGGER_SETTING = "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"
 # The logger whose records are exported: every module of the app logs under "sync." (the
 # Functions worker's root logger forwards everything to the host's log stream as well).
 APP_LOGGER_NAME = "sync"
@@ -124,10 +136,13 @@ def log_run_summary(run: msgspec.Struct, logger: logging.Logger | None = None) -
     return summary
 
 
-def _install_filter(logger_name: str) -> None:
-    for handler in logging.getLogger(logger_name).handlers:
+def _install_filter(logger_name: str) -> int:
+    """Put RunContextFilter on every handler of the logger; returns how many handlers it has."""
+    handlers = logging.getLogger(logger_name).handlers
+    for handler in handlers:
         if not any(isinstance(f, RunContextFilter) for f in handler.filters):
             handler.addFilter(RunContextFilter())
+    return len(handlers)
 
 
 def configure_telemetry(environ: Mapping[str, str] | None = None) -> bool:
@@ -142,25 +157,32 @@ def configure_telemetry(environ: Mapping[str, str] | None = None) -> bool:
         return False
     if _configured:
         return True
-    try:
-        from azure.monitor.opentelemetry import configure_azure_monitor
+    worker_exports = env.get(WORKER_TELEMETRY_SETTING, "").strip().lower() == "true"
+    # With worker_exports the worker configured the distro before importing this app; a second
+    # configure_azure_monitor would add a second exporter and send every record twice.
+    if not worker_exports:
+        try:
+            from azure.monitor.opentelemetry import configure_azure_monitor
 
-        configure_azure_monitor(
-            connection_string=connection_string,
-            logger_name=APP_LOGGER_NAME,
-            # Web frameworks and database drivers the distro would instrument are not used here.
-            instrumentation_options={
-                "django": {"enabled": False},
-                "fastapi": {"enabled": False},
-                "flask": {"enabled": False},
-                "psycopg2": {"enabled": False},
-            },
-        )
-    except Exception:
-        # Telemetry must not take the sync down with it; the host's own log stream shows this.
-        log.exception("Application Insights telemetry could not be configured")
-        return False
+            configure_azure_monitor(
+                connection_string=connection_string,
+                logger_name=APP_LOGGER_NAME,
+                # Web frameworks and database drivers the distro would instrument are not used here.
+                instrumentation_options={
+                    "django": {"enabled": False},
+                    "fastapi": {"enabled": False},
+                    "flask": {"enabled": False},
+                    "psycopg2": {"enabled": False},
+                },
+            )
+        except Exception:
+            # Telemetry must not take the sync down with it; the host's own log stream shows this.
+            log.exception("Application Insights telemetry could not be configured")
+            return False
     logging.getLogger(APP_LOGGER_NAME).setLevel(logging.INFO)
-    _install_filter(APP_LOGGER_NAME)
+    if not _install_filter(APP_LOGGER_NAME) and worker_exports:
+        log.warning(
+            "%s is true but logger %r has no exporting handler", WORKER_TELEMETRY_SETTING, APP_LOGGER_NAME
+        )
     _configured = True
     return True

@@ -1,34 +1,61 @@
-// The Function App: Flex Consumption, Python 3.11, one user-assigned identity for everything,
-// every app setting the code reads, and App Service Authentication (Entra ID) in front of it.
+// The Function App: Flex Consumption, Python 3.11, two user-assigned identities (the app's for
+// storage and monitoring, the Graph identity for Microsoft Graph only), every app setting the code
+// reads, App Service Authentication (Entra ID, multi-tenant) in front of it, and its logs in Log
+// Analytics.
 param name string
 param location string = resourceGroup().location
 param tags object = {}
 @description('The azd service this app hosts (azure.yaml).')
 param serviceName string = 'api'
 param appServicePlanId string
-@description('Resource id of the user-assigned managed identity.')
+@description('Resource id of the app\'s user-assigned identity (storage, monitoring, App Service Authentication).')
 param identityId string
-@description('Client id of the user-assigned managed identity.')
+@description('Client id of the app\'s user-assigned identity.')
 param identityClientId string
+@description('Resource id of the Graph identity: the federated credential of the Graph app, nothing else.')
+param graphIdentityId string
+@description('Client id of the Graph identity.')
+param graphIdentityClientId string
 param storageAccountName string
 param deploymentStorageContainerName string
 param applicationInsightsName string
+param logAnalyticsWorkspaceId string
 param runtimeVersion string = '3.11'
+@allowed([
+  512
+  2048
+  4096
+])
 param instanceMemoryMB int = 2048
 param maximumInstanceCount int = 40
 
-// The app's settings (shared/settings.py).
-@description('GRAPH_APP_CLIENT_ID: the multi-tenant app the identity federates into, one token per customer tenant.')
+// The app's settings (shared/settings.py; names in /work/plan/CONTRACT.md).
+@description('GRAPH_APP_CLIENT_ID: the multi-tenant app the Graph identity federates into, one token per customer tenant.')
 param graphAppClientId string
-param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
+@description('GRAPH_CLOUD: global, usgov, usgovdod or china; the Graph endpoint and token authority follow it.')
+@allowed([
+  'global'
+  'usgov'
+  'usgovdod'
+  'china'
+])
+param graphCloud string = 'global'
 param syncQueue string = 'sync-refresh'
 param syncSchedule string = '0 0 2 * * *'
 param removalGraceDays string = '7'
 param removalGuardPercent string = '10'
 param removalGuardMinUsers string = '20'
+param removalGuardMajorityPercent string = '50'
+@description('ADMIN_ROLE_IDS: Entra role template ids (wids) that make a customer\'s user an admin.')
+param adminRoleIds string
+param notifyDebounceSeconds string = '20'
+param auditContainerName string = 'audit'
+param auditRetentionDays int = 400
+@description('EVENTS_TOPIC_ENDPOINT: the optional Event Grid topic for roster-change CloudEvents; empty: none.')
+param eventsTopicEndpoint string = ''
 
 // App Service Authentication.
-@description('Client id of the API app registration (app role Sync.Admin). Empty: authentication is not configured and the API refuses every data request (it fails closed).')
+@description('Client id of the API app registration (app role Sync.Operator). Empty: authentication is not configured and the API refuses every data request (it fails closed).')
 param authClientId string
 @description('Application ID URI of the API app registration: the audience of tokens issued for it.')
 param authIdentifierUri string = ''
@@ -37,13 +64,15 @@ param authIdentifierUri string = ''
   'RedirectToLoginPage'
 ])
 param unauthenticatedAction string = 'Return401'
-@description('Routes served without sign-in, exactly those whose handlers skip the sign-in check: the health probe, the OpenAPI document and the page\'s static files (no data in any; every data call the page makes is authenticated).')
+@description('Routes served without sign-in: those whose handlers check something else (CONTRACT.md). The health probe, the OpenAPI document, the page and its static files carry no data; /api/notifications checks Graph\'s validation token and each subscription\'s clientState; /api/consent/callback checks a one-time state.')
 param anonymousPaths array = [
   '/api/health'
   '/api/openapi.json'
   '/api/ui'
   '/api/ui/app.js'
   '/api/ui/styles.css'
+  '/api/notifications'
+  '/api/consent/callback'
 ]
 
 // App Service Authentication reads this app setting's value as the client id of a managed
@@ -58,41 +87,12 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-// Every setting the code and the Functions host read. tests/unit/test_infra_settings.py checks
-// that each name shared/settings.py and shared/telemetry.py read, and each %SETTING% of a
-// binding, is here.
-var appSettings = {
-  // The Functions host's own storage, identity-based: timers, locks, the deployment package.
-  AzureWebJobsStorage__credential: 'managedidentity'
-  AzureWebJobsStorage__clientId: identityClientId
-  AzureWebJobsStorage__blobServiceUri: stg.properties.primaryEndpoints.blob
-  // The app's tables and refresh queue (shared/storage.py and the queue trigger's connection).
-  SYNC_STORAGE__credential: 'managedidentity'
-  SYNC_STORAGE__clientId: identityClientId
-  SYNC_STORAGE__tableServiceUri: stg.properties.primaryEndpoints.table
-  SYNC_STORAGE__queueServiceUri: stg.properties.primaryEndpoints.queue
-  SYNC_STORAGE__blobServiceUri: stg.properties.primaryEndpoints.blob
-  // Microsoft Graph: the identity is the federated credential of the multi-tenant app.
-  GRAPH_BASE_URL: graphBaseUrl
-  GRAPH_AUTH: 'federated'
-  GRAPH_APP_CLIENT_ID: graphAppClientId
-  AZURE_CLIENT_ID: identityClientId
-  // The sync itself.
-  SYNC_QUEUE: syncQueue
-  SYNC_SCHEDULE: syncSchedule
-  REMOVAL_GRACE_DAYS: removalGraceDays
-  REMOVAL_GUARD_PERCENT: removalGuardPercent
-  REMOVAL_GUARD_MIN_USERS: removalGuardMinUsers
-  // Telemetry (shared/telemetry.py) with Entra ingestion: no instrumentation key is accepted.
-  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
-  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-  PYTHON_ENABLE_OPENTELEMETRY: 'true'
-  // App Service Authentication: the identity stands in for a client secret.
-  OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID: identityClientId
-  WEBSITE_AUTH_AAD_ALLOWED_TENANTS: tenant().tenantId
-}
-
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_17:Callers authenticate with Entra ID tokens (App Service Authentication); client certificates would add a credential to issue and rotate.
+  //checkov:skip=CKV_AZURE_222:The API and its page are reached from browsers and scripts on the internet; App Service Authentication (Entra ID) guards every data route instead.
+  //checkov:skip=CKV_AZURE_212:Flex Consumption scales instances per event by itself; siteConfig.numberOfWorkers does not apply to it.
+  //checkov:skip=CKV_AZURE_213:Flex Consumption does not support the App Service health check; /api/health stays anonymous for external probes.
+  //checkov:skip=CKV_AZURE_78:Flex Consumption deprecates siteConfig.ftpsState (FTPS is not supported there); FTP and SCM basic publishing credentials are switched off below.
   name: name
   location: location
   tags: union(tags, { 'azd-service-name': serviceName })
@@ -101,12 +101,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     type: 'UserAssigned'
     userAssignedIdentities: {
       '${identityId}': {}
+      '${graphIdentityId}': {}
     }
   }
-  //checkov:skip=CKV_AZURE_17:Callers authenticate with Entra ID tokens (App Service Authentication); client certificates would add a credential to issue and rotate.
-  //checkov:skip=CKV_AZURE_222:The API and its page are reached from browsers and scripts on the internet; App Service Authentication (Entra ID, app role Sync.Admin) guards every data route instead.
-  //checkov:skip=CKV_AZURE_212:Flex Consumption scales instances per event by itself; siteConfig.numberOfWorkers does not apply to it.
-  //checkov:skip=CKV_AZURE_213:Flex Consumption does not support the App Service health check; /api/health stays anonymous for external probes.
   properties: {
     serverFarmId: appServicePlanId
     httpsOnly: true
@@ -115,7 +112,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
     }
     functionAppConfig: {
@@ -161,14 +157,85 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   }
 }
 
-// App Service Authentication (Easy Auth v2): Entra ID in front of every route but the anonymous
-// ones. The code then requires the app role Sync.Admin from the injected principal, and fails
-// closed while this is off (WEBSITE_AUTH_ENABLED): it stays off until the API app exists.
+// Every setting the code and the Functions host read, and nothing Flex Consumption deprecates.
+// tests/unit/test_infra_settings.py (infra/scripts/check_infra.py) checks names AND values.
+var appSettings = {
+  // The Functions host's own storage, identity-based: blobs (deployment package, locks), queues, tables.
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  AzureWebJobsStorage__blobServiceUri: stg.properties.primaryEndpoints.blob
+  AzureWebJobsStorage__queueServiceUri: stg.properties.primaryEndpoints.queue
+  AzureWebJobsStorage__tableServiceUri: stg.properties.primaryEndpoints.table
+  // The app's tables, queues, lock blobs and audit archive (shared/storage.py, the queue triggers).
+  SYNC_STORAGE__credential: 'managedidentity'
+  SYNC_STORAGE__clientId: identityClientId
+  SYNC_STORAGE__tableServiceUri: stg.properties.primaryEndpoints.table
+  SYNC_STORAGE__queueServiceUri: stg.properties.primaryEndpoints.queue
+  SYNC_STORAGE__blobServiceUri: stg.properties.primaryEndpoints.blob
+  AUDIT_CONTAINER: auditContainerName
+  AUDIT_RETENTION_DAYS: string(auditRetentionDays)
+  // Microsoft Graph: the Graph identity is the federated credential of the multi-tenant Graph app.
+  GRAPH_CLOUD: graphCloud
+  GRAPH_AUTH: 'federated'
+  GRAPH_APP_CLIENT_ID: graphAppClientId
+  GRAPH_IDENTITY_CLIENT_ID: graphIdentityClientId
+  AZURE_CLIENT_ID: identityClientId
+  // Who may call: operators of this tenant, admins of connected customer tenants.
+  HOME_TENANT_ID: tenant().tenantId
+  ADMIN_ROLE_IDS: adminRoleIds
+  APP_BASE_URL: 'https://${functionApp.properties.defaultHostName}'
+  // The sync itself.
+  SYNC_QUEUE: syncQueue
+  SYNC_SCHEDULE: syncSchedule
+  REMOVAL_GRACE_DAYS: removalGraceDays
+  REMOVAL_GUARD_PERCENT: removalGuardPercent
+  REMOVAL_GUARD_MIN_USERS: removalGuardMinUsers
+  REMOVAL_GUARD_MAJORITY_PERCENT: removalGuardMajorityPercent
+  NOTIFY_DEBOUNCE_SECONDS: notifyDebounceSeconds
+  EVENTS_TOPIC_ENDPOINT: eventsTopicEndpoint
+  // Telemetry: host.json telemetryMode OpenTelemetry + the Python worker's Azure Monitor exporter for
+  // the "sync" logger (shared/telemetry.py), Entra ingestion only.
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'sync'
+  // App Service Authentication: the app identity stands in for a client secret.
+  OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID: identityClientId
+}
+
+// Host and app logs (FunctionAppLogs) reach the workspace even when Application Insights
+// ingestion does not (a broken exporter, a missing role): the failed-invocation alert reads them.
+resource appDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'function-app-logs'
+  scope: functionApp
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'FunctionAppLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// App Service Authentication (Easy Auth v2), multi-tenant: operators sign in from the home tenant,
+// admins of connected customer tenants from theirs. With the common issuer Easy Auth does not check
+// which tenant a token comes from (Microsoft documents this for multi-tenant apps), so the code
+// checks tid itself: HOME_TENANT_ID and Sync.Operator, or a connected tenant and an ADMIN_ROLE_IDS
+// role in wids. The code refuses every data call while this is off (WEBSITE_AUTH_ENABLED): it stays
+// off until the API app exists.
 var authEnabled = !empty(authClientId)
 
 resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   //checkov:skip=CKV_AZURE_13:checkov reads the v1 authsettings schema (properties.enabled); this authsettingsV2 resource turns authentication on with platform.enabled and requireAuthentication, asserted by tests/unit/test_infra_settings.py.
-  //checkov:skip=CKV_AZURE_63:Applies to the web config resource, not to authsettingsV2; the app logs to Application Insights (OpenTelemetry).
+  //checkov:skip=CKV_AZURE_63:Applies to the web config resource, not to authsettingsV2; the app logs to Application Insights and FunctionAppLogs.
   //checkov:skip=CKV_AZURE_65:Applies to the web config resource, not to authsettingsV2; errors are problem+json documents written by the app.
   //checkov:skip=CKV_AZURE_66:Applies to the web config resource, not to authsettingsV2; requests are traced in Application Insights.
   //checkov:skip=CKV_AZURE_80:Applies to the .NET web config, not to authsettingsV2 of a Python app.
@@ -200,7 +267,7 @@ resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
       azureActiveDirectory: {
         enabled: authEnabled
         registration: {
-          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+          openIdIssuer: '${environment().authentication.loginEndpoint}common/v2.0'
           clientId: authClientId
           clientSecretSettingName: authClientAssertionSetting
         }

@@ -1,6 +1,7 @@
-// The storage account: the Functions host's blobs (deployment package, timer and lock state),
-// the app's tables and its refresh queue. Entra ID only: shared-key access is off, so neither
-// account keys nor connection strings exist to leak or rotate.
+// The storage account: the Functions host's blobs, queues and tables (deployment package, timer and
+// lock state), the app's tables, queues, tenant lock blobs and the immutable audit archive. Entra ID
+// only: shared-key access is off, so neither account keys nor connection strings exist to leak or
+// rotate.
 param name string
 param location string = resourceGroup().location
 param tags object = {}
@@ -8,8 +9,16 @@ param tags object = {}
 param deploymentContainerName string
 @description('Tables the app keeps its state in (shared/storage.py ALL_TABLES).')
 param tableNames array
-@description('The refresh queue and its poison queue.')
+@description('The app\'s queues (refresh, its poison queue, notifications) and the smoke-test queue.')
 param queueNames array
+@description('Blob container of the per-tenant lock blobs (blob lease).')
+param lockContainerName string = 'locks'
+@description('Blob container of the append-only audit archive (AUDIT_CONTAINER).')
+param auditContainerName string = 'audit'
+@description('Days an audit blob can be neither deleted nor overwritten (AUDIT_RETENTION_DAYS).')
+@minValue(1)
+@maxValue(146000)
+param auditRetentionDays int = 400
 @description('Workspace that receives the storage services\' write and delete logs.')
 param logAnalyticsWorkspaceId string
 
@@ -85,6 +94,37 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
+resource lockContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: lockContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource auditContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: auditContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// Time-based retention (WORM) on the audit archive: for auditRetentionDays after it is written no
+// audit blob can be deleted or overwritten, whichever data role asks (the app identity holds Storage
+// Blob Data Owner for the Functions host). Protected append writes let the app's append blobs
+// grow. The policy is created unlocked, so an Owner of the account can still shorten or remove
+// it through the management plane; lock it for compliance (docs/operations.md), after which it
+// can only be extended.
+resource auditRetention 'Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01' = {
+  parent: auditContainer
+  name: 'default'
+  properties: {
+    immutabilityPeriodSinceCreationInDays: auditRetentionDays
+    allowProtectedAppendWrites: true
+  }
+}
+
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: storage
   name: 'default'
@@ -109,8 +149,33 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
   }
 ]
 
-// Writes and deletes of the app's data go to Log Analytics (StorageWrite, StorageDelete). Reads
-// are left out on purpose: the queue trigger polls all day and would fill the workspace.
+// Writes and deletes of every service go to Log Analytics (StorageWrite, StorageDelete), with the
+// transaction metrics. Reads are left out on purpose: the queue trigger polls all day and would
+// fill the workspace.
+resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'blob-writes-and-deletes'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'Transaction'
+        enabled: true
+      }
+    ]
+  }
+}
+
 resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'queue-writes-and-deletes'
   scope: queueService
@@ -123,6 +188,12 @@ resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-prev
       }
       {
         category: 'StorageDelete'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'Transaction'
         enabled: true
       }
     ]
@@ -144,6 +215,12 @@ resource tableDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-prev
         enabled: true
       }
     ]
+    metrics: [
+      {
+        category: 'Transaction'
+        enabled: true
+      }
+    ]
   }
 }
 
@@ -152,3 +229,5 @@ output id string = storage.id
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
 output queueEndpoint string = storage.properties.primaryEndpoints.queue
 output tableEndpoint string = storage.properties.primaryEndpoints.table
+output lockContainerName string = lockContainer.name
+output auditContainerName string = auditContainer.name

@@ -277,3 +277,31 @@ def test_a_broken_telemetry_setup_does_not_stop_the_app(
     with caplog.at_level(logging.ERROR, logger="sync.telemetry"):
         assert configure_telemetry({"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=x"}) is False
     assert "could not be configured" in caplog.text
+
+
+def test_when_the_worker_exports_the_app_adds_run_ids_but_no_second_exporter(
+    monkeypatch: pytest.MonkeyPatch, fresh_telemetry: None
+) -> None:
+    """PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true: the worker configured Azure Monitor for the
+    "sync" logger before importing the app; configuring it again would export every record twice."""
+
+    def configure_azure_monitor(**kwargs: Any) -> None:
+        raise AssertionError("configure_azure_monitor called a second time")
+
+    fake = types.ModuleType("azure.monitor.opentelemetry")
+    fake.configure_azure_monitor = configure_azure_monitor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "azure.monitor.opentelemetry", fake)
+    app_logger = logging.getLogger(telemetry.APP_LOGGER_NAME)
+    monkeypatch.setattr(app_logger, "level", app_logger.level)
+    exporting = logging.NullHandler()  # what the worker's configure_azure_monitor attached
+    app_logger.addHandler(exporting)
+    env = {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000",
+        telemetry.WORKER_TELEMETRY_SETTING: "true",
+    }
+    try:
+        assert configure_telemetry(env) is True
+        assert any(isinstance(f, RunContextFilter) for f in exporting.filters)
+        assert app_logger.level == logging.INFO
+    finally:
+        app_logger.removeHandler(exporting)
