@@ -337,9 +337,8 @@ def test_a_failed_run_shows_the_missing_permission_and_the_consent_link(
         error = page.locator("#run-view .run-error")
         expect(error).to_be_visible(timeout=RUN_TIMEOUT)
         expect(error).to_contain_text("GroupMember.Read.All")
-        consent = (
-            f"https://login.microsoftonline.com/{tenant.tenant_id}/adminconsent?client_id={APP_CLIENT_ID}"
-        )
+        # The demo tenant serves Entra's admin-consent endpoint beside its Graph (GRAPH_AUTHORITY_HOST).
+        consent = f"{browser_graph.root_url}/{tenant.tenant_id}/adminconsent?client_id={APP_CLIENT_ID}"
         expect(error.get_by_role("link", name=consent)).to_have_attribute("href", consent)
         expect(page.get_by_role("alert")).to_contain_text("GroupMember.Read.All")
         expect(page.locator("#run-live")).to_contain_text("failed")
