@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(handler=cmd_tenant_list)
 
+    connection = sub.add_parser(
+        "connection", help="whether the app can read the tenant: consent, permissions, the consent link"
+    )
+    connection.add_argument("tenant_id")
+    connection.add_argument("--json", action="store_true")
+    connection.set_defaults(handler=cmd_connection)
+
     groups = sub.add_parser("groups", help="the tenant's groups, with kinds and member counts")
     groups.add_argument("tenant_id")
     groups.add_argument("--search")
@@ -259,6 +266,31 @@ async def cmd_tenant_list(args: argparse.Namespace, svc: SyncService) -> int:
         ["tenant", "name", "last run", "at"],
     )
     return EXIT_OK
+
+
+async def cmd_connection(args: argparse.Namespace, svc: SyncService) -> int:
+    """`connection`: consent and permissions; exit 1 when the app cannot read the tenant."""
+    result = await svc.connection(args.tenant_id)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"tenant {result.tenant_id}: {result.state}")
+        if result.detail:
+            print(f"  {result.detail}")
+        if result.checks:
+            rows = [
+                (check.permission, check.reads, "required" if check.required else "optional", check.ok)
+                for check in result.checks
+            ]
+            _table(
+                [(name, reads, need, "ok" if ok else "missing") for name, reads, need, ok in rows],
+                ["permission", "reads", "needed", "status"],
+            )
+        if result.admin_consent_url and not result.ok:
+            print(f"  admin consent: {result.admin_consent_url}")
+        if result.note:
+            print(f"  note: {result.note}")
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 async def cmd_groups(args: argparse.Namespace, svc: SyncService) -> int:

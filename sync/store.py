@@ -59,7 +59,7 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{_RUN_ORDER_CEILING - ms:013d}-{secrets.token_hex(4)}"
 
 
-_RUN_JSON_FIELDS = ("counts", "groups", "plan", "previewGroupIds")
+_RUN_JSON_FIELDS = ("counts", "groups", "plan", "previewGroupIds", "unknownUsers")
 # Table Storage caps a property at 64 KiB and stores strings as UTF-16: longer JSON (1,000 selected
 # groups with their names) continues in numbered properties `name_1`, `name_2`, ...
 _CHUNK_CHARS = 30_000

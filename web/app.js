@@ -1025,15 +1025,27 @@ async function explain(who) {
 
 // -- connection ---------------------------------------------------------------------------------
 
+const CONNECTION_STATES = {
+  connected: "Connected: every required permission works.",
+  permissionMissing: "Missing permissions: the sync cannot read the directory until an administrator grants them.",
+  notConsented: "Not connected: the app has no admin consent in this tenant (never granted, or removed).",
+  tenantNotFound: "Not connected: Microsoft Entra ID does not know this tenant id.",
+  credentialRejected: "Not connected: the app's own sign-in was refused; the operator must fix the app's credential.",
+  blocked: "Not connected: a Conditional Access policy or a disabled app stops the sign-in.",
+};
+
 async function loadConnection() {
   const view = $("connection-view");
   view.replaceChildren(h("p", { class: "muted" }, "Checking the Microsoft Graph permissions…"));
   try {
     const { data } = await api("GET", `${T()}/connection`);
-    const parts = [h("p", { class: data.ok ? "verdict yes" : "verdict no" }, data.ok
-      ? "Connected: every required permission works."
-      : "Missing permissions: the sync cannot read the directory until an administrator grants them.")];
-    parts.push(h("div", { class: "table-wrap" }, h("table", { class: "permissions" },
+    const parts = [h("p", { class: data.ok ? "verdict yes" : "verdict no", "data-state": data.state },
+      CONNECTION_STATES[data.state] || (data.ok ? CONNECTION_STATES.connected : CONNECTION_STATES.permissionMissing))];
+    if (data.detail) parts.push(h("p", { class: "connection-detail" }, linkify(data.detail)));
+    if (data.missingPermissions?.length) {
+      parts.push(h("p", { class: "small" }, "Missing: ", data.missingPermissions.map((p) => h("code", {}, p)).flatMap((c, i) => (i ? [", ", c] : [c]))));
+    }
+    if (data.checks?.length) parts.push(h("div", { class: "table-wrap" }, h("table", { class: "permissions" },
       h("caption", { class: "visually-hidden" }, "Microsoft Graph permissions"),
       h("thead", {}, h("tr", {}, ["Permission", "Reads", "Needed", "Status", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, (data.checks || []).map((check) => h("tr", {},
@@ -1042,7 +1054,10 @@ async function loadConnection() {
         h("td", {}, check.required ? "required" : "optional"),
         h("td", {}, h("span", { class: `badge ${check.ok ? "ok" : "missing"}` }, check.ok ? "ok" : "missing")),
         h("td", { class: "small" }, linkify(check.detail || ""))))))));
-    if (data.adminConsentUrl) {
+    if (data.adminConsentUrl && !data.ok && data.state !== "credentialRejected") {
+      parts.push(h("p", {}, h("a", { class: "button-link", href: data.adminConsentUrl, rel: "noopener" }, "Grant admin consent"),
+        " (a Global Administrator of the tenant signs in and accepts)"));
+    } else if (data.adminConsentUrl) {
       parts.push(h("p", {}, "Admin consent: ", linkify(data.adminConsentUrl)));
     } else if (!data.ok) {
       parts.push(h("p", { class: "small" }, "Ask a Global Administrator of the tenant to grant the app’s permissions (admin consent)."));

@@ -87,6 +87,7 @@ class ControlRoutes:
         r.add_post("/_demo/tenants/{tenant_id}/delta/expire", s.expire_delta)
         r.add_post("/_demo/tenants/{tenant_id}/page-tokens/expire", s.expire_page_tokens)
         r.add_put("/_demo/tenants/{tenant_id}/mailbox-policy", s.set_mailbox_policy)
+        r.add_put("/_demo/tenants/{tenant_id}/users/{user_id}/omitted", s.omit_properties)
         r.add_post("/_demo/tenants/{tenant_id}/groups/{group_id}/members", s.add_member)
         r.add_delete("/_demo/tenants/{tenant_id}/groups/{group_id}/members/{member_id}", s.remove_member)
         r.add_delete("/_demo/tenants/{tenant_id}/groups/{group_id}", s.delete_group)
@@ -257,6 +258,16 @@ class ControlRoutes:
             raise web.HTTPNotFound(text=f"unknown users: {unknown}")
         self._server.set_mailbox_access_denied(tenant.tenant_id, denied, replace=True)
         return _json({"deniedUserIds": denied})
+
+    async def omit_properties(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        user_id = request.match_info["user_id"]
+        if user_id not in tenant.users:
+            raise web.HTTPNotFound(text=f"unknown user: {user_id}")
+        body = await _body(request)
+        properties = [str(name) for name in body.get("properties") or ()]
+        self._server.omit_user_properties(tenant.tenant_id, user_id, properties)
+        return _json({"properties": properties})
 
     async def add_member(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)

@@ -119,6 +119,7 @@ class DemoGraphServer:
         self._index_lag = 0.0
         self._index: dict[str, tuple[Tenant, float]] = {}
         self._mailbox_denied: dict[str, set[str]] = {}
+        self._omitted: dict[tuple[str, str], frozenset[str]] = {}  # (tenant, user) -> properties left out
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -371,6 +372,7 @@ class DemoGraphServer:
             self._index_lag = 0.0
             self._index.clear()
             self._mailbox_denied.clear()
+            self._omitted.clear()
 
     # --------------------------------------------------- knobs: identity and consent
 
@@ -493,7 +495,22 @@ class DemoGraphServer:
     def wire(self, call: Call, obj: DirectoryObject) -> dict[str, Any]:
         """The full JSON of a directory object (cached until the object changes)."""
         assert call.tenant is not None
-        return self._wire_caches[call.tenant.tenant_id.lower()].full(obj)
+        full = self._wire_caches[call.tenant.tenant_id.lower()].full(obj)
+        if self._omitted:
+            omitted = self._omitted.get((call.tenant.tenant_id.lower(), full.get("id", "")))
+            if omitted:
+                full = {key: value for key, value in full.items() if key not in omitted}
+        return full
+
+    def omit_user_properties(self, tenant_id: str, user_id: str, properties: Iterable[str]) -> None:
+        """Answer this user without these properties (a partial answer: they come back null when
+        selected), so the product's "unknown, keep as is" path can be tried; empty: whole again."""
+        key = (self.tenant(tenant_id).tenant_id.lower(), user_id)
+        with self._lock:
+            if properties:
+                self._omitted[key] = frozenset(properties)
+            else:
+                self._omitted.pop(key, None)
 
     def text_body(self, text: str) -> bytes:
         """A text/plain body as Graph sends it (with a byte-order mark unless switched off)."""

@@ -79,6 +79,8 @@ class DirectoryReader(GroupReads, MemberReads, DeltaReads):
         async def attempt(name: str, what: str, required: bool, read: Callable[[], Awaitable[T]]) -> T | None:
             try:
                 result = await read()
+            except GraphTokenRefused:
+                raise  # no token at all: the tenant is not connected, whatever the permissions
             except DirectoryError as exc:
                 checks.append(
                     PermissionCheck(permission=name, reads=what, ok=False, required=required, detail=str(exc))

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -16,6 +20,8 @@ from devtools.azurite import Azurite
 from devtools.demo_tenant import DemoGraphServer
 from shared.settings import Settings, get_settings, reset_settings_cache
 from shared.storage import queue_client
+
+REPO = Path(__file__).resolve().parents[2]
 
 DEV_PRINCIPAL = base64.b64encode(
     json.dumps(
@@ -133,3 +139,30 @@ def app(app_env: AppUnderTest, app_functions: dict[str, Any]) -> AppUnderTest:
     """The app under test with its registered functions."""
     app_env.functions = app_functions
     return app_env
+
+
+@pytest.fixture
+def cli(
+    azurite: Azurite, own_graph: DemoGraphServer, unique_queue: str, tmp_path: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`python -m sync ...` in a subprocess, configured by environment variables as an operator's shell."""
+    env = {
+        **os.environ,
+        "SYNC_STORAGE": azurite.connection_string,
+        "GRAPH_AUTH": "demo",
+        "GRAPH_BASE_URL": own_graph.base_url,
+        "SYNC_QUEUE": unique_queue,
+        "PYTHONPATH": str(REPO),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sync", *args],
+            cwd=tmp_path,  # no local.settings.json here: the environment configures it all
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    return run

@@ -9,38 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from devtools.azurite import Azurite
 from devtools.demo_tenant import DemoGraphServer
 from devtools.demo_tenant import Tenant as DemoTenant
 from tests.oracle import expected_roster
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def cli(azurite: Azurite, own_graph: DemoGraphServer, unique_queue: str, tmp_path: Path):
-    env = {
-        **os.environ,
-        "SYNC_STORAGE": azurite.connection_string,
-        "GRAPH_AUTH": "demo",
-        "GRAPH_BASE_URL": own_graph.base_url,
-        "SYNC_QUEUE": unique_queue,
-        "PYTHONPATH": str(REPO),
-    }
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sync", *args],
-            cwd=tmp_path,  # no local.settings.json here: the environment configures it all
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    return run
 
 
 def test_the_whole_flow_from_the_command_line(cli, own_tenant: DemoTenant) -> None:

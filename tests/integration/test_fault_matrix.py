@@ -44,7 +44,6 @@ from sync.jobs import process_refresh_message
 from sync.models import RunStatus
 from sync.service import use_graph_http_options
 from tests.integration.conftest import AppUnderTest
-from tests.integration.test_cli import cli  # noqa: F401  (the CLI fixture, for the undo rows)
 from tests.integration.test_sync_flow import refresh, register, roster, run, select
 from tests.oracle import expected_roster
 
@@ -823,7 +822,7 @@ async def test_undo_leaves_alone_users_restored_since_or_removed_by_a_later_run(
     assert set(await roster(app, own_tenant, "removed")) == {second_leaver}
 
 
-def test_cli_guard_thresholds_and_undo_of_the_last_run(cli, own_tenant: DemoTenant) -> None:  # noqa: F811
+def test_cli_guard_thresholds_and_undo_of_the_last_run(cli, own_tenant: DemoTenant) -> None:
     import json
 
     tid = own_tenant.tenant_id

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import GraphAuthMode, SettingsError, load_settings
+from shared.graph import admin_consent_url
+from shared.settings import DEMO_GRAPH_APP_CLIENT_ID, GraphAuthMode, GraphCloud, SettingsError, load_settings
 
 BASE = {"SYNC_STORAGE": "UseDevelopmentStorage=true"}
 
@@ -102,3 +103,53 @@ def test_sample_settings_file_lists_every_setting() -> None:
         "REMOVAL_GUARD_MIN_USERS",
     ):
         assert name in sample, name
+
+
+def test_national_clouds_move_every_endpoint_together() -> None:
+    base = {
+        "SYNC_STORAGE": "UseDevelopmentStorage=true",
+        "GRAPH_AUTH": "federated",
+        "GRAPH_APP_CLIENT_ID": "x",
+    }
+    usgov = load_settings({**base, "GRAPH_CLOUD": "usgov"}, local_settings=None)
+    assert usgov.graph_base_url == "https://graph.microsoft.us/v1.0"
+    assert usgov.graph_authority_host == "https://login.microsoftonline.us"
+    assert usgov.cloud.graph_scope == "https://graph.microsoft.us/.default"
+    assert usgov.cloud.token_exchange_audience == "api://AzureADTokenExchangeUSGov"
+    assert admin_consent_url(usgov, "t") == "https://login.microsoftonline.us/t/adminconsent?client_id=x"
+    china = load_settings({**base, "GRAPH_CLOUD": "China"}, local_settings=None)
+    assert china.graph_base_url == "https://microsoftgraph.chinacloudapi.cn/v1.0"
+    assert china.graph_authority_host == "https://login.chinacloudapi.cn"
+    assert china.cloud.token_exchange_audience == "api://AzureADTokenExchangeChina"
+    dod = load_settings({**base, "GRAPH_CLOUD": "usgovdod"}, local_settings=None)
+    assert dod.graph_base_url == "https://dod-graph.microsoft.us/v1.0"
+    default = load_settings(base, local_settings=None)
+    assert (
+        default.graph_cloud is GraphCloud.GLOBAL
+        and default.cloud.graph_scope == "https://graph.microsoft.com/.default"
+    )
+    with pytest.raises(SettingsError, match="GRAPH_CLOUD must be one of global, usgov, usgovdod, china"):
+        load_settings({**base, "GRAPH_CLOUD": "mars"}, local_settings=None)
+
+
+def test_the_demo_tenant_serves_its_own_token_authority() -> None:
+    demo = load_settings(
+        {"SYNC_STORAGE": "x", "GRAPH_AUTH": "demo", "GRAPH_BASE_URL": "http://127.0.0.1:7081/v1.0"},
+        local_settings=None,
+    )
+    assert demo.graph_authority_host == "http://127.0.0.1:7081"
+    assert (
+        admin_consent_url(demo, "t")
+        == f"http://127.0.0.1:7081/t/adminconsent?client_id={DEMO_GRAPH_APP_CLIENT_ID}"
+    )
+
+
+def test_retry_after_is_honoured_as_given_and_an_absurd_wait_fails_the_read() -> None:
+    from sync.directory.errors import GraphUnavailable
+    from sync.directory.transport import retry_after
+
+    assert retry_after({"Retry-After": "90"}, 0) == 90.0  # not capped at a minute
+    assert retry_after({"retry-after": "2"}, 3) == 2.0
+    assert retry_after({}, 2) == 2.0  # no header: backoff
+    with pytest.raises(GraphUnavailable, match="wait 3600 s"):
+        retry_after({"Retry-After": "3600"}, 0)
