@@ -20,7 +20,7 @@ from shared.settings import Settings, get_settings
 from shared.storage import ensure_storage, queue_client
 from sync import runs
 from sync.context import SyncContext
-from sync.directory import DirectoryError, GraphAccessDenied, GraphTokenRefused, InvalidCursor
+from sync.directory import DirectoryError, GraphAccessDenied, GraphTokenRefused, InvalidCursor, PageExpired
 from sync.directory.errors import REQUIRED_PERMISSIONS
 from sync.eligibility import ExclusionRules, InvalidRules, explain_user, parse_exclusion_rules
 from sync.engine import LeaseBusy as LeaseBusy  # re-exported for sync.jobs
@@ -346,6 +346,12 @@ class SyncService:
             )
         except InvalidCursor as exc:
             raise InvalidInput(str(exc)) from None
+        except UpstreamError as exc:
+            if isinstance(exc.__cause__, PageExpired):  # Directory_ExpiredPageToken: an old "Load more"
+                raise InvalidInput(
+                    "the group list changed since that page was read; load it again from the start"
+                ) from None
+            raise
         return page
 
     async def get_selection(self, tenant_id: str) -> Selection:

@@ -310,3 +310,33 @@ async def test_count_answers_with_a_byte_order_mark_are_read(
     reader = DirectoryReader(graph_clients.for_tenant(contoso.tenant_id))
     graph.set_count_bom(True)
     assert await reader.count_tenant_users() == len(contoso.users)
+
+
+async def test_an_old_load_more_cursor_is_a_clear_400(
+    app_env: AppUnderTest, app_functions: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Directory_ExpiredPageToken on the group list's next page: the admin reloads the list."""
+    import uuid
+
+    from devtools.demo_tenant import build_tenant
+
+    many = build_tenant(str(uuid.uuid4()), "Many Groups", users=200, groups=150, seed=3)
+    with DemoGraphServer([many]) as server:
+        app_env.functions = app_functions
+        app_env.graph = server
+        import shared.settings
+
+        monkeypatch.setenv("GRAPH_BASE_URL", server.base_url)
+        shared.settings.reset_settings_cache()
+        await register(app_env, many)
+        code, first, _ = await app_env.http("groups_list", "GET", "x", route={"tenantId": many.tenant_id})
+        assert code == 200 and first["nextCursor"]
+        server.expire_page_tokens(many.tenant_id)
+        code, problem, _ = await app_env.http(
+            "groups_list",
+            "GET",
+            "x",
+            route={"tenantId": many.tenant_id},
+            params={"cursor": first["nextCursor"]},
+        )
+        assert code == 400 and "load it again from the start" in problem["detail"]
