@@ -393,3 +393,24 @@ def test_two_thousand_groups_page_with_load_more(
     page.get_by_label("Search groups").fill("")
     expect(status).to_have_text("100 groups shown; more to load below.")
     expect(page.locator("#selected-list li")).to_have_text([re.compile(re.escape(name))])
+
+
+def test_an_unconsented_tenant_shows_the_consent_link_in_the_connection_panel(
+    page: Page,
+    dev_host: DevHost,
+    api: Api,
+    browser_tenants: dict[str, DemoTenant],
+    browser_graph: DemoGraphServer,
+) -> None:
+    tenant = browser_tenants["unconsented"]
+    browser_graph.set_consent(tenant.tenant_id, "none")  # the app was never granted consent there
+    api.register(tenant)
+    page.goto(f"{dev_host.base_url}/api/ui?tenant={tenant.tenant_id}")
+    panel = page.locator("#connection-view")
+    expect(panel).to_contain_text(
+        "Not connected: the app has no admin consent in this tenant", timeout=RUN_TIMEOUT
+    )
+    expect(panel).to_contain_text("AADSTS700016")
+    consent = f"{browser_graph.root_url}/{tenant.tenant_id}/adminconsent?client_id={APP_CLIENT_ID}"
+    expect(panel.get_by_role("link", name="Grant admin consent")).to_have_attribute("href", consent)
+    expect(page.locator("#group-list")).not_to_contain_text("Dept - Sales")  # nothing read, no 500 shown
