@@ -117,6 +117,9 @@ class Settings:
     removal_grace_days: int = 7
     removal_guard_percent: float = 10.0
     removal_guard_min_users: int = 20
+    removal_guard_majority_percent: float = 50.0
+    audit_container: str = "audit"
+    audit_retention_days: int = 400
 
     @property
     def cloud(self) -> CloudEndpoints:
@@ -205,9 +208,13 @@ def load_settings(
         azure_client_id=values.get("AZURE_CLIENT_ID"),
         queue_name=values.get("SYNC_QUEUE", "sync-refresh"),
         schedule=values.get("SYNC_SCHEDULE", "0 0 2 * * *"),
-        removal_grace_days=int(_number(values, "REMOVAL_GRACE_DAYS", 7, minimum=0)),
+        # At least a day: a removal must stay restorable until someone can look at it.
+        removal_grace_days=int(_number(values, "REMOVAL_GRACE_DAYS", 7, minimum=1)),
         removal_guard_percent=_number(values, "REMOVAL_GUARD_PERCENT", 10.0, minimum=0),
         removal_guard_min_users=int(_number(values, "REMOVAL_GUARD_MIN_USERS", 20, minimum=0)),
+        removal_guard_majority_percent=_number(values, "REMOVAL_GUARD_MAJORITY_PERCENT", 50.0, minimum=0),
+        audit_container=values.get("AUDIT_CONTAINER", "audit"),
+        audit_retention_days=int(_number(values, "AUDIT_RETENTION_DAYS", 400, minimum=1)),
     )
 
 

@@ -127,6 +127,6 @@ async def ensure_storage(settings: Settings) -> None:
             with contextlib.suppress(ResourceExistsError):
                 await queue.create_queue()
     async with blob_service(settings) as blobs:
-        for name in ALL_CONTAINERS:
+        for name in (*ALL_CONTAINERS, settings.audit_container):
             with contextlib.suppress(ResourceExistsError):
                 await blobs.create_container(name)

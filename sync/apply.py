@@ -1,9 +1,10 @@
 """The only code that writes or deletes roster rows, and the only code that moves delta links.
 
 A plan reaches here only after `sync.safety.check_plan` let it through and the run confirmed
-its tenant lease. Rows are written in 100-entity transactions (sync.roster); users removed
-longer ago than REMOVAL_GRACE_DAYS are purged after a successful write; delta links move
-forward only after a successful run, so a failed run is retried from the same point.
+its tenant lease. Every change is put on the audit trail first (sync.audit), then the rows are
+written in 100-entity transactions (sync.roster); users removed longer ago than REMOVAL_GRACE_DAYS
+are purged after a successful write; delta links move forward only after a successful run, so a
+failed run is retried from the same point.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from datetime import datetime
 
 import msgspec
 
-from shared.settings import Settings
+from sync.audit import AuditKind, AuditRecord
+from sync.context import SyncContext
 from sync.models import RosterStatus, RosterUser, Selection, Tenant
 from sync.planner import Plan, changed_rows, purge_due
-from sync.roster import RosterStore
 from sync.store import SyncStore
 
 
+def plan_size(plan: Plan) -> int:
+    """How many roster rows applying `plan` writes."""
+    return plan.change_count
+
+
 async def apply_plan(
-    roster_store: RosterStore,
-    settings: Settings,
+    ctx: SyncContext,
     *,
     tenant_id: str,
     run_id: str,
@@ -30,20 +35,65 @@ async def apply_plan(
     roster: Mapping[str, RosterUser],
     now: datetime,
     purposes_checked: frozenset[str] = frozenset(),
+    reasons: Mapping[str, str] | None = None,
+    by: str | None = None,
 ) -> None:
-    """Write what `plan` changes, then purge the rows past the grace period.
+    """Record, then write, what `plan` changes; then purge the rows past the grace period.
 
-    `purposes_checked` are users whose mailbox Graph said is a person's this run: their rows
-    are stamped so the next runs need not ask again for a while (`sync.engine.PURPOSE_RECHECK`).
+    `reasons` say why each removed (or restored) user goes (their exclusion reason, or that they
+    left the selected groups); `by` is who started the run. `purposes_checked` are users whose
+    mailbox Graph said is a person's this run: their rows are stamped so the next runs need not
+    ask again for a while (`sync.engine.PURPOSE_RECHECK`). Raises sync.roster.PartialWrite when
+    the write fails part-way (the records say what was meant; the run says how much landed).
     """
+    why = reasons or {}
+    records = [
+        *(_record(AuditKind.ADDED, user.id, user.user_principal_name, run_id, now, by) for user in plan.adds),
+        *(
+            _record(AuditKind.UPDATED, c.id, c.after.user_principal_name, run_id, now, by, ",".join(c.fields))
+            for c in plan.updates
+        ),
+        *(
+            _record(AuditKind.RESTORED, u.id, u.user_principal_name, run_id, now, by, why.get(u.id))
+            for u in plan.restores
+        ),
+        *(
+            _record(
+                AuditKind.REMOVED,
+                u.id,
+                u.user_principal_name,
+                run_id,
+                now,
+                by,
+                why.get(u.id, "notInSelectedGroups"),
+            )
+            for u in plan.removals
+        ),
+    ]
+    if records:
+        await ctx.audit.append(tenant_id, records)
     rows = _stamp_purpose_checks(
         roster, changed_rows(roster, plan, now=now, run_id=run_id), plan, purposes_checked, now
     )
     if rows:
-        await roster_store.write(tenant_id, rows)
+        await ctx.roster.write(tenant_id, rows)
     restored = {user.id for user in plan.restores}
     await purge_past_grace(
-        roster_store, settings, tenant_id, (row for row in roster.values() if row.id not in restored), now
+        ctx, tenant_id, (row for row in roster.values() if row.id not in restored), now, run_id=run_id
+    )
+
+
+def _record(
+    kind: AuditKind,
+    user_id: str,
+    upn: str,
+    run_id: str,
+    now: datetime,
+    by: str | None,
+    reason: str | None = None,
+) -> AuditRecord:
+    return AuditRecord(
+        at=now, kind=kind, run_id=run_id, user_id=user_id, user_principal_name=upn, reason=reason, by=by
     )
 
 
@@ -75,12 +125,21 @@ def _stamp_purpose_checks(
 
 
 async def purge_past_grace(
-    roster_store: RosterStore, settings: Settings, tenant_id: str, rows: Iterable[RosterUser], now: datetime
+    ctx: SyncContext, tenant_id: str, rows: Iterable[RosterUser], now: datetime, *, run_id: str
 ) -> int:
-    """Delete rows removed longer ago than REMOVAL_GRACE_DAYS (no longer restorable); returns how many."""
-    due = purge_due(rows, now=now, grace_days=settings.removal_grace_days)
+    """Delete rows removed longer ago than REMOVAL_GRACE_DAYS (no longer restorable); returns how many.
+
+    Each purge goes on the audit trail first: it is the last trace of the user on the platform.
+    """
+    listed = list(rows)
+    due = purge_due(listed, now=now, grace_days=ctx.settings.removal_grace_days)
     if due:
-        await roster_store.delete(tenant_id, due)
+        names = {row.id: row.user_principal_name for row in listed}
+        await ctx.audit.append(
+            tenant_id,
+            [_record(AuditKind.PURGED, uid, names[uid], run_id, now, None, "pastGrace") for uid in due],
+        )
+        await ctx.roster.delete(tenant_id, due)
     return len(due)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from shared.graph import GraphClients
 from shared.settings import Settings
+from sync.audit import AuditLog
 from sync.directory import DirectoryReader
 from sync.roster import RosterStore
 from sync.store import SyncStore
@@ -19,11 +20,18 @@ class SyncContext:
     store: SyncStore
     roster: RosterStore
     graph: GraphClients
+    audit: AuditLog
 
     @classmethod
     def create(cls, settings: Settings, graph: GraphClients | None = None) -> SyncContext:
         """Clients for these settings (Graph clients may be shared across contexts)."""
-        return cls(settings, SyncStore(settings), RosterStore(settings), graph or GraphClients(settings))
+        return cls(
+            settings,
+            SyncStore(settings),
+            RosterStore(settings),
+            graph or GraphClients(settings),
+            AuditLog(settings),
+        )
 
     def reader(self, tenant_id: str) -> DirectoryReader:
         """A directory reader for one tenant: one per run or request, so its request count is theirs."""
@@ -33,3 +41,4 @@ class SyncContext:
         """Close the storage clients (the Graph pool belongs to its owner)."""
         await self.store.aclose()
         await self.roster.aclose()
+        await self.audit.aclose()

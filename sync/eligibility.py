@@ -600,6 +600,7 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
     purposes_checked: frozenset[str] = frozenset()  # users whose mailbox purpose Graph gave this run
     purpose_unknown: int = 0  # users whose mailbox Graph would not show (judged by the heuristic)
     licensed_by_sku: dict[str, int] = msgspec.field(default_factory=dict)  # eligible users per SKU id
+    tenant_count: tuple[int, int] | None = None  # mode all: (Graph's /users/$count, users read)
 
     @property
     def unknown(self) -> list[str]:
@@ -620,12 +621,14 @@ def classify_members(
     purposes: Mapping[str, str | None] | None,
     excluded_ids: Collection[str],
     purpose_unknown: Collection[str] = (),
+    counted: Mapping[str, int] | None = None,
 ) -> Classification:
     """Apply the eligibility rules to every member and count per selected group.
 
     `purposes` are mailbox purposes by user id, or None when the tenant gave none (the heuristic
     decides for everyone); `purpose_unknown` are users whose own mailbox Graph would not show (the
-    heuristic decides for them); `excluded_ids` are the members of the tenant's exclusion group.
+    heuristic decides for them); `excluded_ids` are the members of the tenant's exclusion group;
+    `counted` is Graph's own user count of each group (for the short-read rule).
     """
     source = MailboxPurposeSource.HEURISTIC if purposes is None else MailboxPurposeSource.MAILBOX_SETTINGS
     verdicts: dict[str, Verdict] = {}
@@ -662,7 +665,13 @@ def classify_members(
                 )
             )
     groups = [
-        RunGroup(id=gid, display_name=name, members=per_group[gid][0], eligible=per_group[gid][1])
+        RunGroup(
+            id=gid,
+            display_name=name,
+            members=per_group[gid][0],
+            eligible=per_group[gid][1],
+            counted=(counted or {}).get(gid),
+        )
         for gid, name in group_names.items()
     ]
     return Classification(

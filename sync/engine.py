@@ -37,10 +37,12 @@ from sync.models import (
     RunCounts,
     RunReason,
     RunStatus,
+    Selection,
     SelectionMode,
     Tenant,
 )
 from sync.planner import Plan, plan_restores, plan_roster_changes
+from sync.roster import PartialWrite
 from sync.safety import (
     RemovalGuard,
     SafetyVerdict,
@@ -67,7 +69,11 @@ class NothingToUndo(Exception):
 def tenant_guard(ctx: SyncContext, tenant: Tenant) -> RemovalGuard:
     """The tenant's removal guard: its own thresholds, else the app settings."""
     settings = ctx.settings
-    default = RemovalGuard(percent=settings.removal_guard_percent, min_users=settings.removal_guard_min_users)
+    default = RemovalGuard(
+        percent=settings.removal_guard_percent,
+        min_users=settings.removal_guard_min_users,
+        majority_percent=settings.removal_guard_majority_percent,
+    )
     return guard_for(tenant.guard_percent, tenant.guard_min_users, default=default)
 
 
@@ -86,8 +92,12 @@ async def read_full(
     their mailbox purpose is not read again (it is one $batch item per user).
     """
     rules = parse_exclusion_rules(tenant.exclusion_rules)
+    counts: dict[str, int] = {}
+    tenant_count: tuple[int, int] | None = None
     if mode is SelectionMode.ALL:
+        counted = await reader.count_tenant_users()
         users = {u.id: u for u in await reader.list_all_users()}
+        tenant_count = (counted, len(users))
         groups_of_user: dict[str, tuple[str, ...]] = {}
         names: dict[str, str] = {}
     else:
@@ -125,9 +135,10 @@ async def read_full(
         purposes=purposes,
         excluded_ids=excluded_ids,
         purpose_unknown=unknown,
+        counted=counts,
     )
     checked = frozenset(mailboxes.purposes) if mailboxes is not None else frozenset()
-    return msgspec.structs.replace(classification, purposes_checked=checked)
+    return msgspec.structs.replace(classification, purposes_checked=checked, tenant_count=tenant_count)
 
 
 def _known_people(roster: Mapping[str, RosterUser], now: datetime) -> frozenset[str]:
@@ -179,8 +190,14 @@ def failure_text(ctx: SyncContext, tenant_id: str, exc: Exception) -> str:
     """Why a run failed, in words the admin can act on."""
     if isinstance(exc, DirectoryError):
         return exc.advice(admin_consent_url(ctx.settings, tenant_id))
-    if isinstance(exc, LeaseLost):
+    if isinstance(exc, (LeaseLost, UnsafePlan)):
         return str(exc)
+    if isinstance(exc, PartialWrite):
+        return (
+            f"partially applied: {exc.written:,} of {exc.total:,} changes written before storage failed "
+            f"({type(exc.cause).__name__}); the rest was cancelled. Undo this run to put back the users it "
+            "removed, or run a refresh to finish"
+        )
     # Storage or code failures: the next refresh converges (plans are recomputed from the roster).
     return f"internal error ({type(exc).__name__}: {str(exc)[:300]}); run a refresh again to converge"
 
@@ -212,10 +229,31 @@ async def _run(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run:
     try:
         status = await _refresh(ctx, run, lease)
     except Exception as exc:
+        if isinstance(exc, PartialWrite):
+            run.applied_changes = exc.written
         if not isinstance(exc, DirectoryError):
             log.exception("run failed", extra={"tenantId": run.tenant_id, "runId": run.id})
         return await runs.fail_run(ctx.store, run, failure_text(ctx, run.tenant_id, exc), clock)
     return await runs.end_run(ctx.store, run, status, clock)
+
+
+class UnsafePlan(Exception):
+    """The safety rules refuse the plan outright (e.g. Graph answered short): the run fails."""
+
+
+def _settings_of(tenant: Tenant, selection: Selection) -> tuple[object, ...]:
+    """What an admin can change that decides a run's plan: selection, rules, guard thresholds."""
+    return (selection.version, tenant.exclusion_rules, tenant.guard_percent, tenant.guard_min_users)
+
+
+def _removal_reasons(plan: Plan, classification: Classification) -> dict[str, str]:
+    """Why each removed user goes: their first exclusion reason, else they left the selected groups."""
+    reasons: dict[str, str] = {}
+    for user in plan.removals:
+        verdict = classification.verdicts.get(user.id)
+        primary = verdict.primary if verdict is not None else None
+        reasons[user.id] = str(primary) if primary is not None else "notInSelectedGroups"
+    return reasons
 
 
 async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> RunStatus:
@@ -225,6 +263,7 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
     if tenant is None:
         raise DirectoryError(f"tenant {run.tenant_id} is not registered; add it first")
     selection = await store.get_selection(run.tenant_id)
+    started_with = _settings_of(tenant, selection)
     if run.dry_run and run.preview_mode is not None:
         mode, group_ids = run.preview_mode, list(run.preview_group_ids or [])
     else:
@@ -255,9 +294,8 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
                 if delta.classification is None:  # nothing changed: the roster stands as it is
                     active = tenant.active_users or 0
                     run.counts = RunCounts(eligible=active, unchanged=active)
-                    now = utc_now()
                     removed = await ctx.roster.read_roster(run.tenant_id, status=RosterStatus.REMOVED)
-                    await apply.purge_past_grace(ctx.roster, ctx.settings, run.tenant_id, removed, now)
+                    await apply.purge_past_grace(ctx, run.tenant_id, removed, utc_now(), run_id=run.id)
                     await apply.advance_delta(
                         store, tenant, selection, links, full_refresh_at=None, active_users=active
                     )
@@ -282,31 +320,45 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
         groups=classification.groups,
         guard=tenant_guard(ctx, tenant),
         approved_digest=run.approved_digest,
+        tenant_count=classification.tenant_count,
     )
     run.groups = classification.groups
     run.mailbox_purpose_source = classification.purpose_source
     run.counts = _counts(classification, plan)
     if decision.verdict is SafetyVerdict.FAIL:
-        raise DirectoryError(decision.detail)
+        raise UnsafePlan(decision.detail)
     if decision.held:
         run.guard = decision.detail  # on a preview too: saving it will need an approval
     if run.dry_run or decision.held:
         run.plan = _sample(plan)
         run.removal_digest = removal_digest(plan)
         return RunStatus.HELD if decision.held and not run.dry_run else RunStatus.SUCCEEDED
-    now = utc_now()
+    # What the admin saved may have changed while this run read: the newer save has its own run.
+    fresh_tenant, fresh_selection = (
+        await store.get_tenant(run.tenant_id),
+        await store.get_selection(run.tenant_id),
+    )
+    if fresh_tenant is None or _settings_of(fresh_tenant, fresh_selection) != started_with:
+        run.note = (
+            "the selection, the rules or the removal guard changed while this run read the directory; it "
+            "wrote nothing, and the run of the newer settings applies them"
+        )
+        return RunStatus.SUPERSEDED
     if lease is not None:
         await lease.confirm()
+    await runs.mark_applying(store, run, plan.change_count)
     await apply.apply_plan(
-        ctx.roster,
-        ctx.settings,
+        ctx,
         tenant_id=run.tenant_id,
         run_id=run.id,
         plan=plan,
         roster=roster,
-        now=now,
+        now=utc_now(),
         purposes_checked=classification.purposes_checked,
+        reasons=_removal_reasons(plan, classification),
+        by=run.requested_by,
     )
+    run.applied_changes = plan.change_count
     if links is not None:
         await apply.advance_delta(
             store,
@@ -356,21 +408,26 @@ async def execute_undo(ctx: SyncContext, tenant: Tenant, target: Run, *, request
             if decision.verdict is not SafetyVerdict.APPLY:  # a restore-only plan removes nobody
                 raise DirectoryError(decision.detail)
             await lease.confirm()
+            await runs.mark_applying(ctx.store, run, plan.change_count)
             await apply.apply_plan(
-                ctx.roster,
-                ctx.settings,
+                ctx,
                 tenant_id=tenant.id,
                 run_id=run.id,
                 plan=plan,
                 roster=roster,
                 now=now,
+                reasons=dict.fromkeys((user.id for user in plan.restores), "undo"),
+                by=requested_by,
             )
         except Exception as exc:
+            if isinstance(exc, PartialWrite):
+                run.applied_changes = exc.written
             error = (
-                f"internal error ({type(exc).__name__}: {str(exc)[:300]}); some users may be back already: "
+                f"{failure_text(ctx, tenant.id, exc)}; some users may be back already: "
                 f"undo run {target.id} again to finish"
             )
             return await runs.fail_run(ctx.store, run, error, clock)
+        run.applied_changes = plan.change_count
         run.counts.restored = len(plan.restores)
         ended = await runs.end_run(ctx.store, run, RunStatus.SUCCEEDED, clock)
         target.undone_by = run.id

@@ -84,6 +84,7 @@ async def read_incremental(
         raise NeedFullRead("the exclusion group changed")
     affected = [gid for gid in selected if closure[gid] & changed_groups]
     fresh = await reader.read_group_users(affected) if affected else None
+    counted = await reader.count_group_users(affected) if affected else {}  # for the short-read rule
     users: dict[str, DirectoryUser] = dict(fresh.users) if fresh else {}
     others = sorted(changed_users - set(users))
     fetched = await reader.get_users(others) if others else {}
@@ -121,6 +122,7 @@ async def read_incremental(
         purposes=mailboxes.purposes if mailboxes is not None else None,
         excluded_ids=excluded_ids,
         purpose_unknown=mailboxes.unknown if mailboxes is not None else (),
+        counted=counted,
     )
     # Unchanged users keep their row: eligible then, and nothing about them changed since.
     carried: list[EligibleUser] = []

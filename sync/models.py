@@ -277,8 +277,9 @@ class RunGroup(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     id: str
     display_name: str
-    members: int
+    members: int  # users read (nested groups expanded)
     eligible: int
+    counted: int | None = None  # Graph's own count of the group's users ($count), when asked
 
 
 class PlanSample(msgspec.Struct, kw_only=True, rename="camel"):
@@ -323,6 +324,9 @@ class Run(msgspec.Struct, kw_only=True, rename="camel"):
     undone_by: str | None = None  # a run whose removals were undone: the undo run
     note: str | None = None  # a remark for the admin, e.g. users an undo could not restore
     unknown_users: list[str] | None = None  # sample of users kept because Graph left out an attribute
+    apply_started_at: datetime | None = None  # writing began: a failure after this may be partial
+    planned_changes: int | None = None  # roster rows the run set out to write
+    applied_changes: int | None = None  # of those, how many landed (all of them on success)
     fallback: str | None = None  # why a nightly run read everything instead of only what changed
 
 

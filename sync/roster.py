@@ -82,6 +82,16 @@ def _from_entity(entity: dict[str, Any]) -> RosterUser:
     )
 
 
+class PartialWrite(Exception):
+    """Some of a write's transactions landed before one failed (the others were cancelled)."""
+
+    def __init__(self, written: int, total: int, cause: BaseException) -> None:
+        super().__init__(f"{written} of {total} changes written ({type(cause).__name__}: {str(cause)[:200]})")
+        self.written = written
+        self.total = total
+        self.cause = cause
+
+
 class RosterStore:
     """Read and write one tenant's roster rows."""
 
@@ -126,15 +136,27 @@ class RosterStore:
         return await self._submit(operations)
 
     async def _submit(self, operations: list[Any]) -> int:
+        """Run the operations in transactions of 100, a few at once; the first failure cancels the rest.
+
+        Raises PartialWrite, naming how many operations landed, when any transaction fails.
+        """
         chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
         gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
+        landed = 0
 
         async def submit(chunk: list[Any]) -> None:
+            nonlocal landed
             async with gate:
                 await self._table.submit_transaction(chunk)
+                landed += len(chunk)  # a transaction is all or nothing
+                self.transactions += 1
 
-        await asyncio.gather(*(submit(c) for c in chunks))
-        self.transactions += len(chunks)
+        try:
+            async with asyncio.TaskGroup() as group:  # a failure cancels the sibling transactions
+                for chunk in chunks:
+                    group.create_task(submit(chunk))
+        except* Exception as failed:
+            raise PartialWrite(landed, len(operations), failed.exceptions[0]) from failed.exceptions[0]
         return len(chunks)
 
     async def get_user(self, tenant_id: str, id_or_upn: str) -> RosterUser | None:

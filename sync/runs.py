@@ -17,6 +17,11 @@ from sync.store import SyncStore, new_run_id, utc_now
 
 log = logging.getLogger("sync.runs")
 
+POISONED_WHILE_APPLYING = (
+    "partially applied: the refresh failed on every delivery attempt after it had begun writing "
+    "{planned:,} changes, so some may have landed. Undo this run to put back any users it removed, "
+    "or start a new refresh to finish once the service is healthy."
+)
 POISONED = (
     "the refresh failed on every delivery attempt (storage or worker failures); "
     "nothing further was changed. Start a new refresh once the service is healthy."
@@ -98,6 +103,13 @@ async def supersede_run(store: SyncStore, run: Run, *, by: str) -> None:
     await store.save_run(run)
 
 
+async def mark_applying(store: SyncStore, run: Run, planned_changes: int) -> None:
+    """Record that the run starts writing the roster (a failure from now on may leave it partial)."""
+    run.apply_started_at = utc_now()
+    run.planned_changes = planned_changes
+    await store.save_run(run)
+
+
 async def end_run(store: SyncStore, run: Run, status: RunStatus, clock: RunClock | None = None) -> Run:
     """Finish a run with `status` (succeeded, held or failed): store it, update the fleet view, log it."""
     if not status.finished:
@@ -125,4 +137,6 @@ async def fail_poisoned(store: SyncStore, tenant_id: str, run_id: str) -> Run | 
     run = await store.get_run(tenant_id, run_id)
     if run is None or run.status.finished:
         return None
+    if run.apply_started_at is not None:  # a worker died while writing: some rows may have landed
+        return await fail_run(store, run, POISONED_WHILE_APPLYING.format(planned=run.planned_changes or 0))
     return await fail_run(store, run, POISONED)

@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 
 import msgspec
 
 from sync.models import RosterStatus, RosterUser, RunGroup
 from sync.planner import Plan
+
+# A group's user count comes from Graph's index, which lags behind changes by seconds to minutes
+# ("List group transitive members": $count is eventually consistent); the member list is live.
+# So a read may fall short of the count by a little; beyond this slack it is a short answer.
+SHORT_READ_SLACK_PERCENT = 5
+SHORT_READ_MIN_SLACK = 2
 
 __all__ = [
     "EmptiedGroup",
@@ -85,9 +92,10 @@ class RemovalGuard(msgspec.Struct, frozen=True, kw_only=True):
 
     percent: float = 10
     min_users: int = 20
+    majority_percent: float = 50  # held beyond this share of a roster of 2 or more, whatever its size
 
     def __post_init__(self) -> None:
-        if self.percent < 0 or self.min_users < 0:
+        if self.percent < 0 or self.min_users < 0 or self.majority_percent < 0:
             raise ValueError("removal guard thresholds must not be negative")
 
     def threshold_text(self) -> str:
@@ -98,6 +106,10 @@ class RemovalGuard(msgspec.Struct, frozen=True, kw_only=True):
         """Whether `removals` of `active_before` active users pass both thresholds."""
         # Integer-friendly comparison: no rounding at the exact boundary.
         return removals > self.min_users and removals * 100 > self.percent * active_before
+
+    def majority_of(self, removals: int, active_before: int) -> bool:
+        """Whether `removals` take more than `majority_percent` of a roster of 2 or more (any size)."""
+        return active_before >= 2 and removals * 100 > self.majority_percent * active_before
 
 
 class EmptiedGroup(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,6 +164,11 @@ def missing_groups_detail(missing: Sequence[str]) -> str | None:
     )
 
 
+def _short_by(counted: int, read: int) -> bool:
+    """Whether `read` users fall short of Graph's count beyond the index lag we allow."""
+    return read < counted - max(SHORT_READ_MIN_SLACK, math.ceil(counted * SHORT_READ_SLACK_PERCENT / 100))
+
+
 def check_plan(
     plan: Plan,
     *,
@@ -159,24 +176,47 @@ def check_plan(
     groups: Sequence[RunGroup],
     guard: RemovalGuard,
     approved_digest: str | None = None,
+    tenant_count: tuple[int, int] | None = None,
 ) -> SafetyDecision:
     """Decide whether `plan` may be applied, must wait for an approval, or must never be applied.
 
-    `roster` is the roster the plan was made from; `groups` the run's per-group numbers;
-    `approved_digest` the fingerprint of the removals an approval covers (None: no approval).
+    `roster` is the roster the plan was made from; `groups` the run's per-group numbers (with
+    Graph's own count of each group's users, when it was asked); `tenant_count` is (Graph's count,
+    users read) for mode `all`; `approved_digest` the fingerprint of the removals an approval covers.
     """
-    removals = len(plan.removals)
+    short = [
+        f"'{g.display_name}' ({g.id}): {g.members:,} users read, Graph counts {g.counted:,}"
+        for g in groups
+        if g.counted is not None and _short_by(g.counted, g.members)
+    ]
+    if tenant_count is not None and _short_by(*tenant_count):
+        short.append(f"the tenant: {tenant_count[1]:,} users read, Graph counts {tenant_count[0]:,}")
     active_before = sum(1 for row in roster if row.status is RosterStatus.ACTIVE)
-    if removals == 0:
+    removals = len(plan.removals)
+    decided = {"removals": removals, "active_before": active_before}
+    if short:
         return SafetyDecision(
-            verdict=SafetyVerdict.APPLY, detail="This run removes no users.", active_before=active_before
+            verdict=SafetyVerdict.FAIL,
+            detail="Microsoft Graph answered fewer users than it counts, beyond what its index lag explains ("
+            + "; ".join(short)
+            + "). A short answer must not remove anyone: nothing was changed; the next refresh reads again.",
+            **decided,
         )
+    if removals == 0:
+        return SafetyDecision(verdict=SafetyVerdict.APPLY, detail="This run removes no users.", **decided)
     approved = approved_digest is not None and removal_digest(plan) == approved_digest
     reasons: list[str] = []
     share = 100.0 if active_before == 0 else removals * 100 / active_before
     what = f"{_number(removals)} of {_number(active_before)} active users ({_number(share)}%)"
-    if guard.exceeded_by(removals, active_before):
+    active_after = active_before - removals + len(plan.adds) + len(plan.restores)
+    if active_before > 0 and active_after <= 0:
+        reasons.append(f"This run would remove {what} and leave the tenant with no active user.")
+    elif guard.exceeded_by(removals, active_before):
         reasons.append(f"This run would remove {what}, more than {guard.threshold_text()}.")
+    elif guard.majority_of(removals, active_before):
+        reasons.append(
+            f"This run would remove {what}, more than {_number(guard.majority_percent)}% of the roster."
+        )
     emptied = emptied_groups(roster, groups, plan)
     if emptied:
         named = "; ".join(
@@ -190,7 +230,15 @@ def check_plan(
             "member list during an incident, and a group emptied by mistake looks the same; check the "
             "group in the Microsoft 365 admin center."
         )
-    decided = {"removals": removals, "active_before": active_before}
+    else:
+        empty = [g for g in groups if g.members == 0]
+        if empty:  # e.g. a group deleted and made again under a new id, not populated yet
+            names = ", ".join(f"'{g.display_name}' ({g.id})" for g in empty)
+            reasons.append(
+                f"Selected group{'s' if len(empty) > 1 else ''} {names} read{'' if len(empty) > 1 else 's'} "
+                f"as empty while this run removes {_number(removals)} users; check "
+                f"{'them' if len(empty) > 1 else 'it'} in the Microsoft 365 admin center."
+            )
     if not reasons:
         return SafetyDecision(
             verdict=SafetyVerdict.APPLY,
@@ -213,4 +261,5 @@ def guard_for(percent: float | None, min_users: int | None, *, default: RemovalG
     return RemovalGuard(
         percent=percent if percent is not None else default.percent,
         min_users=min_users if min_users is not None else default.min_users,
+        majority_percent=default.majority_percent,
     )

@@ -46,8 +46,8 @@ def roster_and_removals(removals: int, active_before: int) -> tuple[list[RosterU
         pytest.param(150, 1000, True, id="above-both"),
         pytest.param(15, 100, False, id="above-percent-below-min-users"),
         pytest.param(50, 1000, False, id="above-min-users-below-percent"),
-        pytest.param(20, 30, False, id="at-min-users-exactly"),
-        pytest.param(21, 30, True, id="one-over-min-users"),
+        pytest.param(20, 60, False, id="at-min-users-exactly"),
+        pytest.param(21, 60, True, id="one-over-min-users"),
         pytest.param(100, 1000, False, id="at-percent-exactly"),
         pytest.param(101, 1000, True, id="one-over-percent"),
         pytest.param(21, 210, False, id="at-percent-exactly-over-min-users"),
@@ -111,6 +111,87 @@ def test_guard_with_fractional_percent() -> None:
 def test_guard_refuses_negative_thresholds(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must not be negative"):
         RemovalGuard(**kwargs)
+
+
+# --- the guard at every size: a majority, or nobody left --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("removals", "active_before", "held"),
+    [
+        pytest.param(1, 1, True, id="1-user-roster-emptied"),
+        pytest.param(1, 2, False, id="2-users-one-leaves-half-is-not-more-than-half"),
+        pytest.param(2, 2, True, id="2-users-both-leave"),
+        pytest.param(6, 13, False, id="13-users-6-leave"),
+        pytest.param(7, 13, True, id="13-users-7-leave-a-majority"),
+        pytest.param(12, 13, True, id="13-users-12-leave"),
+        pytest.param(13, 13, True, id="13-users-all-leave"),
+        pytest.param(20, 50, False, id="50-users-20-leave"),
+        pytest.param(21, 50, True, id="50-users-21-leave"),
+        pytest.param(501, 5000, True, id="5000-users-10pct-and-20"),
+        pytest.param(500, 5000, False, id="5000-users-at-10pct"),
+    ],
+)
+def test_below_the_minimum_count_a_majority_or_an_emptied_roster_still_holds(
+    removals: int, active_before: int, held: bool
+) -> None:
+    roster, plan = roster_and_removals(removals, active_before)
+    decision = check(roster, plan)
+    assert decision.held is held, decision.detail
+    if removals == active_before:
+        assert "no active user" in decision.detail
+
+
+def test_an_emptied_roster_is_held_even_with_lenient_thresholds() -> None:
+    roster, plan = roster_and_removals(13, 13)
+    lenient = RemovalGuard(percent=100, min_users=1000, majority_percent=100)
+    decision = check(roster, plan, guard=lenient)
+    assert decision.held and "leave the tenant with no active user" in decision.detail
+    assert (
+        check(roster, plan, guard=lenient, approved_digest=removal_digest(plan)).verdict
+        is SafetyVerdict.APPLY
+    )
+
+
+# --- short reads fail the run -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("counted", "read", "fails"),
+    [
+        pytest.param(13, 5, True, id="13-counted-5-read"),
+        pytest.param(13, 11, False, id="13-counted-11-read-index-lag"),
+        pytest.param(13, 10, True, id="13-counted-10-read"),
+        pytest.param(1, 0, False, id="1-counted-0-read-within-slack"),
+        pytest.param(1000, 950, False, id="1000-counted-950-read"),
+        pytest.param(1000, 949, True, id="1000-counted-949-read"),
+        pytest.param(0, 0, False, id="empty"),
+        pytest.param(5, 9, False, id="more-read-than-counted"),
+    ],
+)
+def test_a_read_far_below_graphs_count_fails_the_run(counted: int, read: int, fails: bool) -> None:
+    roster = [row(f"u{i:04d}", SALES) for i in range(read)]
+    plan = plan_roster_changes(roster, [eligible(r.id, SALES) for r in roster])
+    groups = [RunGroup(id=SALES, display_name="Sales", members=read, eligible=read, counted=counted)]
+    decision = check(roster, plan, groups)
+    assert (decision.verdict is SafetyVerdict.FAIL) is fails, decision.detail
+    if fails:
+        assert (
+            "fewer users than it counts" in decision.detail and f"Graph counts {counted:,}" in decision.detail
+        )
+    tenant = check(roster, plan, tenant_count=(counted, read))
+    assert (tenant.verdict is SafetyVerdict.FAIL) is fails
+
+
+def test_a_group_read_empty_holds_when_anyone_is_removed() -> None:
+    """A group deleted and made again under a new id reads empty: selecting it must not empty the roster."""
+    roster = [row(f"u{i}", SALES) for i in range(13)]
+    plan = plan_roster_changes(roster, [eligible(r.id, SALES) for r in roster[:12]])  # one leaves anyway
+    fresh = [RunGroup(id=NEW, display_name="Sales (new)", members=0, eligible=0, counted=0)]
+    decision = check(
+        roster, plan, fresh, guard=RemovalGuard(percent=100, min_users=100, majority_percent=100)
+    )
+    assert decision.held and "'Sales (new)'" in decision.detail and "as empty" in decision.detail
 
 
 # --- emptied groups -----------------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""The audit trail: an append-only record of every roster change and every change of configuration.
+
+Each tenant's records are JSON lines in append blobs of the `audit` container, one blob per UTC day
+(`{tenant}/{YYYY}/{MM}/{DD}.jsonl`). In Azure that container has a time-based immutability policy
+(infra/app/storage.bicep): for AUDIT_RETENTION_DAYS no record can be altered or deleted, by the app
+or anyone else; appending stays allowed. The app never updates or deletes a record; it only reads
+records younger than the retention. Roster changes are written before the roster rows, so a write
+that fails half-way is still on record.
+
+A record's position (its day and line) is its cursor: readers page forward in order, which the
+roster change feed (issue "within a minute") builds on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import enum
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+from shared.settings import Settings
+from shared.storage import blob_service
+
+__all__ = ["AuditKind", "AuditLog", "AuditRecord", "InvalidAuditCursor"]
+
+MAX_BLOCK_BYTES = 4 * 1024 * 1024  # an append blob block is at most 4 MiB
+
+
+class AuditKind(enum.StrEnum):
+    """What a record says happened."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    REMOVED = "removed"
+    RESTORED = "restored"
+    PURGED = "purged"
+    SELECTION_CHANGED = "selectionChanged"
+    RULES_CHANGED = "rulesChanged"
+    GUARD_CHANGED = "guardChanged"
+    APPROVED = "approved"
+
+    @property
+    def is_roster_change(self) -> bool:
+        """Whether the record is about one user on the roster (not about configuration)."""
+        return self in _ROSTER_KINDS
+
+
+_ROSTER_KINDS = frozenset(
+    {AuditKind.ADDED, AuditKind.UPDATED, AuditKind.REMOVED, AuditKind.RESTORED, AuditKind.PURGED}
+)
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """One change, as it is kept: who or which run, what, when, and why."""
+
+    at: datetime
+    kind: AuditKind
+    run_id: str | None = None  # the run that changed the roster (or that an approval applies)
+    user_id: str | None = None  # the Entra object id of the user whose row changed
+    user_principal_name: str | None = None
+    reason: str | None = None  # why: an exclusion reason, "notInSelectedGroups", "undo", "pastGrace"
+    by: str | None = None  # who asked: a person (from the signed-in principal), "timer", "cli:…"
+    before: Any = None  # configuration changes: the value before …
+    after: Any = None  # … and after
+    cursor: str | None = None  # set when read: where this record sits (pass it as `after` to go on)
+
+
+class InvalidAuditCursor(ValueError):
+    """A cursor that this module did not issue."""
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(AuditRecord)
+
+
+def _blob_name(tenant_id: str, day: datetime) -> str:
+    return f"{tenant_id}/{day:%Y/%m/%d}.jsonl"
+
+
+def _cursor(blob: str, line: int) -> str:
+    return base64.urlsafe_b64encode(f"{blob}#{line}".encode()).decode().rstrip("=")
+
+
+def _parse_cursor(tenant_id: str, cursor: str) -> tuple[str, int]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        blob, _, line = text.rpartition("#")
+        number = int(line)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidAuditCursor("the cursor is not one this API issued") from None
+    if not blob.startswith(f"{tenant_id}/") or number < 0:
+        raise InvalidAuditCursor("the cursor is not one this API issued")
+    return blob, number
+
+
+class AuditLog:
+    """Appends and reads one deployment's audit records."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._service: BlobServiceClient | None = None
+
+    def _container(self) -> ContainerClient:
+        if self._service is None:
+            self._service = blob_service(self._settings)
+        return self._service.get_container_client(self._settings.audit_container)
+
+    async def aclose(self) -> None:
+        """Close the blob client."""
+        if self._service is not None:
+            await self._service.close()
+            self._service = None
+
+    async def append(self, tenant_id: str, records: Iterable[AuditRecord]) -> int:
+        """Append records (in order) to the tenant's trail for their day; returns how many."""
+        by_day: dict[str, list[bytes]] = {}
+        for record in records:
+            by_day.setdefault(_blob_name(tenant_id, record.at), []).append(_ENCODER.encode(record) + b"\n")
+        written = 0
+        for name, lines in by_day.items():
+            blob = self._container().get_blob_client(name)
+            with contextlib.suppress(ResourceExistsError, ResourceModifiedError):  # the day's blob exists
+                await blob.create_append_blob(if_none_match="*")
+            for block in _blocks(lines):
+                await blob.append_block(block)
+            written += len(lines)
+        return written
+
+    async def read(
+        self,
+        tenant_id: str,
+        *,
+        after: str | None = None,
+        user: str | None = None,
+        run: str | None = None,
+        kinds: Sequence[AuditKind] | None = None,
+        limit: int = 100,
+        now: datetime,
+    ) -> tuple[list[AuditRecord], str | None]:
+        """Records oldest first from the position after `after`, filtered; and the next page's cursor
+        (None on the last page). Each record carries its own cursor, so a follower of the trail
+        asks again after the last record it saw. Records older than AUDIT_RETENTION_DAYS are not read.
+        """
+        start_blob, start_line = _parse_cursor(tenant_id, after) if after else ("", -1)
+        oldest = _blob_name(tenant_id, now - timedelta(days=self._settings.audit_retention_days))
+        names = sorted([b.name async for b in self._container().list_blobs(name_starts_with=f"{tenant_id}/")])
+        found: list[AuditRecord] = []
+        needle = user.lower() if user else None
+        for name in names:
+            if name < oldest or name < start_blob:
+                continue
+            try:
+                data = await (await self._container().get_blob_client(name).download_blob()).readall()
+            except ResourceNotFoundError:
+                continue
+            for number, line in enumerate(data.splitlines()):
+                if (name, number) <= (start_blob, start_line) or not line.strip():
+                    continue
+                record = _DECODER.decode(line)
+                if run and record.run_id != run:
+                    continue
+                if needle and needle not in (
+                    (record.user_id or "").lower(),
+                    (record.user_principal_name or "").lower(),
+                ):
+                    continue
+                if kinds and record.kind not in kinds:
+                    continue
+                found.append(msgspec.structs.replace(record, cursor=_cursor(name, number)))
+                if len(found) >= limit:
+                    return found, found[-1].cursor
+        return found, None
+
+
+def _blocks(lines: list[bytes]) -> Iterable[bytes]:
+    """The lines joined into append blocks of at most 4 MiB, never splitting a line."""
+    block: list[bytes] = []
+    size = 0
+    for line in lines:
+        if block and size + len(line) > MAX_BLOCK_BYTES:
+            yield b"".join(block)
+            block, size = [], 0
+        block.append(line)
+        size += len(line)
+    if block:
+        yield b"".join(block)
