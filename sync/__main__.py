@@ -19,7 +19,9 @@ import msgspec
 from azure.core.exceptions import AzureError
 
 from shared.settings import SettingsError
+from sync.eligibility import sku_name
 from sync.models import (
+    ExclusionRules,
     RosterUser,
     Run,
     RunPage,
@@ -34,6 +36,7 @@ from sync.service import (
     ServiceError,
     SyncService,
     UpstreamError,
+    audit_csv,
     open_service,
     parse_selection_input,
     parse_tenant_input,
@@ -139,11 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     undo.add_argument("--json", action="store_true")
     undo.set_defaults(handler=cmd_undo)
 
+    audit = sub.add_parser("audit", help="the audit trail: roster changes and who changed settings")
+    audit.add_argument("tenant_id")
+    audit.add_argument("--user", help="object id or UPN")
+    audit.add_argument("--run", help="a run id")
+    audit.add_argument("--csv", action="store_true", help="CSV on standard output")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(handler=cmd_audit)
+
     rules = sub.add_parser("rules", help="show or set the tenant's exclusion rules")
     rules.add_argument("tenant_id")
     rules.add_argument("--pattern", action="append", default=None, help="UPN pattern, e.g. 'svc-*'")
     rules.add_argument("--user", action="append", default=None, help="object id or UPN to exclude")
     rules.add_argument("--group", help="exclusion group id")
+    rules.add_argument(
+        "--sku", action="append", default=None, help="a required licence: SKU id or part number (e.g. SPE_E3)"
+    )
+    rules.add_argument(
+        "--external-members", choices=["include", "exclude"], help="members from other organisations (#EXT#)"
+    )
     rules.add_argument("--clear", action="store_true", help="remove every rule")
     rules.add_argument("--json", action="store_true")
     rules.set_defaults(handler=cmd_rules)
@@ -243,16 +260,31 @@ async def cmd_tenant_add(args: argparse.Namespace, svc: SyncService) -> int:
             **({} if args.guard_min_users is None else {"guardMinUsers": _guard_arg(args.guard_min_users)}),
         }
     )
-    tenant = await svc.put_tenant(args.tenant_id, change)
+    known = await svc.find_tenant(args.tenant_id)
+    # If-Match: the version read just now, so a change someone made meanwhile is not overwritten.
+    tenant = await svc.put_tenant(
+        args.tenant_id, change, expected_version=known.version if known else 0, requested_by=_who()
+    )
     if args.json:
-        _print_json(TenantView.of(tenant))
+        _print_json(tenant)
         return EXIT_OK
-    print(f"tenant {tenant.id} registered as {tenant.display_name!r}")
+    print(f"tenant {tenant.id} registered as {tenant.display_name!r} (version {tenant.version})")
     if tenant.guard_percent is not None or tenant.guard_min_users is not None:
         percent = "default" if tenant.guard_percent is None else f"{tenant.guard_percent:g}"
         users = "default" if tenant.guard_min_users is None else str(tenant.guard_min_users)
         print(f"  removal guard: holds runs removing more than {percent}% and {users} users")
+    if tenant.preview is not None:
+        print(f"  with these thresholds: {_preview_words(tenant.preview)}")
     return EXIT_OK
+
+
+def _preview_words(preview: Run) -> str:
+    """What a preview found, in one line."""
+    if preview.status is RunStatus.FAILED:
+        return f"the preview failed: {preview.error}"
+    removed = preview.counts.removed
+    held = " and would be held for an approval" if preview.guard else ""
+    return f"the next run would add {preview.counts.added} and remove {removed} users{held}"
 
 
 async def cmd_tenant_list(args: argparse.Namespace, svc: SyncService) -> int:
@@ -400,23 +432,87 @@ async def cmd_undo(args: argparse.Namespace, svc: SyncService) -> int:
 
 
 async def cmd_rules(args: argparse.Namespace, svc: SyncService) -> int:
-    """`rules`: show or change the tenant's exclusion rules."""
-    if args.clear or args.pattern is not None or args.user is not None or args.group is not None:
-        current = await svc.get_rules(args.tenant_id)
-        body = (
-            {}
-            if args.clear
-            else {
-                "upnPatterns": args.pattern if args.pattern is not None else list(current.upn_patterns),
-                "excludedUsers": args.user if args.user is not None else list(current.excluded_users),
-                "exclusionGroupId": args.group if args.group is not None else current.exclusion_group_id,
-            }
-        )
-        result = await svc.set_rules(args.tenant_id, body)
-    else:
-        result = await svc.get_rules(args.tenant_id)
-    _print_json(result)
+    """`rules`: show or change the tenant's exclusion rules (If-Match: the version read first)."""
+    current, version = await svc.rules_of(args.tenant_id)
+    changing = args.clear or any(
+        value is not None for value in (args.pattern, args.user, args.group, args.sku, args.external_members)
+    )
+    if not changing:
+        if args.json:
+            _print_json(current)
+        else:
+            _print_rules(current, version)
+        return EXIT_OK
+    body: dict[str, object] = (
+        {}
+        if args.clear
+        else {
+            "upnPatterns": args.pattern if args.pattern is not None else list(current.upn_patterns),
+            "excludedUsers": args.user if args.user is not None else list(current.excluded_users),
+            "exclusionGroupId": args.group if args.group is not None else current.exclusion_group_id,
+            "requiredSkus": args.sku if args.sku is not None else list(current.required_skus),
+            "includeExternalMembers": (
+                args.external_members == "include"
+                if args.external_members is not None
+                else current.include_external_members
+            ),
+        }
+    )
+    saved = await svc.set_rules(args.tenant_id, body, expected_version=version, requested_by=_who())
+    if args.json:
+        _print_json(saved)
+        return EXIT_OK
+    _print_rules(saved, saved.version)
+    print(f"  preview: {_preview_words(saved.preview)}")
+    print(f"  refresh {saved.run.id} queued to apply them")
     return EXIT_OK
+
+
+async def cmd_audit(args: argparse.Namespace, svc: SyncService) -> int:
+    """`audit`: every page of the trail, oldest first."""
+    records = []
+    cursor: str | None = None
+    while True:
+        page = await svc.audit_trail(args.tenant_id, user=args.user, run=args.run, cursor=cursor, limit=500)
+        records.extend(page.value)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    if args.csv:
+        sys.stdout.write(audit_csv(records))
+    elif args.json:
+        _print_json({"value": records})
+    else:
+        _table(
+            [
+                (
+                    _when(r.at),
+                    r.kind,
+                    r.user_principal_name or r.user_id or "",
+                    r.run_id or "",
+                    r.reason or "",
+                    r.by or "",
+                )
+                for r in records
+            ],
+            ["at", "what", "user", "run", "why", "by"],
+        )
+        print(f"{len(records)} records")
+    return EXIT_OK
+
+
+def _print_rules(rules: ExclusionRules, version: int) -> None:
+    print(f"exclusion rules (version {version}):")
+    _table(
+        [
+            ("UPN patterns", ", ".join(rules.upn_patterns) or "-"),
+            ("excluded users", ", ".join(rules.excluded_users) or "-"),
+            ("exclusion group", rules.exclusion_group_id or "-"),
+            ("required licences", ", ".join(sku_name(s) for s in rules.required_skus) or "any"),
+            ("external members", "included" if rules.include_external_members else "excluded"),
+        ],
+        ["rule", "value"],
+    )
 
 
 def _show_run(args: argparse.Namespace, run: Run) -> int:

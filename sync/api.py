@@ -34,6 +34,7 @@ from sync.service import (
     InvalidInput,
     ServiceError,
     SyncService,
+    audit_csv,
     open_service,
     parse_selection_input,
     parse_tenant_input,
@@ -188,14 +189,19 @@ def _selection_body(req: func.HttpRequest) -> SelectionInput:
     return parse_selection_input(read_json_body(req, body_fields(SelectionInput)))
 
 
-def _if_match(req: func.HttpRequest) -> int | None:
+def _if_match(req: func.HttpRequest, what: str = "the selection") -> int | None:
+    """The version If-Match names (None: absent or *): a stale one is answered 412 by the service."""
     raw = req.headers.get("if-match")
     if raw is None or raw.strip() == "*":
         return None
     text = raw.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise InvalidInput("If-Match must be the selection's version, as its ETag gives it")
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidInput(f"If-Match must be the version of {what}, as its ETag gives it")
     return int(text)
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
 
 
 def _run_accepted(req: func.HttpRequest, run: Run) -> func.HttpResponse:
@@ -257,8 +263,13 @@ async def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
         change = parse_tenant_input(read_json_body(req, body_fields(TenantInput)))
-        tenant = await svc.put_tenant(req.route_params["tenantId"], change)
-        return json_response(TenantView.of(tenant))
+        saved = await svc.put_tenant(
+            req.route_params["tenantId"],
+            change,
+            expected_version=_if_match(req, "the tenant's settings"),
+            requested_by=who.name,
+        )
+        return json_response(saved, 200, _etag(saved.version))
 
     return await guarded(req, handle)
 
@@ -284,8 +295,15 @@ async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
         if req.method.upper() == "PUT":
             if not (req.get_body() or b"").strip():
                 raise InvalidInput("send the rules as a JSON object; {} removes every rule")
-            return json_response(await svc.set_rules(tid, read_json_body(req)))
-        return json_response(await svc.get_rules(tid))
+            saved = await svc.set_rules(
+                tid,
+                read_json_body(req),
+                expected_version=_if_match(req, "the tenant's settings"),
+                requested_by=who.name,
+            )
+            return json_response(saved, 200, _etag(saved.version))
+        rules, version = await svc.rules_of(tid)
+        return json_response(rules, 200, _etag(version))
 
     return await guarded(req, handle)
 
@@ -440,5 +458,34 @@ async def user_explain(req: func.HttpRequest) -> func.HttpResponse:
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
         return json_response(await svc.explain(req.route_params["tenantId"], req.route_params["user"]))
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("audit_list")
+@bp.route(route="tenants/{tenantId}/audit", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def audit_list(req: func.HttpRequest) -> func.HttpResponse:
+    """The tenant's audit trail: every roster change and change of configuration, oldest first;
+    `format=csv` for a spreadsheet."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        fmt = req.params.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise InvalidInput(f"format must be json or csv; got {fmt[:20]!r}")
+        page = await svc.audit_trail(
+            req.route_params["tenantId"],
+            user=req.params.get("user"),
+            run=req.params.get("run"),
+            cursor=req.params.get("cursor"),
+            limit=_limit(req, 100),
+        )
+        if fmt == "csv":
+            headers = {"Content-Disposition": 'attachment; filename="audit.csv"'}
+            if page.next_cursor:
+                headers["Link"] = f'<?format=csv&cursor={page.next_cursor}>; rel="next"'
+            return func.HttpResponse(
+                audit_csv(page.value), status_code=200, mimetype="text/csv", charset="utf-8", headers=headers
+            )
+        return json_response(page)
 
     return await guarded(req, handle)

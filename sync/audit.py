@@ -16,10 +16,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import enum
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import msgspec
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -27,49 +25,11 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from shared.settings import Settings
 from shared.storage import blob_service
+from sync.models import AuditKind, AuditRecord
 
 __all__ = ["AuditKind", "AuditLog", "AuditRecord", "InvalidAuditCursor"]
 
 MAX_BLOCK_BYTES = 4 * 1024 * 1024  # an append blob block is at most 4 MiB
-
-
-class AuditKind(enum.StrEnum):
-    """What a record says happened."""
-
-    ADDED = "added"
-    UPDATED = "updated"
-    REMOVED = "removed"
-    RESTORED = "restored"
-    PURGED = "purged"
-    SELECTION_CHANGED = "selectionChanged"
-    RULES_CHANGED = "rulesChanged"
-    GUARD_CHANGED = "guardChanged"
-    APPROVED = "approved"
-
-    @property
-    def is_roster_change(self) -> bool:
-        """Whether the record is about one user on the roster (not about configuration)."""
-        return self in _ROSTER_KINDS
-
-
-_ROSTER_KINDS = frozenset(
-    {AuditKind.ADDED, AuditKind.UPDATED, AuditKind.REMOVED, AuditKind.RESTORED, AuditKind.PURGED}
-)
-
-
-class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
-    """One change, as it is kept: who or which run, what, when, and why."""
-
-    at: datetime
-    kind: AuditKind
-    run_id: str | None = None  # the run that changed the roster (or that an approval applies)
-    user_id: str | None = None  # the Entra object id of the user whose row changed
-    user_principal_name: str | None = None
-    reason: str | None = None  # why: an exclusion reason, "notInSelectedGroups", "undo", "pastGrace"
-    by: str | None = None  # who asked: a person (from the signed-in principal), "timer", "cli:…"
-    before: Any = None  # configuration changes: the value before …
-    after: Any = None  # … and after
-    cursor: str | None = None  # set when read: where this record sits (pass it as `after` to go on)
 
 
 class InvalidAuditCursor(ValueError):

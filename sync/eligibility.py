@@ -51,6 +51,7 @@ from sync.models import (
     DirectoryUser,
     EligibleUser,
     ExcludedCounts,
+    ExclusionRules,
     MailboxPurposeSource,
     ReasonText,
     RunGroup,
@@ -289,24 +290,6 @@ def matches_every_upn(pattern: str) -> bool:
 
 class InvalidRules(ValueError):
     """A tenant's exclusion rules are malformed; the message says what to fix."""
-
-
-class ExclusionRules(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """A tenant's own exclusion rules (JSON: upnPatterns, excludedUsers, exclusionGroupId).
-
-    Build from untrusted input with `parse_exclusion_rules`, which validates and
-    normalises. Matching is case-insensitive throughout.
-    """
-
-    upn_patterns: tuple[str, ...] = ()  # fnmatch-style, against the whole UPN and its local part
-    excluded_users: tuple[str, ...] = ()  # object ids or UPNs
-    exclusion_group_id: str | None = None  # the caller resolves its transitive user ids
-    include_external_members: bool = False  # members from other organisations (#EXT#, userType Member)
-    required_skus: tuple[str, ...] = ()  # SKU ids (lower case); empty: any licence will do
-
-    def validate(self) -> ExclusionRules:
-        """Return a normalised copy (trimmed, de-duplicated), or raise `InvalidRules`."""
-        return _validated(self)
 
 
 class _CompiledRules(NamedTuple):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -155,14 +155,29 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     updated_by: str | None = None
 
 
+class ExclusionRules(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A tenant's own exclusion rules, as stored and shown.
+
+    Build from untrusted input with `sync.eligibility.parse_exclusion_rules`, which validates and
+    normalises. Matching is case-insensitive throughout.
+    """
+
+    upn_patterns: tuple[str, ...] = ()  # fnmatch-style, against the whole UPN and its local part
+    excluded_users: tuple[str, ...] = ()  # object ids or UPNs
+    exclusion_group_id: str | None = None  # the caller resolves its transitive user ids
+    include_external_members: bool = False  # members from other organisations (#EXT#, userType Member)
+    required_skus: tuple[str, ...] = ()  # SKU ids (lower case); empty: any licence will do
+
+
 class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """A customer tenant registered for sync."""
 
     id: str  # Entra tenant GUID
     display_name: str
+    version: int = 0  # what an admin saved (name, rules, guard): its ETag; 0 before the first save
     enabled: bool = True
     created_at: datetime | None = None
-    exclusion_rules: str = "{}"  # JSON of sync.eligibility.ExclusionRules
+    exclusion_rules: str = "{}"  # JSON of ExclusionRules
     guard_percent: float | None = None  # None: REMOVAL_GUARD_PERCENT
     guard_min_users: int | None = None  # None: REMOVAL_GUARD_MIN_USERS
     last_run_id: str | None = None
@@ -183,6 +198,7 @@ class TenantView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     id: str
     display_name: str
+    version: int = 0  # the ETag of what an admin saved (send it as If-Match)
     enabled: bool = True
     created_at: datetime | None = None
     guard_percent: float | None = None
@@ -223,6 +239,7 @@ class RunReason(enum.StrEnum):
     SELECTION_SAVED = "selection-saved"
     PREVIEW = "preview"  # a dry run of a selection not saved yet
     CLI = "cli"
+    RULES_SAVED = "rules-saved"
     APPROVED = "approved"  # applies a held run's removals
     UNDO = "undo"  # restores a run's removals
     NIGHTLY = "nightly"
@@ -380,6 +397,45 @@ GroupIds = Annotated[
 ]
 
 
+class AuditKind(enum.StrEnum):
+    """What a record says happened."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    REMOVED = "removed"
+    RESTORED = "restored"
+    PURGED = "purged"
+    SELECTION_CHANGED = "selectionChanged"
+    RULES_CHANGED = "rulesChanged"
+    GUARD_CHANGED = "guardChanged"
+    APPROVED = "approved"
+
+    @property
+    def is_roster_change(self) -> bool:
+        """Whether the record is about one user on the roster (not about configuration)."""
+        return self in _ROSTER_KINDS
+
+
+_ROSTER_KINDS: frozenset[AuditKind] = frozenset(
+    {AuditKind.ADDED, AuditKind.UPDATED, AuditKind.REMOVED, AuditKind.RESTORED, AuditKind.PURGED}
+)
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """One change, as it is kept: who or which run, what, when, and why."""
+
+    at: datetime
+    kind: AuditKind
+    run_id: str | None = None  # the run that changed the roster (or that an approval applies)
+    user_id: str | None = None  # the Entra object id of the user whose row changed
+    user_principal_name: str | None = None
+    reason: str | None = None  # why: an exclusion reason, "notInSelectedGroups", "undo", "pastGrace"
+    by: str | None = None  # who asked: a person (from the signed-in principal), "timer", "cli:…"
+    before: Any = None  # configuration changes: the value before …
+    after: Any = None  # … and after
+    cursor: str | None = None  # set when read: where this record sits (pass it as `after` to go on)
+
+
 class TenantInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """PUT /tenants/{id}: register or rename a tenant; optionally its own removal guard."""
 
@@ -422,6 +478,20 @@ class RulesInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forb
         Annotated[str, msgspec.Meta(description="A group whose members (nested included) are kept off.")]
         | None
     ) = None
+
+
+class TenantSaved(TenantView, frozen=True, kw_only=True, rename="camel"):
+    """A saved tenant; when its removal guard changed, a preview of what the next run would do."""
+
+    preview: Run | None = None
+
+
+class RulesSaved(ExclusionRules, frozen=True, kw_only=True, rename="camel"):
+    """Saved rules with their version, the preview of what they change and the run that applies them."""
+
+    version: int
+    preview: Run
+    run: Run
 
 
 class SelectionSaved(Selection, frozen=True, kw_only=True, rename="camel"):
@@ -516,6 +586,12 @@ class UserPage(Page, frozen=True, kw_only=True, rename="camel"):
     """Roster rows in id order."""
 
     value: list[RosterUser]
+
+
+class AuditPage(Page, frozen=True, kw_only=True, rename="camel"):
+    """Audit records, oldest first."""
+
+    value: list[AuditRecord]
 
 
 class TenantList(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,16 +17,19 @@ import msgspec
 
 from sync.eligibility import ExclusionRules
 from sync.models import (
+    AuditPage,
     Connection,
     Explanation,
     GroupPage,
     RulesInput,
+    RulesSaved,
     RunPage,
     Selection,
     SelectionInput,
     SelectionSaved,
     TenantInput,
     TenantList,
+    TenantSaved,
     UserPage,
 )
 from sync.validation import (
@@ -62,7 +65,7 @@ _PROBLEMS = {
     "403": "The caller lacks the app role Sync.Admin.",
     "404": "The tenant (or run, or user) does not exist.",
     "409": "The resource is not in a state that allows this (e.g. the run is not held).",
-    "412": "If-Match named a selection version that is no longer current.",
+    "412": "If-Match named a version (of the selection or the tenant's settings) that is no longer current.",
     "500": "Unexpected failure; the Function App logs have the details.",
     "502": "Microsoft Graph refused or failed: the `detail` names the missing permission and the "
     "admin-consent link, or what failed.",
@@ -106,6 +109,20 @@ LOCATION = {
         "required": True,
         "schema": {"type": "string"},
     }
+}
+TENANT_ETAG = {
+    "ETag": {
+        "description": 'The version of the tenant\'s settings, quoted ("3"); send it back as If-Match.',
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+IF_MATCH_TENANT = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The ETag of the tenant's settings this change is based on; * or absent: any.",
 }
 ETAG = {
     "ETag": {
@@ -152,8 +169,12 @@ def _operation(
     headers: dict[str, Any] | None = None,
     description: str | None = None,
     anonymous: bool = False,
+    content_types: tuple[str, ...] = (JSON,),
 ) -> dict[str, Any]:
-    response: dict[str, Any] = {"description": summary, "content": _json(_ref(schema))}
+    content = {
+        kind: {"schema": _ref(schema) if kind == JSON else {"type": "string"}} for kind in content_types
+    }
+    response: dict[str, Any] = {"description": summary, "content": content}
     if headers:
         response["headers"] = headers
     op: dict[str, Any] = {
@@ -200,12 +221,14 @@ def _paths() -> dict[str, Any]:
         "/api/tenants/{tenantId}": {
             "put": _operation(
                 "tenant_put",
-                "Register or rename a tenant; set its own removal guard thresholds.",
+                "Register or rename a tenant; set its own removal guard thresholds (a change of them is "
+                "previewed: `preview` says what the next run would remove and whether it would be held).",
                 "200",
-                "Tenant",
-                params=tenant,
+                "TenantSaved",
+                params=[*tenant, IF_MATCH_TENANT],
                 body="TenantInput",
-                errors=("400", "401", "403", "500", "503"),
+                errors=("400", "401", "403", "412", "500", "503"),
+                headers=TENANT_ETAG,
             )
         },
         "/api/tenants/{tenantId}/connection": {
@@ -219,17 +242,48 @@ def _paths() -> dict[str, Any]:
         },
         "/api/tenants/{tenantId}/rules": {
             "get": _operation(
-                "tenant_rules_get", "The tenant's exclusion rules.", "200", "ExclusionRules", params=tenant
-            ),
-            "put": _operation(
-                "tenant_rules_put",
-                "Replace the tenant's exclusion rules.",
+                "tenant_rules_get",
+                "The tenant's exclusion rules.",
                 "200",
                 "ExclusionRules",
                 params=tenant,
-                body="RulesInput",
-                errors=graph_errors,
+                headers=TENANT_ETAG,
             ),
+            "put": _operation(
+                "tenant_rules_put",
+                "Replace the tenant's exclusion rules: previewed (`preview`: how many users they remove) "
+                "and applied by a refresh of their own (`run`), which the removal guard holds if need be.",
+                "200",
+                "RulesSaved",
+                params=[*tenant, IF_MATCH_TENANT],
+                body="RulesInput",
+                errors=(*graph_errors, "412"),
+                headers=TENANT_ETAG,
+            ),
+        },
+        "/api/tenants/{tenantId}/audit": {
+            "get": _operation(
+                "audit_list",
+                "The audit trail: every addition, update, removal, restore and purge, and every change of "
+                "the selection, the rules, the guard or an approval, with who and why; oldest first.",
+                "200",
+                "AuditPage",
+                params=[
+                    *tenant,
+                    _query(
+                        "user", {"type": "string", "maxLength": MAX_UPN_LENGTH}, "A user's object id or UPN."
+                    ),
+                    _query("run", {"type": "string", "pattern": RUN_ID_PATTERN}, "A run id."),
+                    _query(
+                        "cursor",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_CURSOR_LENGTH},
+                        "nextCursor.",
+                    ),
+                    _query("format", {"enum": ["json", "csv"]}, "csv: a spreadsheet of the page."),
+                    LIMIT,
+                ],
+                content_types=("application/json", "text/csv"),
+            )
         },
         "/api/tenants/{tenantId}/groups": {
             "get": _operation(
@@ -384,6 +438,9 @@ def _paths() -> dict[str, Any]:
 RECORDS: tuple[type, ...] = (
     TenantList,
     TenantInput,
+    TenantSaved,
+    RulesSaved,
+    AuditPage,
     Connection,
     ExclusionRules,
     RulesInput,

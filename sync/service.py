@@ -8,8 +8,11 @@ the roster are not done here: a refresh or an undo is handed to `sync.engine`.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +22,7 @@ from shared.graph import GraphClients, GraphHttpOptions, admin_consent_url
 from shared.settings import Settings, get_settings
 from shared.storage import ensure_storage, queue_client
 from sync import runs
+from sync.audit import AuditKind, AuditRecord, InvalidAuditCursor
 from sync.context import SyncContext
 from sync.directory import DirectoryError, GraphAccessDenied, GraphTokenRefused, InvalidCursor, PageExpired
 from sync.directory.errors import REQUIRED_PERMISSIONS
@@ -27,6 +31,7 @@ from sync.engine import LeaseBusy as LeaseBusy  # re-exported for sync.jobs
 from sync.engine import NothingToUndo, execute_refresh, execute_undo
 from sync.models import (
     AccessProblem,
+    AuditPage,
     Connection,
     ConnectionState,
     Explanation,
@@ -35,6 +40,7 @@ from sync.models import (
     RefreshMessage,
     RosterStatus,
     RosterUser,
+    RulesSaved,
     Run,
     RunReason,
     RunStatus,
@@ -44,9 +50,11 @@ from sync.models import (
     SelectionMode,
     Tenant,
     TenantInput,
+    TenantSaved,
+    TenantView,
     UserRef,
 )
-from sync.store import StaleSelection, utc_now
+from sync.store import StaleSelection, StaleTenant, utc_now
 from sync.validation import (
     MAX_CURSOR_LENGTH,
     MAX_GUARD_MIN_USERS,
@@ -239,6 +247,37 @@ def parse_selection_input(body: Mapping[str, Any]) -> SelectionInput:
     return SelectionInput(mode=chosen, group_ids=lowered)
 
 
+AUDIT_CSV_COLUMNS = ("at", "kind", "userId", "userPrincipalName", "runId", "reason", "by", "before", "after")
+
+
+def audit_csv(records: Sequence[AuditRecord]) -> str:
+    """Audit records as CSV (configuration before/after as JSON in their cells)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(AUDIT_CSV_COLUMNS)
+    for record in records:
+        data = msgspec.to_builtins(record)
+        writer.writerow(
+            [
+                json.dumps(data[col]) if col in ("before", "after") and col in data else data.get(col, "")
+                for col in AUDIT_CSV_COLUMNS
+            ]
+        )
+    return out.getvalue()
+
+
+def _guard_of(tenant: Tenant) -> dict[str, float | int | None]:
+    return {"guardPercent": tenant.guard_percent, "guardMinUsers": tenant.guard_min_users}
+
+
+def _selection_of(selection: Selection) -> dict[str, object]:
+    return {
+        "mode": str(selection.mode),
+        "groupIds": [g.id for g in selection.groups],
+        "version": selection.version,
+    }
+
+
 def _message_for(run: Run) -> RefreshMessage:
     return RefreshMessage(
         tenant_id=run.tenant_id,
@@ -258,11 +297,20 @@ class SyncService:
 
     # -- tenants --
 
-    async def put_tenant(self, tenant_id: str, change: TenantInput) -> Tenant:
+    async def put_tenant(
+        self,
+        tenant_id: str,
+        change: TenantInput,
+        *,
+        expected_version: int | None = None,
+        requested_by: str | None = None,
+    ) -> TenantSaved:
         """Register a tenant or rename it; optionally set its own removal guard thresholds.
 
         A threshold left UNSET keeps its current value; None goes back to the app setting
-        (REMOVAL_GUARD_PERCENT / REMOVAL_GUARD_MIN_USERS).
+        (REMOVAL_GUARD_PERCENT / REMOVAL_GUARD_MIN_USERS). `expected_version` is If-Match. A change
+        of the thresholds is put on the audit trail and previewed: the answer says how many users
+        the next run would remove and whether it would be held.
         """
         tid = require_tenant_id(tenant_id)
         existing = await self.ctx.store.get_tenant(tid)
@@ -274,12 +322,26 @@ class SyncService:
             tenant = msgspec.structs.replace(tenant, guard_percent=change.guard_percent)
         if change.guard_min_users is not msgspec.UNSET:
             tenant = msgspec.structs.replace(tenant, guard_min_users=change.guard_min_users)
-        await self.ctx.store.put_tenant(tenant)
-        return tenant
+        before = _guard_of(existing) if existing is not None else None
+        try:
+            saved = await self.ctx.store.put_tenant(tenant, expected_version=expected_version)
+        except StaleTenant as exc:
+            raise PreconditionFailed(str(exc)) from None
+        preview = None
+        if existing is not None and before != _guard_of(saved):
+            await self._audit(
+                tid, AuditKind.GUARD_CHANGED, requested_by, before=before, after=_guard_of(saved)
+            )
+            preview = await self._preview_now(saved, requested_by)
+        return TenantSaved(**msgspec.structs.asdict(TenantView.of(saved)), preview=preview)
 
     async def list_tenants(self) -> list[Tenant]:
         """Every tenant with its last run status (the fleet view)."""
         return sorted(await self.ctx.store.list_tenants(), key=lambda t: t.display_name.lower())
+
+    async def find_tenant(self, tenant_id: str) -> Tenant | None:
+        """The registered tenant, or None."""
+        return await self.ctx.store.get_tenant(require_tenant_id(tenant_id))
 
     async def require_tenant(self, tenant_id: str) -> Tenant:
         """The registered tenant, or NotFound."""
@@ -289,12 +351,19 @@ class SyncService:
             raise NotFound(f"tenant {tid} is not registered; add it first (PUT /api/tenants/{tid})")
         return tenant
 
-    async def get_rules(self, tenant_id: str) -> ExclusionRules:
-        """The tenant's own exclusion rules."""
-        return parse_exclusion_rules((await self.require_tenant(tenant_id)).exclusion_rules)
+    async def set_rules(
+        self,
+        tenant_id: str,
+        rules: object,
+        *,
+        expected_version: int | None = None,
+        requested_by: str | None = None,
+    ) -> RulesSaved:
+        """Replace the tenant's exclusion rules (UPN patterns, listed users, an exclusion group, SKUs).
 
-    async def set_rules(self, tenant_id: str, rules: object) -> ExclusionRules:
-        """Replace the tenant's exclusion rules (UPN patterns, listed users, an exclusion group)."""
+        The change is put on the audit trail, previewed (the answer says how many users it would
+        remove) and applied by a refresh of its own, which the removal guard holds if it removes many.
+        """
         tenant = await self.require_tenant(tenant_id)
         try:
             parsed = parse_exclusion_rules(rules)
@@ -309,8 +378,33 @@ class SyncService:
                     f"exclusion group {parsed.exclusion_group_id} does not exist in the tenant"
                 )
         encoded = msgspec.json.encode(parsed).decode()
-        await self.ctx.store.put_tenant(msgspec.structs.replace(tenant, exclusion_rules=encoded))
-        return parsed
+        before = parse_exclusion_rules(tenant.exclusion_rules)
+        try:
+            saved = await self.ctx.store.put_tenant(
+                msgspec.structs.replace(tenant, exclusion_rules=encoded), expected_version=expected_version
+            )
+        except StaleTenant as exc:
+            raise PreconditionFailed(str(exc)) from None
+        await self._audit(tenant.id, AuditKind.RULES_CHANGED, requested_by, before=before, after=parsed)
+        preview = await self._preview_now(saved, requested_by)
+        run = await self.request_refresh(tenant.id, reason=RunReason.RULES_SAVED, requested_by=requested_by)
+        return RulesSaved(**msgspec.structs.asdict(parsed), version=saved.version, preview=preview, run=run)
+
+    async def rules_of(self, tenant_id: str) -> tuple[ExclusionRules, int]:
+        """The tenant's rules and the version to send back as If-Match."""
+        tenant = await self.require_tenant(tenant_id)
+        return parse_exclusion_rules(tenant.exclusion_rules), tenant.version
+
+    async def _preview_now(self, tenant: Tenant, requested_by: str | None) -> Run:
+        """A dry run of the tenant's saved settings, here and now: who the next run adds and removes."""
+        run = runs.new_run(tenant.id, RunReason.PREVIEW, dry_run=True, requested_by=requested_by)
+        await self.ctx.store.create_run(run)
+        return await self._execute_in_process(run)
+
+    async def _audit(self, tenant_id: str, kind: AuditKind, by: str | None, **fields: Any) -> None:
+        """Put a change of configuration on the audit trail (before the change is acted on)."""
+        values = {key: msgspec.to_builtins(value) for key, value in fields.items()}
+        await self.ctx.audit.append(tenant_id, [AuditRecord(at=utc_now(), kind=kind, by=by, **values)])
 
     async def _graph(self, tenant_id: str, read: Any) -> Any:
         """Await a Graph read; a refusal becomes a 502 naming the problem, permission and consent link."""
@@ -404,12 +498,20 @@ class SyncService:
             updated_at=utc_now(),
             updated_by=requested_by,
         )
+        before = await self.ctx.store.get_selection(tenant.id)
         try:
             saved = await self.ctx.store.save_selection(
                 tenant.id, selection, expected_version=expected_version
             )
         except StaleSelection as exc:
             raise PreconditionFailed(str(exc)) from None
+        await self._audit(
+            tenant.id,
+            AuditKind.SELECTION_CHANGED,
+            requested_by,
+            before=_selection_of(before),
+            after=_selection_of(saved),
+        )
         run = await self.request_refresh(
             tenant.id, reason=RunReason.SELECTION_SAVED, requested_by=requested_by
         )
@@ -490,6 +592,12 @@ class SyncService:
         run.allow_removals = held.counts.removed
         run.approved_digest = held.removal_digest
         run.approved_run = held.id
+        await self._audit(
+            held.tenant_id,
+            AuditKind.APPROVED,
+            requested_by,
+            after={"heldRun": held.id, "approvedRun": run.id, "removals": held.counts.removed},
+        )
         await self.ctx.store.create_run(run)
         # The held run is answered: approving it twice would allow its removals twice.
         await runs.supersede_run(self.ctx.store, held, by=run.id)
@@ -505,7 +613,10 @@ class SyncService:
         while True:
             page, cursor = await self.ctx.store.list_runs(tenant.id, limit=100, after=cursor)
             for run in page:
-                if not run.dry_run and run.counts.removed > 0 and run.status is RunStatus.SUCCEEDED:
+                applied = run.status is RunStatus.SUCCEEDED or (
+                    run.status is RunStatus.FAILED and run.apply_started_at is not None  # partially applied
+                )
+                if not run.dry_run and run.counts.removed > 0 and applied:
                     return run
             if not cursor:
                 raise NotFound(f"no run of tenant {tenant.id} removed any user; there is nothing to undo")
@@ -549,6 +660,31 @@ class SyncService:
                 await asyncio.sleep(1.0)
 
     # -- roster --
+
+    async def audit_trail(
+        self,
+        tenant_id: str,
+        *,
+        user: str | None = None,
+        run: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> AuditPage:
+        """The tenant's audit records, oldest first, filtered by user (id or UPN) or run."""
+        tenant = await self.require_tenant(tenant_id)
+        if user is not None:
+            require_user_key(user)
+        if run is not None:
+            require_run_id(run)
+        if cursor is not None and (not cursor or len(cursor) > MAX_CURSOR_LENGTH):
+            raise InvalidInput("the cursor is not one this API issued")
+        try:
+            records, next_cursor = await self.ctx.audit.read(
+                tenant.id, after=cursor, user=user, run=run, limit=max(1, min(limit, MAX_PAGE)), now=utc_now()
+            )
+        except InvalidAuditCursor as exc:
+            raise InvalidInput(str(exc)) from None
+        return AuditPage(value=records, next_cursor=next_cursor)
 
     async def list_users(
         self,

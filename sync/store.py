@@ -39,6 +39,16 @@ CURRENT_SELECTION = "current"
 _RUN_ORDER_CEILING = 10**13  # ms since epoch until the year 2286: keeps run keys fixed-width
 
 
+class StaleTenant(Exception):
+    """The tenant's settings changed since the version the caller read (HTTP 412)."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(
+            f"the tenant's settings were changed by someone else; the current version is {current}"
+        )
+        self.current = current
+
+
 class StaleSelection(Exception):
     """The selection changed since the version the caller read (HTTP 412)."""
 
@@ -150,13 +160,47 @@ class SyncStore:
             return None
         return _tenant_from_entity(entity)
 
-    async def put_tenant(self, tenant: Tenant) -> None:
-        """Create or replace a tenant's record."""
-        entity = {"PartitionKey": TENANTS_PARTITION, "RowKey": tenant.id}
-        for key, value in _builtins(tenant).items():
-            if key != "id" and value is not None:
+    async def put_tenant(self, tenant: Tenant, *, expected_version: int | None = None) -> Tenant:
+        """Save what an admin changed as the next version, guarded by ETag; returns the saved record.
+
+        `expected_version` (from If-Match) must equal the stored version when given. Fields the
+        runs keep (last run, delta state) are carried over from the stored record, not overwritten.
+        """
+        table = self._table(TENANTS_TABLE)
+        try:
+            current = await table.get_entity(TENANTS_PARTITION, tenant.id)
+        except ResourceNotFoundError:
+            current = None
+        current_version = int(current.get("version", 0)) if current else 0
+        if expected_version is not None and expected_version != current_version:
+            raise StaleTenant(current_version)
+        saved = msgspec.structs.replace(tenant, version=current_version + 1)
+        entity: dict[str, Any] = dict(current or {}) | {
+            "PartitionKey": TENANTS_PARTITION,
+            "RowKey": tenant.id,
+        }
+        entity.pop("Timestamp", None)
+        for key, value in _builtins(saved).items():
+            if key not in _ADMIN_FIELDS:
+                continue
+            if value is None:
+                entity.pop(key, None)  # back to the app setting (e.g. guardPercent)
+            else:
                 entity[key] = value
-        await self._table(TENANTS_TABLE).upsert_entity(entity, mode=UpdateMode.REPLACE)
+        try:
+            if current is None:
+                await table.create_entity(entity)
+            else:
+                await table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            latest = await self.get_tenant(tenant.id)
+            raise StaleTenant(latest.version if latest else 0) from None
+        return _tenant_from_entity(entity)
 
     async def list_tenants(self) -> list[Tenant]:
         """Every registered tenant."""
@@ -296,6 +340,12 @@ class SyncStore:
         if self._blobs is None:
             self._blobs = blob_service(self._settings)
         return self._blobs.get_blob_client(LOCKS_CONTAINER, tenant_id)
+
+
+# What an admin saves through put_tenant; the rest of the record belongs to the runs.
+_ADMIN_FIELDS = frozenset(
+    {"displayName", "version", "enabled", "createdAt", "exclusionRules", "guardPercent", "guardMinUsers"}
+)
 
 
 def _tenant_from_entity(entity: dict[str, Any]) -> Tenant:

@@ -771,7 +771,14 @@ async def test_undo_puts_back_every_user_a_run_removed_in_one_call(
     )  # fmt: skip
     _status, saved = await select(app, own_tenant, [small])
     await app.deliver()
-    mistake = await run(app, own_tenant, saved["run"]["id"])
+    held = await run(app, own_tenant, saved["run"]["id"])
+    assert held["status"] == "held" and "of the roster" in held["guard"]  # a majority: held at any threshold
+    code, approved, _ = await app.http(  # ... and approved by mistake
+        "run_approve", "POST", "x", route={"tenantId": own_tenant.tenant_id, "runId": held["id"]}
+    )
+    assert code == 202, approved
+    await app.deliver()
+    mistake = await run(app, own_tenant, approved["id"])
     lost = set(everyone) - set(expected_roster(own_tenant, [small]))
     assert mistake["status"] == "succeeded" and mistake["counts"]["removed"] == len(lost) > 200
     await assert_roster(app, own_tenant, expected_roster(own_tenant, [small]), removed=lost)
@@ -837,8 +844,10 @@ def test_cli_guard_thresholds_and_undo_of_the_last_run(cli, own_tenant: DemoTena
     assert cli("refresh", tid).returncode == 0
     small = own_tenant.landmarks.nested_chain[-1]
     assert cli("select", tid, small).returncode == 0
-    removing = cli("refresh", tid, "--json")
-    assert removing.returncode == 0, removing.stdout  # not held: this tenant's guard allows it
+    held = cli("refresh", tid, "--json")
+    assert held.returncode == 3, held.stdout  # a majority of the roster: held whatever the thresholds
+    removing = cli("approve", tid, json.loads(held.stdout)["id"], "--json")
+    assert removing.returncode == 0, removing.stdout
     removed = json.loads(removing.stdout)["counts"]["removed"]
     assert removed > 20
 

@@ -229,9 +229,16 @@ async def test_removed_users_are_restored_within_grace_and_purged_after(
     await refresh(app, own_tenant)
     await refresh(app, own_tenant)  # a refresh purges only rows past the grace period
     assert set(await roster(app, own_tenant, "removed")) == {leaver}
+    from datetime import UTC, datetime, timedelta
+
+    from shared.storage import USERS_TABLE, table_client
     from sync.service import open_service
 
-    monkeypatch.setenv("REMOVAL_GRACE_DAYS", "0")
+    async with table_client(app.settings, USERS_TABLE) as users:  # two days pass (the grace is one)
+        row = await users.get_entity(own_tenant.tenant_id, leaver)
+        row["removedAt"] = datetime.now(UTC) - timedelta(days=2)
+        await users.update_entity(row)
+    monkeypatch.setenv("REMOVAL_GRACE_DAYS", "1")
     from shared.settings import reset_settings_cache
 
     reset_settings_cache()
@@ -242,6 +249,15 @@ async def test_removed_users_are_restored_within_grace_and_purged_after(
     assert [r.reason for r in queued] == ["nightly"]
     await app.deliver(max_messages=10_000, only_tenant=own_tenant.tenant_id)  # it purges past the grace
     assert await roster(app, own_tenant, "removed") == {}
+    code, trail, _ = await app.http(
+        "audit_list", "GET", "x", route={"tenantId": own_tenant.tenant_id}, params={"user": leaver}
+    )
+    assert code == 200
+    # Every step of the leaver's story is on record, last the purge: the trace that outlives the row.
+    assert [r["kind"] for r in trail["value"]] == ["added", "removed", "restored", "removed", "purged"]
+    assert (
+        trail["value"][-1]["reason"] == "pastGrace" and trail["value"][1]["reason"] == "notInSelectedGroups"
+    )
 
 
 @pytest.mark.parametrize(
