@@ -629,6 +629,9 @@ class DemoGraphServer:
         }
         headers.setdefault("request-id", str(uuid.uuid4()))
         headers.update(reply.headers)
+        if reply.status == 204:  # No Content (a deleted subscription, reauthorize): no body, no type
+            del headers["Content-Type"]
+            return web.Response(status=204, headers=headers)
         body = self.text_body(reply.text) if reply.text is not None else msgspec.json.encode(reply.payload)
         return web.Response(status=reply.status, body=body, headers=headers)
 

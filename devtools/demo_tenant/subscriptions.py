@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -106,6 +106,7 @@ _REORDER_HOLD = 2.0  # a held-back collection goes out after the next one, or af
 _SEGMENT = re.compile(r"^[A-Za-z0-9@._'\-]+$")
 ResourceKind = Literal["users", "groups"]
 DeliveryKind = Literal["validation", "notification", "lifecycle"]
+FaultKind = Literal["drop", "duplicate", "reorder"]
 Operation = Literal["Create", "Get", "Update", "Delete", "Reauthorize"]
 
 
@@ -265,7 +266,7 @@ class DeliveryFault:
     """Next notification collections (for one subscription or any) dropped, sent twice or sent late."""
 
     fault_id: int
-    kind: Literal["drop", "duplicate", "reorder"]
+    kind: FaultKind
     times: int | None  # None: every one
     subscription_id: str | None = None
     fired: int = 0
@@ -953,9 +954,9 @@ class SubscriptionService:
         with self._lock:
             fault = DeliveryFault(
                 next(self._fault_ids),
-                kind,
+                cast(FaultKind, kind),
                 times,
-                subscription_id.lower() if subscription_id else None,  # type: ignore[arg-type]
+                subscription_id.lower() if subscription_id else None,
             )
             self._faults.append(fault)
             return fault.fault_id
