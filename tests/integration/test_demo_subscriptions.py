@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -20,6 +20,9 @@ from aiohttp import web
 
 from devtools.demo_tenant import DEFAULT_PERMISSIONS, DemoGraphServer, Tenant, build_demo_tenants
 from devtools.demo_tenant.subscriptions import MAX_PER_APP_AND_TENANT
+
+if TYPE_CHECKING:
+    from shared.graph import GraphClients
 
 SUBSCRIBER_PERMISSIONS = (*DEFAULT_PERMISSIONS, "Group.Read.All")
 WAIT = 5.0  # seconds a notification may take to arrive (two shared cores)
@@ -147,11 +150,16 @@ def assert_error(response: httpx.Response, status: int, code: str, says: str = "
     assert error["code"] == code and says in error["message"], error
 
 
-def a_member_and_a_group(tenant: Tenant) -> tuple[str, str]:
-    """A Microsoft 365 group and a member user not yet in it."""
+def newcomers(tenant: Tenant, count: int) -> tuple[str, list[str]]:
+    """A Microsoft 365 group and `count` users not yet in it."""
     group_id = next(g.id for g in tenant.groups.values() if g.kind == "microsoft365")
     members = set(tenant.direct_member_ids(group_id))
-    user_id = next(uid for uid in tenant.users if uid not in members)
+    return group_id, [uid for uid in tenant.users if uid not in members][:count]
+
+
+def a_member_and_a_group(tenant: Tenant) -> tuple[str, str]:
+    """A Microsoft 365 group and a user not yet in it."""
+    group_id, (user_id,) = newcomers(tenant, 1)
     return group_id, user_id
 
 
@@ -449,14 +457,13 @@ async def test_user_changes_notify_user_subscriptions_updated_then_deleted(
 async def test_changes_made_together_arrive_in_one_post_per_subscription(
     graph: httpx.AsyncClient, receiver: Receiver, server: DemoGraphServer, contoso: Tenant
 ) -> None:
-    group_id = next(g.id for g in contoso.groups.values() if g.kind == "microsoft365")
+    group_id, joining = newcomers(contoso, 5)
     await subscribe(graph, receiver, "/groups")
     server.set_delivery_policy(batch_window=0.3)
-    newcomers = [uid for uid in contoso.users if uid not in contoso.direct_member_ids(group_id)][:5]
-    for user_id in newcomers:
+    for user_id in joining:
         server.add_member(contoso.tenant_id, group_id, user_id)
     collection = await receiver.next()
-    assert [n["resourceData"]["members@delta"][0]["id"] for n in collection["value"]] == newcomers
+    assert [n["resourceData"]["members@delta"][0]["id"] for n in collection["value"]] == joining
     await receiver.quiet()
 
 
@@ -536,25 +543,24 @@ async def test_a_failing_receiver_is_retried_until_it_answers_2xx_in_time(
 async def test_delivery_faults_drop_duplicate_and_reorder_notifications(
     graph: httpx.AsyncClient, receiver: Receiver, server: DemoGraphServer, contoso: Tenant
 ) -> None:
-    group_id = next(g.id for g in contoso.groups.values() if g.kind == "microsoft365")
-    newcomers = [uid for uid in contoso.users if uid not in contoso.direct_member_ids(group_id)][:4]
+    group_id, joining = newcomers(contoso, 4)
     created = await subscribe(graph, receiver, "/groups")
 
     def member_of(collection: dict[str, Any]) -> str:
         return str(collection["value"][0]["resourceData"]["members@delta"][0]["id"])
 
     server.add_delivery_fault("duplicate", times=1)
-    server.add_member(contoso.tenant_id, group_id, newcomers[0])
-    assert [member_of(await receiver.next()) for _ in range(2)] == [newcomers[0]] * 2
+    server.add_member(contoso.tenant_id, group_id, joining[0])
+    assert [member_of(await receiver.next()) for _ in range(2)] == [joining[0]] * 2
 
     server.add_delivery_fault("reorder", times=1, subscription_id=created["id"])
-    server.add_member(contoso.tenant_id, group_id, newcomers[1])
+    server.add_member(contoso.tenant_id, group_id, joining[1])
     await asyncio.sleep(0.3)
-    server.add_member(contoso.tenant_id, group_id, newcomers[2])
-    assert [member_of(await receiver.next()) for _ in range(2)] == [newcomers[2], newcomers[1]]
+    server.add_member(contoso.tenant_id, group_id, joining[2])
+    assert [member_of(await receiver.next()) for _ in range(2)] == [joining[2], joining[1]]
 
     server.add_delivery_fault("drop", times=1)
-    server.add_member(contoso.tenant_id, group_id, newcomers[3])
+    server.add_member(contoso.tenant_id, group_id, joining[3])
     await receiver.quiet()
     assert server.deliveries(created["id"])[-1].outcome == "dropped"
     assert [f["fired"] for f in server.delivery_faults()] == [1, 1, 1]
@@ -565,52 +571,37 @@ async def test_delivery_faults_drop_duplicate_and_reorder_notifications(
 
 @pytest.mark.asyncio
 async def test_the_sdk_creates_renews_and_deletes_a_subscription(
-    server: DemoGraphServer, receiver: Receiver, contoso: Tenant
+    server: DemoGraphServer, receiver: Receiver, contoso: Tenant, sdk_clients: GraphClients
 ) -> None:
     from msgraph.generated.models.subscription import Subscription
 
-    from shared.graph import GraphClients
-    from shared.settings import load_settings
-
-    settings = load_settings(
-        {
-            "SYNC_STORAGE": "UseDevelopmentStorage=true",
-            "GRAPH_AUTH": "demo",
-            "GRAPH_BASE_URL": server.base_url,
-        },
-        local_settings=None,
+    client = sdk_clients.for_tenant(contoso.tenant_id)
+    created = await client.subscriptions.post(
+        Subscription(
+            change_type="updated,deleted",
+            notification_url=receiver.url(),
+            lifecycle_notification_url=receiver.url("lifecycle"),
+            resource="/users",
+            expiration_date_time=datetime.now(UTC) + timedelta(days=2),
+            client_state="sdk-state",
+        )
     )
-    clients = GraphClients(settings)
-    try:
-        client = clients.for_tenant(contoso.tenant_id)
-        created = await client.subscriptions.post(
-            Subscription(
-                change_type="updated,deleted",
-                notification_url=receiver.url(),
-                lifecycle_notification_url=receiver.url("lifecycle"),
-                resource="/users",
-                expiration_date_time=datetime.now(UTC) + timedelta(days=2),
-                client_state="sdk-state",
-            )
-        )
-        assert created is not None and created.id and created.client_state == "sdk-state"
-        assert len(receiver.validations) == 2
-        user_id = next(iter(contoso.users))
-        contoso.update_user(user_id, job_title="Renamed")
-        assert (await receiver.next())["value"][0]["clientState"] == "sdk-state"
+    assert created is not None and created.id and created.client_state == "sdk-state"
+    assert len(receiver.validations) == 2
+    user_id = next(iter(contoso.users))
+    contoso.update_user(user_id, job_title="Renamed")
+    assert (await receiver.next())["value"][0]["clientState"] == "sdk-state"
 
-        later = datetime.now(UTC) + timedelta(days=20)
-        renewed = await client.subscriptions.by_subscription_id(created.id).patch(
-            Subscription(expiration_date_time=later)
-        )
-        assert renewed is not None and renewed.expiration_date_time is not None
-        assert abs(renewed.expiration_date_time - later) < timedelta(seconds=1)
-        listed = await client.subscriptions.get()
-        assert listed is not None and [s.id for s in listed.value or []] == [created.id]
-        await client.subscriptions.by_subscription_id(created.id).delete()
-        assert server.subscription_list() == []
-    finally:
-        await clients.aclose()
+    later = datetime.now(UTC) + timedelta(days=20)
+    renewed = await client.subscriptions.by_subscription_id(created.id).patch(
+        Subscription(expiration_date_time=later)
+    )
+    assert renewed is not None and renewed.expiration_date_time is not None
+    assert abs(renewed.expiration_date_time - later) < timedelta(seconds=1)
+    listed = await client.subscriptions.get()
+    assert listed is not None and [s.id for s in listed.value or []] == [created.id]
+    await client.subscriptions.by_subscription_id(created.id).delete()
+    assert server.subscription_list() == []
 
 
 @pytest.mark.asyncio
