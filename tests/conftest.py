@@ -113,17 +113,25 @@ def own_graph(own_tenant: DemoTenant) -> Iterator[DemoGraphServer]:
 FAST_RETRIES = GraphHttpOptions(retry_delay_seconds=0.0, max_retries=2, request_timeout_seconds=5.0)
 
 
+def demo_graph_settings(base_url: str) -> Settings:
+    """Settings for the product's Graph clients against a demo Graph (demo credential)."""
+    return load_settings(
+        {"SYNC_STORAGE": "UseDevelopmentStorage=true", "GRAPH_AUTH": "demo", "GRAPH_BASE_URL": base_url},
+        local_settings=None,
+    )
+
+
 @pytest.fixture
 async def graph_clients(graph: DemoGraphServer) -> AsyncIterator[GraphClients]:
     """GraphClients for the session's demo Graph, closed with the test's event loop."""
-    settings = load_settings(
-        {
-            "SYNC_STORAGE": "UseDevelopmentStorage=true",
-            "GRAPH_AUTH": "demo",
-            "GRAPH_BASE_URL": graph.base_url,
-        },
-        local_settings=None,
-    )
-    clients = GraphClients(settings, FAST_RETRIES)
+    clients = GraphClients(demo_graph_settings(graph.base_url), FAST_RETRIES)
+    yield clients
+    await clients.aclose()
+
+
+@pytest.fixture
+async def sdk_clients(server: DemoGraphServer) -> AsyncIterator[GraphClients]:
+    """GraphClients (the product's retries) for the test module's own `server` fixture."""
+    clients = GraphClients(demo_graph_settings(server.base_url))
     yield clients
     await clients.aclose()

@@ -3,6 +3,8 @@
 Used by tests, benchmarks and `make run` instead of Microsoft's cloud, which cannot be
 reached here. The real msgraph-sdk talks HTTP to `DemoGraphServer`, which also plays the
 Entra token endpoint and admin consent endpoint the credential in `shared/demo_credential.py` uses.
+Change notifications (`/subscriptions`, the validation handshake, delivery to the subscriber's
+webhook, lifecycle events) are in `subscriptions`.
 """
 
 from devtools.demo_tenant.auth import DEFAULT_PERMISSIONS

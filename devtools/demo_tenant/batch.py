@@ -125,6 +125,7 @@ class BatchRunner:
             tenant=envelope.tenant,
             principal=envelope.principal,
             in_batch=True,
+            body=msgspec.json.encode(item["body"]) if item.get("body") is not None else b"",
         )
         first_segment = call.path.strip("/").split("/", 1)[0]
         if first_segment.lower() in ("v1.0", "beta"):

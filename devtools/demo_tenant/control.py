@@ -8,6 +8,7 @@ catches up with late (see `DemoGraphServer.set_index_lag`).
 from __future__ import annotations
 
 import re
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -80,6 +81,15 @@ class ControlRoutes:
         r.add_put("/_demo/index-lag", s.set_index_lag)
         r.add_put("/_demo/count-bom", s.set_count_bom)
         r.add_put("/_demo/hidden-members", s.set_hidden_members)
+        r.add_get("/_demo/subscriptions", s.subscriptions)
+        r.add_get("/_demo/subscriptions/deliveries", s.deliveries)
+        r.add_get("/_demo/subscriptions/delivery-faults", s.delivery_faults)
+        r.add_post("/_demo/subscriptions/delivery-faults", s.add_delivery_fault)
+        r.add_delete("/_demo/subscriptions/delivery-faults", s.clear_delivery_faults)
+        r.add_get("/_demo/subscriptions/delivery-policy", s.get_delivery_policy)
+        r.add_put("/_demo/subscriptions/delivery-policy", s.set_delivery_policy)
+        r.add_post("/_demo/subscriptions/{subscription_id}/expire", s.expire_subscription)
+        r.add_post("/_demo/subscriptions/{subscription_id}/lifecycle", s.send_lifecycle)
         r.add_get("/_demo/tenants", s.tenants)
         r.add_get("/_demo/tenants/{tenant_id}", s.tenant)
         r.add_get("/_demo/tenants/{tenant_id}/consent", s.get_consent)
@@ -91,7 +101,10 @@ class ControlRoutes:
         r.add_post("/_demo/tenants/{tenant_id}/groups/{group_id}/members", s.add_member)
         r.add_delete("/_demo/tenants/{tenant_id}/groups/{group_id}/members/{member_id}", s.remove_member)
         r.add_delete("/_demo/tenants/{tenant_id}/groups/{group_id}", s.delete_group)
+        r.add_post("/_demo/tenants/{tenant_id}/users", s.add_user)
         r.add_patch("/_demo/tenants/{tenant_id}/users/{user_id}", s.update_user)
+        r.add_delete("/_demo/tenants/{tenant_id}/users/{user_id}", s.delete_user)
+        r.add_delete("/_demo/tenants/{tenant_id}/deleted-items/{object_id}", s.purge_deleted)
         r.add_patch("/_demo/tenants/{tenant_id}/users/{user_id}/licenses", s.set_licenses)
 
     def _tenant(self, request: web.Request) -> Tenant:
@@ -219,6 +232,88 @@ class ControlRoutes:
             raise web.HTTPBadRequest(text=str(error)) from None
         return _json({"answer": str(body.get("answer", "forbidden"))})
 
+    # --------------------------------------------------------- change notifications
+
+    async def subscriptions(self, request: web.Request) -> web.Response:
+        tenant_id = request.query.get("tenant")
+        try:
+            listing = self._server.subscription_list(tenant_id)
+        except KeyError:
+            raise web.HTTPNotFound(text="unknown tenant") from None
+        return _json({"subscriptions": listing})
+
+    async def deliveries(self, request: web.Request) -> web.Response:
+        records = self._server.deliveries(request.query.get("subscription"), request.query.get("kind"))
+        limit = int(request.query.get("limit", "500"))
+        return _json(
+            {
+                "total": len(records),
+                "deliveries": [r.as_dict() for r in records[-limit:]] if limit > 0 else [],
+            }
+        )
+
+    async def delivery_faults(self, request: web.Request) -> web.Response:
+        return _json({"faults": self._server.delivery_faults()})
+
+    async def add_delivery_fault(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        unknown = set(body) - {"kind", "times", "subscription_id"}
+        if unknown or "kind" not in body:
+            raise web.HTTPBadRequest(
+                text=f"need kind (drop, duplicate, reorder); unknown keys: {sorted(unknown)}"
+            )
+        times = body.get("times", 1)
+        try:
+            fault_id = self._server.add_delivery_fault(
+                str(body["kind"]), None if times is None else int(times), body.get("subscription_id")
+            )
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+        return _json({"id": fault_id}, status=201)
+
+    async def clear_delivery_faults(self, request: web.Request) -> web.Response:
+        self._server.clear_delivery_faults()
+        return _json({"ok": True})
+
+    def _policy(self) -> dict[str, Any]:
+        return {
+            **self._server.subscriptions.policy.as_dict(),
+            "allowHttpNotificationUrls": self._server.subscriptions.allow_http_notification_urls,
+        }
+
+    async def get_delivery_policy(self, request: web.Request) -> web.Response:
+        return _json(self._policy())
+
+    async def set_delivery_policy(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        if "allow_http_notification_urls" in body:
+            self._server.set_allow_http_notification_urls(bool(body.pop("allow_http_notification_urls")))
+        try:
+            self._server.set_delivery_policy(**body)
+        except (ValueError, TypeError) as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+        return _json(self._policy())
+
+    async def expire_subscription(self, request: web.Request) -> web.Response:
+        expired = self._server.expire_subscription(request.match_info["subscription_id"])
+        return _json({"expired": expired}, status=200 if expired else 404)
+
+    async def send_lifecycle(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            self._server.send_lifecycle(
+                request.match_info["subscription_id"],
+                str(body.get("event", "")),
+                pause_delivery=bool(body.get("pause_delivery", False)),
+            )
+        except KeyError:
+            raise web.HTTPNotFound(text="unknown subscription") from None
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+        return _json({"sent": True}, status=202)
+
+    # -------------------------------------------------------------------- tenants
+
     async def tenants(self, request: web.Request) -> web.Response:
         return _json({"tenants": [self._summary(tenant) for tenant in self._server.tenants().values()]})
 
@@ -295,6 +390,33 @@ class ControlRoutes:
         tenant = self._tenant(request)
         deleted = self._server.change(tenant, lambda: tenant.delete_group(request.match_info["group_id"]))
         return _json({"deleted": deleted}, status=200 if deleted else 404)
+
+    async def add_user(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        body = await _body(request)
+        licenses = _licenses(body.pop("assigned_licenses")) if "assigned_licenses" in body else ()
+        body.pop("assigned_plans", None)  # derived from the licences
+        body.setdefault("id", str(uuid.uuid4()))
+        try:
+            user = msgspec.convert(body, User)
+        except msgspec.ValidationError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+
+        def apply() -> User:
+            tenant.add_user(user)
+            return tenant.set_licenses(user.id, licenses) if licenses else user
+
+        return _json(msgspec.to_builtins(self._server.change(tenant, apply)), status=201)
+
+    async def delete_user(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        deleted = self._server.delete_user(tenant.tenant_id, request.match_info["user_id"])
+        return _json({"deleted": deleted}, status=200 if deleted else 404)
+
+    async def purge_deleted(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        purged = self._server.purge_deleted(tenant.tenant_id, request.match_info["object_id"])
+        return _json({"purged": purged}, status=200 if purged else 404)
 
     async def update_user(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)

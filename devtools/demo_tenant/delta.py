@@ -208,10 +208,13 @@ class DeltaReader:
                 ref["@removed"] = {"reason": "deleted"}
             return ref
 
+        purged: set[str] = set()  # removed for good: reason "deleted"; otherwise soft-deleted, "changed"
+
         def emit(object_id: str, member_refs: list[dict[str, Any]] | None) -> None:
             obj = objects.get(object_id)
             if obj is None:
-                entries.append({"id": object_id, "@removed": {"reason": "changed"}})
+                reason = "deleted" if object_id in purged else "changed"
+                entries.append({"id": object_id, "@removed": {"reason": reason}})
                 return
             entry = project(self._wire(call, obj), info, select, typed=True)
             entry["id"] = object_id
@@ -243,6 +246,10 @@ class DeltaReader:
                 continue
             changed_order.pop(change.object_id, None)
             changed_order[change.object_id] = None
+            if change.purged:
+                purged.add(change.object_id)
+            else:
+                purged.discard(change.object_id)
             if change.member_id is not None:
                 member_changes.setdefault(change.object_id, {})[change.member_id] = change.member_added
         for object_id in changed_order:

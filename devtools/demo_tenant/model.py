@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -223,6 +223,10 @@ class Change(msgspec.Struct, frozen=True):
     removed: bool = False
     member_id: str | None = None  # set for membership changes (kind == "group")
     member_added: bool = False
+    purged: bool = False  # a soft-deleted object removed for good from the deleted items
+
+
+ChangeListener = Callable[["Tenant", Change], None]
 
 
 _CHANGE_LOG_LIMIT = 200_000  # older changes are dropped; delta tokens older than that resync
@@ -266,6 +270,10 @@ class Tenant:
         self.landmarks = landmarks or Landmarks()
         self.revision = 0
         self.changes: deque[Change] = deque(maxlen=_CHANGE_LOG_LIMIT)
+        # Called (under the lock) with every change recorded; the server's change notifications hook in here.
+        self.listeners: list[ChangeListener] = []
+        # Soft-deleted users and groups ("deleted items"), by id, until purged.
+        self.deleted: dict[str, Literal["user", "group"]] = {}
         self.lock = threading.RLock()
         self._transitive_cache: dict[str, tuple[str, ...]] = {}
         self._member_of_index: dict[str, list[str]] | None = None
@@ -375,7 +383,10 @@ class Tenant:
 
     def _record(self, change_kind: Literal["user", "group"], object_id: str, **extra: Any) -> None:
         self.revision += 1
-        self.changes.append(Change(self.revision, change_kind, object_id, **extra))
+        change = Change(self.revision, change_kind, object_id, **extra)
+        self.changes.append(change)
+        for listener in self.listeners:
+            listener(self, change)
 
     def _membership_changed(self) -> None:
         self._transitive_cache.clear()
@@ -429,6 +440,7 @@ class Tenant:
         """Create a group (or replace one with the same id) with the given direct members."""
         with self.lock:
             self.groups[group.id] = group
+            self.deleted.pop(group.id, None)
             self.members[group.id] = list(dict.fromkeys(member_ids))
             self._membership_changed()
             self._record("group", group.id)
@@ -447,6 +459,7 @@ class Tenant:
                     member_ids.remove(group_id)
                     self._record("group", parent_id, member_id=group_id, member_added=False)
             self._membership_changed()
+            self.deleted[group_id] = "group"
             self._record("group", group_id, removed=True)
             return True
 
@@ -462,6 +475,7 @@ class Tenant:
         """Create a user (or replace one with the same id)."""
         with self.lock:
             self.users[user.id] = user
+            self.deleted.pop(user.id, None)
             self._upn_index = None
             self._record("user", user.id)
 
@@ -527,7 +541,21 @@ class Tenant:
                     self._record("group", group_id, member_id=user_id, member_added=False)
             self._upn_index = None
             self._membership_changed()
+            self.deleted[user_id] = "user"
             self._record("user", user_id, removed=True)
+            return True
+
+    def purge_deleted(self, object_id: str) -> bool:
+        """Remove a soft-deleted user or group from the deleted items for good; False if it is not there.
+
+        Deleting a user or group only soft-deletes it (Graph reads no longer return it); this is the
+        permanent deletion, which delta reports with reason "deleted" and change notifications as `deleted`.
+        """
+        with self.lock:
+            kind = self.deleted.pop(object_id, None)
+            if kind is None:
+                return False
+            self._record(kind, object_id, removed=True, purged=True)
             return True
 
     def summary(self) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class Call:
     principal: Principal | None = None
     in_batch: bool = False
     kind: str = "unknown"
+    body: bytes = b""  # the request body (POST and PATCH to /subscriptions)
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:

@@ -4,6 +4,7 @@ Serves several tenants at once under /v1.0, picking the tenant from the access t
 its own token endpoint issues (`POST /{tenant}/oauth2/v2.0/token`, see `auth`). The server is
 split by concern: `routing` (directory routes and handlers), `query` (query options and paging),
 `batch`, `delta`, `faults` (faults, throttling, request log), `auth` (tokens, consent, roles),
+`subscriptions` (change notifications: /subscriptions, validation, delivery, lifecycle events),
 `control` (/_demo routes) and `wire` (Graph's JSON shapes). This module composes them and owns the
 lifecycle and the knobs.
 """
@@ -30,6 +31,7 @@ from devtools.demo_tenant.licensing import CAPABILITY_STATUSES
 from devtools.demo_tenant.model import AssignedLicense, DirectoryObject, Tenant, User
 from devtools.demo_tenant.query import Call, PageTokens, normalize_query
 from devtools.demo_tenant.routing import GraphRoutes
+from devtools.demo_tenant.subscriptions import DeliveryPolicy, DeliveryRecord, SubscriptionService
 from devtools.demo_tenant.wire import (
     API_VERSION,
     UTF8_BOM,
@@ -94,8 +96,16 @@ class DemoGraphServer:
     """
 
     def __init__(
-        self, tenants: Iterable[Tenant], host: str = "127.0.0.1", port: int = 0, *, prewarm: bool = True
+        self,
+        tenants: Iterable[Tenant],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        prewarm: bool = True,
+        allow_http_notification_urls: bool = True,
     ) -> None:
+        """`allow_http_notification_urls`: accept http:// notification URLs on the loopback host
+        (Graph takes https only; nothing here serves https). False makes the demo as strict as Graph."""
         self._tenants = _Tenants(tenants)
         self.host = host
         self._requested_port = port
@@ -112,6 +122,11 @@ class DemoGraphServer:
         self.delta = DeltaReader(self.wire)
         self.routes = GraphRoutes(self)
         self._batch = BatchRunner(self)
+        self.subscriptions = SubscriptionService(
+            self, allow_http_notification_urls=allow_http_notification_urls
+        )
+        for tenant in self._tenants.all():
+            self.subscriptions.watch(tenant)
         self._wire_caches: dict[str, WireCache] = {
             tenant_id: WireCache() for tenant_id in self._tenants.by_id
         }
@@ -175,6 +190,7 @@ class DemoGraphServer:
         """Start listening inside the running event loop."""
         if self.prewarm and not self._gc_frozen:
             self.warm()
+        self.subscriptions.attach(asyncio.get_running_loop())
         self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._requested_port)
@@ -185,6 +201,7 @@ class DemoGraphServer:
 
     async def stop_async(self) -> None:
         """Stop listening (inside the loop that started it)."""
+        await self.subscriptions.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -358,7 +375,9 @@ class DemoGraphServer:
 
     def reset(self) -> None:
         """Every knob back to its default (faults, latency, throttling, consent, token and index
-        behaviour, mailbox policy) and the request log cleared; directory content is left as it is."""
+        behaviour, mailbox policy, delivery policy and faults), the request log cleared, and every
+        change-notification subscription and pending delivery gone; directory content is left as it is."""
+        self.subscriptions.reset()
         self.clear_faults()
         self.clear_rate_limit()
         self.set_latency(0.0)
@@ -449,6 +468,50 @@ class DemoGraphServer:
         with self._lock:
             return user_id in self._mailbox_denied.get(tenant_id.lower(), ())
 
+    # ------------------------------------------------ knobs: change notifications
+
+    def subscription_list(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """Every live change-notification subscription (any app), as Graph's JSON plus tenantId and paused."""
+        return self.subscriptions.listing(self.tenant(tenant_id).tenant_id if tenant_id else None)
+
+    def expire_subscription(self, subscription_id: str) -> bool:
+        """Let a subscription run out now (it stops delivering and is gone); False if there is none."""
+        return self.subscriptions.expire(subscription_id)
+
+    def send_lifecycle(self, subscription_id: str, event: str, *, pause_delivery: bool = False) -> None:
+        """POST a lifecycle notification (reauthorizationRequired, subscriptionRemoved, missed) to the
+        subscription's lifecycleNotificationUrl. subscriptionRemoved also removes the subscription;
+        `pause_delivery` with reauthorizationRequired holds change notifications back (they are lost)
+        until the app reauthorizes or renews. KeyError for an unknown id; ValueError without a
+        lifecycleNotificationUrl."""
+        self.subscriptions.send_lifecycle(subscription_id, event, pause_delivery=pause_delivery)
+
+    def add_delivery_fault(self, kind: str, times: int | None = 1, subscription_id: str | None = None) -> int:
+        """The next `times` notification POSTs (of one subscription, or any) are dropped, sent twice
+        ("duplicate") or held back and sent after the following one ("reorder"); returns the fault id."""
+        return self.subscriptions.add_fault(kind, times, subscription_id)
+
+    def delivery_faults(self) -> list[dict[str, Any]]:
+        """The delivery faults with how often each fired."""
+        return self.subscriptions.faults()
+
+    def clear_delivery_faults(self) -> None:
+        """Remove every delivery fault."""
+        self.subscriptions.clear_faults()
+
+    def set_delivery_policy(self, **settings: float | None) -> DeliveryPolicy:
+        """Delivery timing: timeout (3 s), validation_timeout (10 s), retry_base (1 s, doubling),
+        retry_max (300 s), give_up_after (4 h), batch_window (0.05 s), max_batch (100)."""
+        return self.subscriptions.set_policy(**settings)
+
+    def set_allow_http_notification_urls(self, allowed: bool) -> None:
+        """Whether http:// notification URLs on the loopback host are accepted (Graph: https only)."""
+        self.subscriptions.allow_http_notification_urls = bool(allowed)
+
+    def deliveries(self, subscription_id: str | None = None, kind: str | None = None) -> list[DeliveryRecord]:
+        """The POSTs the demo made to subscribers (validation, notification, lifecycle), oldest first."""
+        return self.subscriptions.records(subscription_id, kind)
+
     # ------------------------------------------------- directory changes (controls)
 
     def change(self, tenant: Tenant, mutate: Callable[[], _T]) -> _T:
@@ -479,6 +542,16 @@ class DemoGraphServer:
         """Add a direct member as an admin would (MembershipRefused where Entra refuses the member)."""
         tenant = self.tenant(tenant_id)
         return self.change(tenant, lambda: tenant.add_member(group_id, member_id))
+
+    def delete_user(self, tenant_id: str, user_id: str) -> bool:
+        """Delete a user as an admin would (a soft delete: gone from reads, in the deleted items)."""
+        tenant = self.tenant(tenant_id)
+        return self.change(tenant, lambda: tenant.delete_user(user_id))
+
+    def purge_deleted(self, tenant_id: str, object_id: str) -> bool:
+        """Delete a soft-deleted user or group for good (change notifications say `deleted`)."""
+        tenant = self.tenant(tenant_id)
+        return self.change(tenant, lambda: tenant.purge_deleted(object_id))
 
     def set_user_licenses(
         self, tenant_id: str, user_id: str, licenses: Iterable[AssignedLicense], status: str = "Enabled"
@@ -529,6 +602,7 @@ class DemoGraphServer:
             headers=request.headers,
             base_url=f"{request.scheme}://{request.host}/{API_VERSION}",
             client_request_id=request.headers.get("client-request-id") or str(uuid.uuid4()),
+            body=await request.read() if request.can_read_body else b"",
         )
         principal = self.identity.verify(request.headers.get("Authorization"))
         if isinstance(principal, GraphError):
@@ -555,13 +629,20 @@ class DemoGraphServer:
         }
         headers.setdefault("request-id", str(uuid.uuid4()))
         headers.update(reply.headers)
+        if reply.status == 204:  # No Content (a deleted subscription, reauthorize): no body, no type
+            del headers["Content-Type"]
+            return web.Response(status=204, headers=headers)
         body = self.text_body(reply.text) if reply.text is not None else msgspec.json.encode(reply.payload)
         return web.Response(status=reply.status, body=body, headers=headers)
 
     async def process(self, call: Call) -> Reply:
         """Route, throttling, faults, permissions, then the handler; errors come back in Graph's shape."""
         try:
-            kind, handler = self.routes.route(call)
+            subscription_route = self.subscriptions.route(call)
+            if subscription_route is not None:
+                kind, run = subscription_route
+            else:
+                kind, handler = self.routes.route(call)
             call.kind = kind
             throttled = self.rate_limiter.check(call)
             if throttled is not None:
@@ -571,8 +652,11 @@ class DemoGraphServer:
                 await fault.strike()
             check_roles(call)
             assert call.tenant is not None
-            with call.tenant.lock:  # handlers are short and synchronous; mutations wait for them
-                reply = handler()
+            if subscription_route is not None:
+                reply = await run()  # calls the notification URL: never under the tenant's lock
+            else:
+                with call.tenant.lock:  # handlers are short and synchronous; mutations wait for them
+                    reply = handler()
         except GraphError as error:
             reply = error_reply(error, call.client_request_id)
         reply.headers.update(call.extra_headers)

@@ -13,7 +13,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -21,6 +21,9 @@ import pytest
 
 from devtools.demo_tenant import DEFAULT_PERMISSIONS, DemoGraphServer, Tenant, build_demo_tenants
 from devtools.demo_tenant import delta as delta_module
+
+if TYPE_CHECKING:
+    from shared.graph import GraphClients
 
 EVENTUAL = {"ConsistencyLevel": "eventual"}
 BOM = "\ufeff"
@@ -1045,40 +1048,24 @@ def test_admin_consent_page_grants_or_declines(server: DemoGraphServer, contoso:
 
 @pytest.mark.asyncio
 async def test_demo_credential_through_the_sdk_caches_and_surfaces_aadsts(
-    server: DemoGraphServer, contoso: Tenant
+    server: DemoGraphServer, contoso: Tenant, sdk_clients: GraphClients
 ) -> None:
     from azure.core.exceptions import ClientAuthenticationError
+    from kiota_abstractions.base_request_configuration import RequestConfiguration
+    from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
-    from shared.graph import GraphClients
-    from shared.settings import load_settings
-
-    settings = load_settings(
-        {
-            "SYNC_STORAGE": "UseDevelopmentStorage=true",
-            "GRAPH_AUTH": "demo",
-            "GRAPH_BASE_URL": server.base_url,
-        },
-        local_settings=None,
-    )
-    clients = GraphClients(settings)
-    try:
-        from kiota_abstractions.base_request_configuration import RequestConfiguration
-        from msgraph.generated.users.users_request_builder import UsersRequestBuilder
-
-        client = clients.for_tenant(contoso.tenant_id)
-        qp = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=["id", "assignedPlans"], top=5)
-        page_ = await client.users.get(RequestConfiguration(query_parameters=qp))
-        assert page_ is not None and len(page_.value or []) == 5
-        await client.users.get(RequestConfiguration(query_parameters=qp))
-        assert len(server.request_log(kind="users.list")) == 2
-        server.set_consent(contoso.tenant_id, "revoked")
-        fabrikam = next(t for t in server.tenants().values() if t.display_name == "Fabrikam")
-        server.set_consent(fabrikam.tenant_id, "revoked")
-        with pytest.raises(ClientAuthenticationError) as raised:
-            await clients.for_tenant(fabrikam.tenant_id).users.get(RequestConfiguration(query_parameters=qp))
-        assert "Authentication failed: AADSTS700016" in str(raised.value)
-    finally:
-        await clients.aclose()
+    client = sdk_clients.for_tenant(contoso.tenant_id)
+    qp = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=["id", "assignedPlans"], top=5)
+    page_ = await client.users.get(RequestConfiguration(query_parameters=qp))
+    assert page_ is not None and len(page_.value or []) == 5
+    await client.users.get(RequestConfiguration(query_parameters=qp))
+    assert len(server.request_log(kind="users.list")) == 2
+    server.set_consent(contoso.tenant_id, "revoked")
+    fabrikam = next(t for t in server.tenants().values() if t.display_name == "Fabrikam")
+    server.set_consent(fabrikam.tenant_id, "revoked")
+    with pytest.raises(ClientAuthenticationError) as raised:
+        await sdk_clients.for_tenant(fabrikam.tenant_id).users.get(RequestConfiguration(query_parameters=qp))
+    assert "Authentication failed: AADSTS700016" in str(raised.value)
 
 
 @pytest.mark.asyncio
