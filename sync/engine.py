@@ -195,7 +195,7 @@ def failure_text(ctx: SyncContext, tenant_id: str, exc: Exception) -> str:
     if isinstance(exc, PartialWrite):
         return (
             f"partially applied: {exc.written:,} of {exc.total:,} changes written before storage failed "
-            f"({type(exc.cause).__name__}); the rest was cancelled. Undo this run to put back the users it "
+            f"({type(exc.cause).__name__}); the rest was not started. Undo this run to put back the users it "
             "removed, or run a refresh to finish"
         )
     # Storage or code failures: the next refresh converges (plans are recomputed from the roster).

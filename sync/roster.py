@@ -136,27 +136,33 @@ class RosterStore:
         return await self._submit(operations)
 
     async def _submit(self, operations: list[Any]) -> int:
-        """Run the operations in transactions of 100, a few at once; the first failure cancels the rest.
+        """Run the operations in transactions of 100, a few at once.
 
-        Raises PartialWrite, naming how many operations landed, when any transaction fails.
+        After the first failure no further transaction starts (those in flight finish, so the
+        count of what landed stays exact: a transaction is all or nothing). Raises PartialWrite,
+        naming how many operations landed, when any transaction failed.
         """
         chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
         gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
         landed = 0
+        failures: list[BaseException] = []
 
         async def submit(chunk: list[Any]) -> None:
             nonlocal landed
             async with gate:
-                await self._table.submit_transaction(chunk)
-                landed += len(chunk)  # a transaction is all or nothing
+                if failures:
+                    return  # a sibling failed: do not start more writes
+                try:
+                    await self._table.submit_transaction(chunk)
+                except Exception as exc:
+                    failures.append(exc)
+                    return
+                landed += len(chunk)
                 self.transactions += 1
 
-        try:
-            async with asyncio.TaskGroup() as group:  # a failure cancels the sibling transactions
-                for chunk in chunks:
-                    group.create_task(submit(chunk))
-        except* Exception as failed:
-            raise PartialWrite(landed, len(operations), failed.exceptions[0]) from failed.exceptions[0]
+        await asyncio.gather(*(submit(chunk) for chunk in chunks))
+        if failures:
+            raise PartialWrite(landed, len(operations), failures[0]) from failures[0]
         return len(chunks)
 
     async def get_user(self, tenant_id: str, id_or_upn: str) -> RosterUser | None:

@@ -164,6 +164,7 @@ class ControlRoutes:
             "code",
             "message",
             "in_batch",
+            "truncate",
         }
         unknown = set(body) - allowed
         if unknown or "status" not in body or "path_regex" not in body:

@@ -42,6 +42,7 @@ class Fault:
     code: str | None = None
     message: str | None = None
     in_batch: bool | None = None  # only $batch items (True), only whole requests (False), or both
+    truncate: int | None = None  # a 200 list answered short: only this many items and no nextLink
     matched: int = 0
     fired: int = 0
     pattern: re.Pattern[str] | None = None
@@ -60,9 +61,18 @@ class Fault:
             "delay": self.delay,
             "code": self.code,
             "message": self.message,
+            "truncate": self.truncate,
             "matched": self.matched,
             "fired": self.fired,
         }
+
+    def cut_short(self, payload: Any) -> Any:
+        """A list answer the way a faulty service might give it: the first items, no next page."""
+        if self.truncate is None or not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
+            return payload
+        kept = {key: value for key, value in payload.items() if key != "@odata.nextLink"}
+        kept["value"] = payload["value"][: self.truncate]
+        return kept
 
     async def strike(self) -> None:
         """Wait the fault's delay, then raise its error (a 2xx status only delays)."""

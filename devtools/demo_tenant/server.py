@@ -308,6 +308,7 @@ class DemoGraphServer:
         code: str | None = None,
         message: str | None = None,
         in_batch: bool | None = None,
+        truncate: int | None = None,
     ) -> int:
         """Make matching requests fail with `status` (see `faults.Fault`); returns the fault id.
 
@@ -327,6 +328,7 @@ class DemoGraphServer:
             code=code,
             message=message,
             in_batch=in_batch,
+            truncate=truncate,
         )
 
     def remove_fault(self, fault_id: int) -> bool:
@@ -659,6 +661,9 @@ class DemoGraphServer:
                     reply = handler()
         except GraphError as error:
             reply = error_reply(error, call.client_request_id)
+        else:
+            if fault is not None and fault.truncate is not None and reply.status == 200:
+                reply.payload = fault.cut_short(reply.payload)  # a short answer: a page with no next link
         reply.headers.update(call.extra_headers)
         reply.headers.setdefault("request-id", str(uuid.uuid4()))
         return reply
