@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import sys
@@ -17,6 +18,20 @@ from devtools.host.easyauth import sign_in_help
 
 DEMO_GRAPH_PORT = 7081
 APP_PORT = 7071
+
+
+def add_new_settings(settings_file: Path, sample_file: Path) -> list[str]:
+    """Settings a newer sample has and an older local.settings.json lacks (bindings need them all);
+    the values already there are kept. Returns the names added."""
+    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    sample = json.loads(sample_file.read_text(encoding="utf-8"))
+    values = settings.setdefault("Values", {})
+    added = [name for name in sample.get("Values", {}) if name not in values]
+    for name in added:
+        values[name] = sample["Values"][name]
+    if added:
+        settings_file.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return added
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         # The CLI and `func start` read it; the sample points at this stack.
         shutil.copyfile(REPO_ROOT / "local.settings.sample.json", settings_file)
         print(f"created {settings_file.name} from local.settings.sample.json")
+    else:
+        added = add_new_settings(settings_file, REPO_ROOT / "local.settings.sample.json")
+        if added:
+            print(f"added to {settings_file.name} from the sample: {', '.join(added)}")
     azurite = Azurite(location=args.data, blob_port=10000, queue_port=10001, table_port=10002)
     try:
         azurite.start()

@@ -74,6 +74,8 @@ param apiAppIdentifierUri string = ''
 
 @description('Grant the Graph application permissions in this (home) tenant while deploying; needs Privileged Role Administrator or Global Administrator. Off by default: azd prints the consent link instead.')
 param grantHomeTenantConsent bool = false
+@description('Request Group.Read.All too, which Graph needs for group change notifications: membership changes then reach the roster within a minute instead of at night. Off by default (least privilege).')
+param groupChangeNotifications bool = false
 
 @description('Mailbox that receives the alerts (failed or held runs, failed invocations, exceptions). Empty: portal only.')
 param alertEmail string = ''
@@ -302,6 +304,7 @@ module graphAppRegistrations 'app/graph-app.bicep' = if (useGraphExtension) {
     tokenExchangeAudience: tokenExchangeAudiences[resolvedGraphCloud]
     grantHomeTenantConsent: grantHomeTenantConsent
     adminPrincipalId: principalId
+    groupChangeNotifications: groupChangeNotifications
   }
 }
 

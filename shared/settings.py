@@ -113,6 +113,11 @@ class Settings:
     graph_identity_client_id: str | None = None  # the Graph-only identity (GRAPH_IDENTITY_CLIENT_ID)
     azure_client_id: str | None = None
     queue_name: str = "sync-refresh"
+    notify_queue: str = "sync-notify"  # change notifications, coalesced per tenant before a refresh
+    app_base_url: str | None = None  # the app's public https root: the Graph notification URL lives there
+    notify_debounce_seconds: float = 20.0
+    notify_renew_schedule: str = "0 30 */6 * * *"
+    events_topic_endpoint: str | None = None  # an Event Grid topic for roster-change CloudEvents
     schedule: str = "0 0 2 * * *"
     removal_grace_days: int = 7
     removal_guard_percent: float = 10.0
@@ -207,6 +212,11 @@ def load_settings(
         graph_identity_client_id=values.get("GRAPH_IDENTITY_CLIENT_ID") or values.get("AZURE_CLIENT_ID"),
         azure_client_id=values.get("AZURE_CLIENT_ID"),
         queue_name=values.get("SYNC_QUEUE", "sync-refresh"),
+        notify_queue=values.get("NOTIFY_QUEUE", "sync-notify"),
+        app_base_url=(values.get("APP_BASE_URL") or "").rstrip("/") or None,
+        notify_debounce_seconds=_number(values, "NOTIFY_DEBOUNCE_SECONDS", 20.0, minimum=0),
+        notify_renew_schedule=values.get("NOTIFY_RENEW_SCHEDULE", "0 30 */6 * * *"),
+        events_topic_endpoint=values.get("EVENTS_TOPIC_ENDPOINT") or None,
         schedule=values.get("SYNC_SCHEDULE", "0 0 2 * * *"),
         # At least a day: a removal must stay restorable until someone can look at it.
         removal_grace_days=int(_number(values, "REMOVAL_GRACE_DAYS", 7, minimum=1)),

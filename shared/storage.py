@@ -21,7 +21,8 @@ TENANTS_TABLE = "tenants"
 SELECTIONS_TABLE = "selections"
 USERS_TABLE = "users"
 RUNS_TABLE = "runs"
-ALL_TABLES = (TENANTS_TABLE, SELECTIONS_TABLE, USERS_TABLE, RUNS_TABLE)
+SUBSCRIPTIONS_TABLE = "subscriptions"  # Graph change-notification subscriptions and their debounce windows
+ALL_TABLES = (TENANTS_TABLE, SELECTIONS_TABLE, USERS_TABLE, RUNS_TABLE, SUBSCRIPTIONS_TABLE)
 LOCKS_CONTAINER = "locks"  # one blob per tenant; its lease is the tenant's lock
 ALL_CONTAINERS = (LOCKS_CONTAINER,)
 
@@ -122,7 +123,7 @@ async def ensure_storage(settings: Settings) -> None:
         for name in ALL_TABLES:
             with contextlib.suppress(ResourceExistsError):
                 await service.create_table(name)
-    for name in (settings.queue_name, f"{settings.queue_name}-poison"):
+    for name in (settings.queue_name, f"{settings.queue_name}-poison", settings.notify_queue):
         async with queue_client(settings, name) as queue:
             with contextlib.suppress(ResourceExistsError):
                 await queue.create_queue()

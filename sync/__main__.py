@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     undo.add_argument("--json", action="store_true")
     undo.set_defaults(handler=cmd_undo)
 
+    changes = sub.add_parser("changes", help="the roster change feed, in order (--follow to keep reading)")
+    changes.add_argument("tenant_id")
+    changes.add_argument("--after", help="the cursor to go on from (printed last, or by --json)")
+    changes.add_argument("--follow", action="store_true", help="keep reading new changes until interrupted")
+    changes.add_argument("--every", type=float, default=5.0, help="seconds between reads with --follow")
+    changes.add_argument("--json", action="store_true", help="one JSON object a line (with its cursor)")
+    changes.set_defaults(handler=cmd_changes)
+
     audit = sub.add_parser("audit", help="the audit trail: roster changes and who changed settings")
     audit.add_argument("tenant_id")
     audit.add_argument("--user", help="object id or UPN")
@@ -466,6 +474,28 @@ async def cmd_rules(args: argparse.Namespace, svc: SyncService) -> int:
     print(f"  preview: {_preview_words(saved.preview)}")
     print(f"  refresh {saved.run.id} queued to apply them")
     return EXIT_OK
+
+
+async def cmd_changes(args: argparse.Namespace, svc: SyncService) -> int:
+    """`changes`: the feed from a cursor; with --follow, read on as changes come."""
+    cursor: str | None = args.after
+    while True:
+        feed = await svc.changes(args.tenant_id, after=cursor, limit=500)
+        for change in feed.value:
+            if args.json:
+                sys.stdout.write(msgspec.json.encode(change).decode() + "\n")
+            else:
+                who = change.user_principal_name or change.user_id or ""
+                print(f"{_when(change.at)}  {change.kind:<9} {who}  {change.reason or ''}".rstrip())
+        sys.stdout.flush()
+        cursor = feed.next
+        if feed.value and len(feed.value) == 500:
+            continue  # more is waiting: read on at once
+        if not args.follow:
+            if not args.json:
+                print(f"cursor: {cursor or '-'}")
+            return EXIT_OK
+        await asyncio.sleep(max(0.5, args.every))
 
 
 async def cmd_audit(args: argparse.Namespace, svc: SyncService) -> int:

@@ -48,9 +48,12 @@ log = logging.getLogger("sync.api")
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 REQUIRED_ROLE = "Sync.Admin"
-ANONYMOUS_FUNCTIONS = frozenset({"health", "openapi"})  # no data: every other route needs REQUIRED_ROLE
+# No data in health and openapi; notifications checks each notification's clientState instead.
+# Every other route needs REQUIRED_ROLE.
+ANONYMOUS_FUNCTIONS = frozenset({"health", "openapi", "notifications"})
 PRINCIPAL_HEADER = "x-ms-client-principal"
 MAX_PRINCIPAL_BYTES = 16 * 1024  # App Service's principal header is a few KiB at most
+MAX_NOTIFICATION_BYTES = 1024 * 1024
 _ROLE_CLAIMS = {"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"}
 _NAME_CLAIMS = ("preferred_username", "name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
 
@@ -487,5 +490,53 @@ async def audit_list(req: func.HttpRequest) -> func.HttpResponse:
                 audit_csv(page.value), status_code=200, mimetype="text/csv", charset="utf-8", headers=headers
             )
         return json_response(page)
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("notifications")
+@bp.route(route="notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def notifications(req: func.HttpRequest) -> func.HttpResponse:
+    """Microsoft Graph's change notifications for every tenant. No sign-in: Graph calls it; each
+    notification must carry its subscription's clientState, else nothing is queued for it."""
+    token = req.params.get("validationToken")
+    if token is not None:  # the handshake before a subscription is made: echo the token, plain text
+        return func.HttpResponse(token, status_code=200, mimetype="text/plain", charset="utf-8")
+    body = req.get_body() or b""
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        return problem(413, "Too large", "A change-notification collection is at most a few hundred KiB.")
+    try:
+        async with open_service() as service:
+            received = await service.receive_notifications(body)
+    except Exception:
+        log.exception("change notifications could not be queued")  # Graph retries for up to 4 hours
+        return problem(503, "Try again", "The notifications could not be queued; Graph sends them again.")
+    log.info("change notifications: %d accepted, %d refused", received.accepted, received.refused)
+    return func.HttpResponse(status_code=202)
+
+
+@bp.function_name("tenant_changes")
+@bp.route(route="tenants/{tenantId}/changes", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def tenant_changes(req: func.HttpRequest) -> func.HttpResponse:
+    """The roster change feed: added, updated, removed, restored and purged users in order, after a cursor."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        feed = await svc.changes(
+            req.route_params["tenantId"], after=req.params.get("after"), limit=_limit(req, 100)
+        )
+        return json_response(feed)
+
+    return await guarded(req, handle)
+
+
+@bp.function_name("tenant_disconnect")
+@bp.route(route="tenants/{tenantId}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+async def tenant_disconnect(req: func.HttpRequest) -> func.HttpResponse:
+    """Stop syncing a tenant: no nightly runs, its change-notification subscriptions deleted (the
+    roster and its history stay; PUT the tenant again to resume)."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+        tenant = await svc.disconnect(req.route_params["tenantId"], requested_by=who.name)
+        return json_response(TenantView.of(tenant))
 
     return await guarded(req, handle)

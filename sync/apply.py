@@ -77,6 +77,7 @@ async def apply_plan(
     )
     if rows:
         await ctx.roster.write(tenant_id, rows)
+    await ctx.events.publish(tenant_id, records)  # only once written: the platform reacts to facts
     restored = {user.id for user in plan.restores}
     await purge_past_grace(
         ctx, tenant_id, (row for row in roster.values() if row.id not in restored), now, run_id=run_id

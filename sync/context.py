@@ -8,6 +8,7 @@ from shared.graph import GraphClients
 from shared.settings import Settings
 from sync.audit import AuditLog
 from sync.directory import DirectoryReader
+from sync.events import EventPublisher
 from sync.roster import RosterStore
 from sync.store import SyncStore
 
@@ -21,6 +22,7 @@ class SyncContext:
     roster: RosterStore
     graph: GraphClients
     audit: AuditLog
+    events: EventPublisher
 
     @classmethod
     def create(cls, settings: Settings, graph: GraphClients | None = None) -> SyncContext:
@@ -31,6 +33,7 @@ class SyncContext:
             RosterStore(settings),
             graph or GraphClients(settings),
             AuditLog(settings),
+            EventPublisher(settings),
         )
 
     def reader(self, tenant_id: str) -> DirectoryReader:

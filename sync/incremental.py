@@ -30,7 +30,8 @@ from sync.models import (
 )
 
 FULL_REFRESH_EVERY = timedelta(days=7)
-INCREMENTAL_REASONS = frozenset({RunReason.NIGHTLY})  # runs people start read everything, for exact counts
+# Runs people start read everything, for exact counts; the timer's and Graph's read what changed.
+INCREMENTAL_REASONS = frozenset({RunReason.NIGHTLY, RunReason.NOTIFICATION})
 
 
 class NeedFullRead(Exception):

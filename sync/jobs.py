@@ -9,6 +9,7 @@ import msgspec
 
 from shared.storage import queue_client
 from sync.models import RefreshMessage, RunStatus
+from sync.notifications import NotifyMessage
 from sync.service import LeaseBusy, open_service
 from sync.validation import is_object_id, is_run_id
 
@@ -78,6 +79,31 @@ async def refresh_worker(msg: func.QueueMessage) -> None:
 async def refresh_poison(msg: func.QueueMessage) -> None:
     """Messages the host gave up on (maxDequeueCount) mark their runs failed."""
     await mark_poisoned(msg.get_body())
+
+
+@bp.function_name("notify_worker")
+@bp.queue_trigger(arg_name="msg", queue_name="%NOTIFY_QUEUE%", connection="SYNC_STORAGE")
+async def notify_worker(msg: func.QueueMessage) -> None:
+    """A closed debounce window (one incremental refresh per tenant), or a subscription's lifecycle work."""
+    try:
+        message = msgspec.json.decode(msg.get_body(), type=NotifyMessage)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.error("dropped a malformed notify message: %s", exc)
+        return
+    if not is_object_id(message.tenant_id):
+        log.error("dropped a notify message with a malformed tenant id")
+        return
+    async with open_service() as service:
+        await service.handle_notify(message)
+
+
+@bp.function_name("renew_subscriptions")
+@bp.timer_trigger(arg_name="timer", schedule="%NOTIFY_RENEW_SCHEDULE%", run_on_startup=False)
+async def renew_subscriptions(timer: func.TimerRequest) -> None:
+    """Renew Graph subscriptions well before they lapse (users and groups live under 29 days)."""
+    async with open_service() as service:
+        renewed = await service.renew_subscriptions()
+    log.info("renewed %d change-notification subscriptions", renewed)
 
 
 @bp.function_name("nightly_sync")

@@ -7,7 +7,7 @@ and encodable to JSON without hand-written serializers.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -20,6 +20,11 @@ from sync.validation import (
     MAX_SELECTED_GROUPS,
     MAX_UPN_PATTERNS,
 )
+
+
+def utc_text(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as Graph writes dates."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class GroupKind(enum.StrEnum):
@@ -190,6 +195,8 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     delta_rules: str | None = None
     last_full_refresh_at: datetime | None = None
     active_users: int | None = None  # on the roster after the last successful run
+    notify_mode: NotifyMode | None = None  # how soon changes arrive (None: no full refresh yet)
+    notify_detail: str | None = None  # why not realtime
 
 
 class TenantView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -208,12 +215,22 @@ class TenantView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     last_run_at: datetime | None = None
     last_full_refresh_at: datetime | None = None
     active_users: int | None = None
+    notify_mode: NotifyMode | None = None
+    notify_detail: str | None = None
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantView:
         """The public view of a tenant record."""
         fields = {name: getattr(tenant, name) for name in cls.__struct_fields__}
         return cls(**fields)
+
+
+class NotifyMode(enum.StrEnum):
+    """How soon a tenant's changes in Microsoft 365 reach the roster."""
+
+    REALTIME = "realtime"  # user and group change notifications: within a minute
+    USERS_ONLY = "usersOnly"  # user changes within a minute; group changes at night (no Group.Read.All)
+    NIGHTLY = "nightly"  # no subscriptions: nightly runs and Refresh Users Now
 
 
 class RunStatus(enum.StrEnum):
@@ -240,6 +257,7 @@ class RunReason(enum.StrEnum):
     PREVIEW = "preview"  # a dry run of a selection not saved yet
     CLI = "cli"
     RULES_SAVED = "rules-saved"
+    NOTIFICATION = "notification"  # Graph said something changed: read the changes
     APPROVED = "approved"  # applies a held run's removals
     UNDO = "undo"  # restores a run's removals
     NIGHTLY = "nightly"
@@ -592,6 +610,13 @@ class AuditPage(Page, frozen=True, kw_only=True, rename="camel"):
     """Audit records, oldest first."""
 
     value: list[AuditRecord]
+
+
+class ChangeFeed(msgspec.Struct, frozen=True, kw_only=True):
+    """Roster changes in order; `next` is the cursor to go on from (it survives restarts)."""
+
+    value: list[AuditRecord]
+    next: str | None
 
 
 class TenantList(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,6 +18,7 @@ import msgspec
 from sync.eligibility import ExclusionRules
 from sync.models import (
     AuditPage,
+    ChangeFeed,
     Connection,
     Explanation,
     GroupPage,
@@ -65,6 +66,7 @@ _PROBLEMS = {
     "403": "The caller lacks the app role Sync.Admin.",
     "404": "The tenant (or run, or user) does not exist.",
     "409": "The resource is not in a state that allows this (e.g. the run is not held).",
+    "413": "The body is too large.",
     "412": "If-Match named a version (of the selection or the tenant's settings) that is no longer current.",
     "500": "Unexpected failure; the Function App logs have the details.",
     "502": "Microsoft Graph refused or failed: the `detail` names the missing permission and the "
@@ -174,7 +176,9 @@ def _operation(
     content = {
         kind: {"schema": _ref(schema) if kind == JSON else {"type": "string"}} for kind in content_types
     }
-    response: dict[str, Any] = {"description": summary, "content": content}
+    response: dict[str, Any] = {"description": summary}
+    if content:
+        response["content"] = content
     if headers:
         response["headers"] = headers
     op: dict[str, Any] = {
@@ -189,6 +193,28 @@ def _operation(
         op["requestBody"] = {"required": True, "content": _json(_ref(body))}
     if anonymous:
         op["security"] = []
+    return op
+
+
+def _notifications_operation() -> dict[str, Any]:
+    """Graph's webhook: 202 for a notification collection, 200 text/plain echoing a validationToken."""
+    op = _operation(
+        "notifications",
+        "Microsoft Graph's change notifications; each must carry its subscription's clientState (a "
+        "stranger's queue nothing). With `validationToken`, Graph's handshake: the token is echoed.",
+        "202",
+        "Health",
+        params=[_query("validationToken", {"type": "string"}, "Graph's subscription handshake.")],
+        errors=("413", "503"),
+        anonymous=True,
+        content_types=(),
+    )
+    op["responses"]["200"] = {
+        "description": "The validation token, echoed.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    # Whatever Graph (or anyone) posts is read and refused item by item: no body is malformed here.
+    op["requestBody"] = {"required": False, "content": _json({})}
     return op
 
 
@@ -219,6 +245,14 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/tenants/{tenantId}": {
+            "delete": _operation(
+                "tenant_disconnect",
+                "Stop syncing a tenant: no nightly runs, its change notifications deleted (the roster and "
+                "its history stay; PUT the tenant to resume).",
+                "200",
+                "Tenant",
+                params=tenant,
+            ),
             "put": _operation(
                 "tenant_put",
                 "Register or rename a tenant; set its own removal guard thresholds (a change of them is "
@@ -229,7 +263,7 @@ def _paths() -> dict[str, Any]:
                 body="TenantInput",
                 errors=("400", "401", "403", "412", "500", "503"),
                 headers=TENANT_ETAG,
-            )
+            ),
         },
         "/api/tenants/{tenantId}/connection": {
             "get": _operation(
@@ -261,6 +295,25 @@ def _paths() -> dict[str, Any]:
                 headers=TENANT_ETAG,
             ),
         },
+        "/api/tenants/{tenantId}/changes": {
+            "get": _operation(
+                "tenant_changes",
+                "The roster change feed: users added, updated, removed, restored and purged, in order, after "
+                "`after`; `next` is where to go on from (it survives restarts).",
+                "200",
+                "ChangeFeed",
+                params=[
+                    *tenant,
+                    _query(
+                        "after",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_CURSOR_LENGTH},
+                        "A cursor.",
+                    ),
+                    LIMIT,
+                ],
+            )
+        },
+        "/api/notifications": {"post": _notifications_operation()},
         "/api/tenants/{tenantId}/audit": {
             "get": _operation(
                 "audit_list",
@@ -441,6 +494,7 @@ RECORDS: tuple[type, ...] = (
     TenantSaved,
     RulesSaved,
     AuditPage,
+    ChangeFeed,
     Connection,
     ExclusionRules,
     RulesInput,

@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -32,11 +33,13 @@ from sync.engine import NothingToUndo, execute_refresh, execute_undo
 from sync.models import (
     AccessProblem,
     AuditPage,
+    ChangeFeed,
     Connection,
     ConnectionState,
     Explanation,
     GroupPage,
     MailboxPurposeSource,
+    NotifyMode,
     RefreshMessage,
     RosterStatus,
     RosterUser,
@@ -54,6 +57,7 @@ from sync.models import (
     TenantView,
     UserRef,
 )
+from sync.notifications import Notifications, NotifyMessage, Received
 from sync.store import StaleSelection, StaleTenant, utc_now
 from sync.validation import (
     MAX_CURSOR_LENGTH,
@@ -68,6 +72,8 @@ from sync.validation import (
     is_run_id,
     is_upn,
 )
+
+log = logging.getLogger("sync.service")
 
 NIGHTLY_FAN_OUT = 32  # storage calls in flight while queueing the nightly refreshes
 
@@ -289,11 +295,15 @@ def _message_for(run: Run) -> RefreshMessage:
     )
 
 
+ROSTER_CHANGES = (AuditKind.ADDED, AuditKind.UPDATED, AuditKind.REMOVED, AuditKind.RESTORED, AuditKind.PURGED)
+
+
 class SyncService:
     """Tenants, selections, refreshes, runs and the roster, for one app instance."""
 
     def __init__(self, ctx: SyncContext) -> None:
         self.ctx = ctx
+        self.notifications = Notifications(ctx)
 
     # -- tenants --
 
@@ -314,8 +324,8 @@ class SyncService:
         """
         tid = require_tenant_id(tenant_id)
         existing = await self.ctx.store.get_tenant(tid)
-        if existing is not None:
-            tenant = msgspec.structs.replace(existing, display_name=change.display_name)
+        if existing is not None:  # saving a disconnected tenant connects it again
+            tenant = msgspec.structs.replace(existing, display_name=change.display_name, enabled=True)
         else:
             tenant = Tenant(id=tid, display_name=change.display_name, created_at=utc_now())
         if change.guard_percent is not msgspec.UNSET:
@@ -557,7 +567,68 @@ class SyncService:
 
     async def process_message(self, message: RefreshMessage) -> Run:
         """Run the refresh a queue message asks for (LeaseBusy when the tenant is busy)."""
-        return await execute_refresh(self.ctx, message)
+        return await self._after(await execute_refresh(self.ctx, message))
+
+    async def _after(self, run: Run) -> Run:
+        """After a successful full run: the tenant's change notifications are set up (best effort)."""
+        if run.status is RunStatus.SUCCEEDED and not run.dry_run and not run.incremental:
+            tenant = await self.ctx.store.get_tenant(run.tenant_id)
+            if tenant is not None and tenant.enabled:
+                try:
+                    await self.notifications.ensure(tenant)
+                except Exception:  # notifications only make it sooner; the nightly run still comes
+                    log.warning(
+                        "could not set up change notifications", exc_info=True, extra={"tenantId": tenant.id}
+                    )
+        return run
+
+    # -- change notifications --
+
+    async def receive_notifications(self, body: bytes) -> Received:
+        """Graph's changeNotificationCollection: check it, coalesce per tenant, answer fast."""
+        return await self.notifications.receive(body)
+
+    async def handle_notify(self, message: NotifyMessage) -> None:
+        """A notify-queue message: a closed window queues an incremental refresh; lifecycle work."""
+        if await self.notifications.handle(message) == "refresh":
+            tenant = await self.ctx.store.get_tenant(message.tenant_id)
+            if tenant is not None and tenant.enabled:
+                await self.request_refresh(tenant.id, reason=RunReason.NOTIFICATION, requested_by="graph")
+
+    async def renew_subscriptions(self) -> int:
+        """Renew the subscriptions that would lapse soon (the renewal timer)."""
+        return await self.notifications.renew_due()
+
+    async def disconnect(self, tenant_id: str, *, requested_by: str | None) -> Tenant:
+        """Stop syncing a tenant: no nightly runs, no change notifications (its roster stays)."""
+        tenant = await self.require_tenant(tenant_id)
+        saved = await self.ctx.store.put_tenant(msgspec.structs.replace(tenant, enabled=False))
+        await self.notifications.remove(tenant.id)
+        await self.ctx.store.save_notify_mode(tenant.id, NotifyMode.NIGHTLY, "disconnected")
+        log.info("tenant disconnected by %s", requested_by, extra={"tenantId": tenant.id})
+        return saved
+
+    async def changes(self, tenant_id: str, *, after: str | None = None, limit: int = 100) -> ChangeFeed:
+        """Roster changes (added, updated, removed, restored, purged) in order after `after`.
+
+        `next` is where to go on from: the last change's cursor, or `after` itself when nothing is
+        new yet (a follower asks again with it later); it survives restarts (it is a position in
+        the audit trail).
+        """
+        tenant = await self.require_tenant(tenant_id)
+        if after is not None and (not after or len(after) > MAX_CURSOR_LENGTH):
+            raise InvalidInput("the cursor is not one this API issued")
+        try:
+            records, _ = await self.ctx.audit.read(
+                tenant.id,
+                after=after,
+                kinds=ROSTER_CHANGES,
+                limit=max(1, min(limit, MAX_PAGE)),
+                now=utc_now(),
+            )
+        except InvalidAuditCursor as exc:
+            raise InvalidInput(str(exc)) from None
+        return ChangeFeed(value=records, next=records[-1].cursor if records else after)
 
     async def mark_poisoned(self, message: RefreshMessage) -> Run | None:
         """A message that failed every delivery: its run is marked failed (None: already finished)."""
@@ -651,7 +722,7 @@ class SyncService:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
-                return await execute_refresh(self.ctx, _message_for(run))
+                return await self._after(await execute_refresh(self.ctx, _message_for(run)))
             except LeaseBusy:
                 if time.monotonic() > deadline:
                     raise Conflict(
@@ -842,7 +913,9 @@ async def open_service(settings: Settings | None = None) -> AsyncIterator[SyncSe
         await ensure_storage(settings)  # tables and queues exist from the first call on
         _storage_ready.add(key)
     ctx = SyncContext.create(settings, graph_clients_for(settings))
+    service = SyncService(ctx)
     try:
-        yield SyncService(ctx)
+        yield service
     finally:
+        await service.notifications.aclose()
         await ctx.aclose()

@@ -27,6 +27,7 @@ from shared.storage import (
     table_client,
 )
 from sync.models import (
+    NotifyMode,
     Run,
     RunStatus,
     SelectedGroup,
@@ -218,6 +219,18 @@ class SyncStore:
                 "lastRunId": run.id,
                 "lastRunStatus": str(run.status),
                 "lastRunAt": run.finished_at or run.started_at or run.requested_at,
+            },
+            mode=UpdateMode.MERGE,
+        )
+
+    async def save_notify_mode(self, tenant_id: str, mode: NotifyMode, detail: str | None) -> None:
+        """Record how soon the tenant's changes arrive (sync.notifications owns it)."""
+        await self._table(TENANTS_TABLE).upsert_entity(
+            {
+                "PartitionKey": TENANTS_PARTITION,
+                "RowKey": tenant_id,
+                "notifyMode": str(mode),
+                "notifyDetail": detail or "",
             },
             mode=UpdateMode.MERGE,
         )

@@ -68,7 +68,11 @@ class Fault:
 
     def cut_short(self, payload: Any) -> Any:
         """A list answer the way a faulty service might give it: the first items, no next page."""
-        if self.truncate is None or not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
+        if (
+            self.truncate is None
+            or not isinstance(payload, dict)
+            or not isinstance(payload.get("value"), list)
+        ):
             return payload
         kept = {key: value for key, value in payload.items() if key != "@odata.nextLink"}
         kept["value"] = payload["value"][: self.truncate]

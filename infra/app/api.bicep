@@ -187,6 +187,9 @@ var appSettings = {
   // The sync itself.
   SYNC_QUEUE: syncQueue
   SYNC_SCHEDULE: syncSchedule
+  // Change notifications: the coalescing queue and the subscription renewal timer (sync/notifications.py).
+  NOTIFY_QUEUE: 'sync-notify'
+  NOTIFY_RENEW_SCHEDULE: '0 30 */6 * * *'
   REMOVAL_GRACE_DAYS: removalGraceDays
   REMOVAL_GUARD_PERCENT: removalGuardPercent
   REMOVAL_GUARD_MIN_USERS: removalGuardMinUsers

@@ -37,6 +37,8 @@ param tokenExchangeAudience string = 'api://AzureADTokenExchange'
 param grantHomeTenantConsent bool = false
 @description('Object id of a user (or service principal) to give the Sync.Operator app role. Empty: none.')
 param adminPrincipalId string = ''
+@description('Also request the application permission Graph needs for group change notifications (read all groups), so membership changes reach the roster within a minute instead of at night. Off by default: least privilege.')
+param groupChangeNotifications bool = false
 
 var tenantId = tenant().tenantId
 // Tokens of a managed identity are issued by this tenant's v2.0 endpoint.
@@ -48,12 +50,18 @@ var groupMemberReadAllRoleId = '98830695-27a2-44f7-8c18-0c3ebc9698f6' // GroupMe
 var userReadAllRoleId = 'df021288-bdef-4463-88db-98f22de89214' // User.Read.All: read every user's eligibility fields (enabled, licensed, guest)
 var memberReadHiddenRoleId = '658aa5d8-239f-45c4-aa12-864f4fc7e490' // Member.Read.Hidden: members of groups whose membership is hidden
 var mailboxSettingsReadRoleId = '40f97065-369a-49f4-947c-6a255697ae91' // MailboxSettings.Read: mailboxSettings.userPurpose tells shared/room/equipment mailboxes apart
-var graphApplicationPermissions = [
-  groupMemberReadAllRoleId
-  userReadAllRoleId
-  memberReadHiddenRoleId
-  mailboxSettingsReadRoleId
-]
+// Optional (groupChangeNotifications): Graph lets an app subscribe to group changes only with this
+// broader permission ("Create subscription"); without it membership changes arrive at night.
+var groupChangeNotificationsRoleId = '5b567255-7703-4780-807c-7be8301ae99b'
+var graphApplicationPermissions = concat(
+  [
+    groupMemberReadAllRoleId
+    userReadAllRoleId
+    memberReadHiddenRoleId
+    mailboxSettingsReadRoleId
+  ],
+  groupChangeNotifications ? [groupChangeNotificationsRoleId] : []
+)
 // Delegated permissions of App Service Authentication's sign-in (OpenID Connect + the user's profile).
 var signInScopeIds = [
   'e1fe6dd8-ba31-4d61-89e7-88639da4683d' // User.Read

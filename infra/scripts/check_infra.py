@@ -116,7 +116,10 @@ GRAPH_APPLICATION_PERMISSIONS = {
     "Member.Read.Hidden": "658aa5d8-239f-45c4-aa12-864f4fc7e490",
     "MailboxSettings.Read": "40f97065-369a-49f4-947c-6a255697ae91",
 }
-TOO_BROAD_PERMISSIONS = ("Directory.Read.All", "Group.Read.All")
+TOO_BROAD_PERMISSIONS = ("Directory.Read.All",)
+# Group.Read.All (read all groups) may be requested only behind the opt-in parameter
+# groupChangeNotifications: Graph needs it for group change notifications.
+GROUP_NOTIFICATIONS_ROLE = "5b567255-7703-4780-807c-7be8301ae99b"
 
 
 def strip_comments(text: str) -> str:
@@ -334,6 +337,11 @@ def registration_problems(infra: Infra) -> list[str]:
             if guid not in text:
                 problems.append(f"{label} does not request {name} ({guid})")
         problems += [f"{label} mentions {p}: least privilege" for p in TOO_BROAD_PERMISSIONS if p in text]
+        opt_in = "groupChangeNotifications ?" in text or "GROUP_CHANGE_NOTIFICATIONS" in text
+        if GROUP_NOTIFICATIONS_ROLE in text and not opt_in:
+            problems.append(
+                f"{label} requests Group.Read.All unconditionally: it is opt-in (groupChangeNotifications)"
+            )
         if "Sync.Operator" not in text:
             problems.append(f"{label}: the API app role is Sync.Operator")
     graph_app = strip_comments(infra.graph_app)

@@ -30,6 +30,7 @@ GROUP_MEMBER_READ_ALL_ROLE=98830695-27a2-44f7-8c18-0c3ebc9698f6 # GroupMember.Re
 USER_READ_ALL_ROLE=df021288-bdef-4463-88db-98f22de89214         # User.Read.All (application)
 MEMBER_READ_HIDDEN_ROLE=658aa5d8-239f-45c4-aa12-864f4fc7e490    # Member.Read.Hidden (application)
 MAILBOX_SETTINGS_READ_ROLE=40f97065-369a-49f4-947c-6a255697ae91 # MailboxSettings.Read (application)
+GROUP_READ_ALL_ROLE=5b567255-7703-4780-807c-7be8301ae99b        # Group.Read.All (application): opt-in, GROUP_CHANGE_NOTIFICATIONS=true
 USER_READ_SCOPE=e1fe6dd8-ba31-4d61-89e7-88639da4683d            # User.Read (delegated): sign-in
 OPENID_SCOPE=37f7f235-527c-4136-accd-4a02d197296e               # openid (delegated): sign-in
 PROFILE_SCOPE=14dad69e-099b-42c9-810b-d002981feec1              # profile (delegated): sign-in
@@ -120,12 +121,18 @@ if [[ -z $graph_app_id ]]; then
   echo "created the Graph app $graph_app_id"
 fi
 az ad app update --id "$graph_app_id" --web-redirect-uris "${APP_BASE_URL}/api/ui" "${APP_BASE_URL}/api/consent/callback"
+# Group change notifications need Group.Read.All (Graph's "Create subscription"): opt-in only.
+group_notifications=""
+if [[ ${GROUP_CHANGE_NOTIFICATIONS:-$(env_value GROUP_CHANGE_NOTIFICATIONS)} == true ]]; then
+  group_notifications=",
+  {\"id\": \"${GROUP_READ_ALL_ROLE}\", \"type\": \"Role\"}"
+fi
 cat >"$work/graph-access.json" <<JSON
 [{"resourceAppId": "${MICROSOFT_GRAPH_APP_ID}", "resourceAccess": [
   {"id": "${GROUP_MEMBER_READ_ALL_ROLE}", "type": "Role"},
   {"id": "${USER_READ_ALL_ROLE}", "type": "Role"},
   {"id": "${MEMBER_READ_HIDDEN_ROLE}", "type": "Role"},
-  {"id": "${MAILBOX_SETTINGS_READ_ROLE}", "type": "Role"}]}]
+  {"id": "${MAILBOX_SETTINGS_READ_ROLE}", "type": "Role"}${group_notifications}]}]
 JSON
 az ad app update --id "$graph_app_id" --required-resource-accesses "@$work/graph-access.json"
 ensure_identity_credential "$graph_app_id" graph-identity "$GRAPH_IDENTITY_PRINCIPAL_ID"

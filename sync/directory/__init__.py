@@ -33,6 +33,7 @@ from sync.directory.errors import (
 )
 from sync.directory.groups import GroupReads
 from sync.directory.members import MemberReads, cheaper_member_strategy
+from sync.directory.subscriptions import SubscriptionWrites
 from sync.directory.transport import MAX_BATCH_SIZE, MAX_PAGE_SIZE, GraphTransport
 from sync.directory.wire import GROUP_FIELDS, ID_PAGE, USER_FIELDS, group_kind
 from sync.models import PermissionCheck
@@ -59,7 +60,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class DirectoryReader(GroupReads, MemberReads, DeltaReads):
+class DirectoryReader(GroupReads, MemberReads, DeltaReads, SubscriptionWrites):
     """Every Graph read of one tenant, for one run or one request; counts the requests it sends."""
 
     def __init__(

@@ -111,7 +111,9 @@ def settings(azurite: Azurite, unique_queue: str) -> dict[str, str]:
         "AzureWebJobsStorage": azurite.connection_string,
         "SYNC_QUEUE": unique_queue,
         "PROBE_QUEUE": f"{unique_queue}-probe",
+        "NOTIFY_QUEUE": f"{unique_queue}-notify",
         "SYNC_SCHEDULE": "0 0 2 * * *",
+        "NOTIFY_RENEW_SCHEDULE": "0 30 */6 * * *",
         "GRAPH_AUTH": "demo",
         "GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
     }

@@ -204,7 +204,9 @@ async def test_a_run_started_on_an_older_selection_writes_nothing(
         before = await on_platform(app, tenant)
         group = everyone_of(tenant)
         tenant.remove_member(group, sorted(tenant.users)[0])  # the v2 run would remove one person
-        server.add_fault(200, r"/transitiveMembers/(microsoft\.)?graph\.user", in_batch=False, delay=1.5, times=1)
+        server.add_fault(
+            200, r"/transitiveMembers/(microsoft\.)?graph\.user", in_batch=False, delay=1.5, times=1
+        )
         code, refresh_run, _ = await app.http("refresh", "POST", "x", route={"tenantId": tenant.tenant_id})
         worker = asyncio.create_task(app.deliver(max_messages=1))  # reads slowly ...
         await asyncio.sleep(0.5)
