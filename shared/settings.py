@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,17 @@ CLOUDS: dict[GraphCloud, CloudEndpoints] = {
 DEFAULT_GRAPH_BASE_URL = CLOUDS[GraphCloud.GLOBAL].graph_base_url
 # The Graph app id the demo tenant knows (GRAPH_AUTH=demo without GRAPH_APP_CLIENT_ID).
 DEMO_GRAPH_APP_CLIENT_ID = "5b8a2f0e-4c1d-4e7a-9f3b-2d6c8e1a7b90"
+# Entra role template ids (the `wids` claim) that make a customer's user an admin of their tenant:
+# Global, Privileged Role, User and Groups Administrator.
+DEFAULT_ADMIN_ROLE_IDS = frozenset(
+    {
+        "62e90394-69f5-4237-9190-012177145e10",
+        "e8611ab8-c189-46e8-94e1-60213ab1f814",
+        "fe930be7-5e62-47db-91af-98c3a49a38b1",
+        "fdd7a751-b60b-444a-984c-02652fe8fa1c",
+    }
+)
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,11 +129,25 @@ class Settings:
     removal_grace_days: int = 7
     removal_guard_percent: float = 10.0
     removal_guard_min_users: int = 20
+    home_tenant_id: str | None = None  # HOME_TENANT_ID: operators' tokens carry this tid
+    admin_role_ids: frozenset[str] = DEFAULT_ADMIN_ROLE_IDS  # ADMIN_ROLE_IDS
+    app_base_url: str | None = None  # APP_BASE_URL: the app's public root (consent redirect URI)
+    # WEBSITE_AUTH_ENABLED: App Service sets it "True" when App Service Authentication is on.
+    platform_auth_enabled: bool = False
+    dev_trust_principal_header: bool = False  # DEV_TRUST_PRINCIPAL_HEADER (only with GRAPH_AUTH=demo)
 
     @property
     def cloud(self) -> CloudEndpoints:
         """Graph scope and token-exchange audience of GRAPH_CLOUD."""
         return CLOUDS[self.graph_cloud]
+
+    @property
+    def principal_header_trusted(self) -> bool:
+        """Whether X-MS-CLIENT-PRINCIPAL may be believed: only App Service Authentication sets it
+        in Azure; locally only the dev host, and only when told so with the demo Graph."""
+        return self.platform_auth_enabled or (
+            self.dev_trust_principal_header and self.graph_auth is GraphAuthMode.DEMO
+        )
 
 
 def _read_local_settings(path: Path) -> dict[str, str]:
@@ -145,6 +171,48 @@ def _number(values: Mapping[str, str], name: str, default: float, *, minimum: fl
     if number < minimum:
         raise SettingsError(f"{name} must be at least {minimum:g}, got {raw!r}")
     return number
+
+
+def _flag(values: Mapping[str, str], name: str) -> bool:
+    raw = values.get(name, "").strip().lower()
+    if raw in ("", "false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _guid(values: Mapping[str, str], name: str) -> str | None:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    if not _GUID.match(raw):
+        raise SettingsError(f"{name} must be an Entra tenant id (a GUID), got {raw[:64]!r}")
+    return raw.lower()
+
+
+def _role_ids(values: Mapping[str, str], name: str) -> frozenset[str]:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return DEFAULT_ADMIN_ROLE_IDS
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    bad = [part for part in ids if not _GUID.match(part)]
+    if bad or not ids:
+        raise SettingsError(
+            f"{name} must list Entra role template ids (GUIDs) separated by commas; "
+            f"not GUIDs: {', '.join(repr(b[:64]) for b in bad) or 'none given'}"
+        )
+    return frozenset(part.lower() for part in ids)
+
+
+def _base_url(values: Mapping[str, str], name: str) -> str | None:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(f"{name} must be the app's root URL such as https://app.example.net, got {raw!r}")
+    return raw.rstrip("/")
 
 
 LOCAL_SETTINGS_FILE = Path("local.settings.json")
@@ -191,6 +259,13 @@ def load_settings(
         choices = ", ".join(c.value for c in GraphCloud)
         raise SettingsError(f"GRAPH_CLOUD must be one of {choices}; got {cloud_raw!r}") from None
     endpoints = CLOUDS[cloud]
+    dev_trust = _flag(values, "DEV_TRUST_PRINCIPAL_HEADER")
+    if dev_trust and auth is not GraphAuthMode.DEMO:
+        # Trusting an unauthenticated header next to a real Graph would let anyone act as anyone.
+        raise SettingsError(
+            f"DEV_TRUST_PRINCIPAL_HEADER=true is allowed only with GRAPH_AUTH=demo (got GRAPH_AUTH={auth}); "
+            "remove it: in Azure, App Service Authentication provides the caller"
+        )
     return Settings(
         storage=storage,
         graph_cloud=cloud,
@@ -208,6 +283,11 @@ def load_settings(
         removal_grace_days=int(_number(values, "REMOVAL_GRACE_DAYS", 7, minimum=0)),
         removal_guard_percent=_number(values, "REMOVAL_GUARD_PERCENT", 10.0, minimum=0),
         removal_guard_min_users=int(_number(values, "REMOVAL_GUARD_MIN_USERS", 20, minimum=0)),
+        home_tenant_id=_guid(values, "HOME_TENANT_ID"),
+        admin_role_ids=_role_ids(values, "ADMIN_ROLE_IDS"),
+        app_base_url=_base_url(values, "APP_BASE_URL"),
+        platform_auth_enabled=_flag(values, "WEBSITE_AUTH_ENABLED"),
+        dev_trust_principal_header=dev_trust,
     )
 
 

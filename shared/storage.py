@@ -21,7 +21,9 @@ TENANTS_TABLE = "tenants"
 SELECTIONS_TABLE = "selections"
 USERS_TABLE = "users"
 RUNS_TABLE = "runs"
-ALL_TABLES = (TENANTS_TABLE, SELECTIONS_TABLE, USERS_TABLE, RUNS_TABLE)
+GRANTS_TABLE = "grants"  # partners' access to tenants, given by an operator
+CONSENT_STATES_TABLE = "consentStates"  # one-time `state` values of admin-consent requests
+ALL_TABLES = (TENANTS_TABLE, SELECTIONS_TABLE, USERS_TABLE, RUNS_TABLE, GRANTS_TABLE, CONSENT_STATES_TABLE)
 LOCKS_CONTAINER = "locks"  # one blob per tenant; its lease is the tenant's lock
 ALL_CONTAINERS = (LOCKS_CONTAINER,)
 

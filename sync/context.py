@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from shared.graph import GraphClients
 from shared.settings import Settings
 from sync.directory import DirectoryReader
+from sync.grants import GrantStore
+from sync.onboarding import ConsentStateStore
 from sync.roster import RosterStore
 from sync.store import SyncStore
 
@@ -19,11 +21,20 @@ class SyncContext:
     store: SyncStore
     roster: RosterStore
     graph: GraphClients
+    grants: GrantStore
+    consents: ConsentStateStore
 
     @classmethod
     def create(cls, settings: Settings, graph: GraphClients | None = None) -> SyncContext:
         """Clients for these settings (Graph clients may be shared across contexts)."""
-        return cls(settings, SyncStore(settings), RosterStore(settings), graph or GraphClients(settings))
+        return cls(
+            settings,
+            SyncStore(settings),
+            RosterStore(settings),
+            graph or GraphClients(settings),
+            GrantStore(settings),
+            ConsentStateStore(settings),
+        )
 
     def reader(self, tenant_id: str) -> DirectoryReader:
         """A directory reader for one tenant: one per run or request, so its request count is theirs."""
@@ -33,3 +44,5 @@ class SyncContext:
         """Close the storage clients (the Graph pool belongs to its owner)."""
         await self.store.aclose()
         await self.roster.aclose()
+        await self.grants.aclose()
+        await self.consents.aclose()
