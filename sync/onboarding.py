@@ -44,7 +44,7 @@ class ConsentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """Who started an admin consent, for which tenant, until when."""
 
     tenant_id: str  # the tenant asked for: a GUID, or "organizations" (operators)
-    display_name: str | None  # the name to register it under
+    display_name: str | None = None  # the name to register it under
     requested_by: str  # the principal, as its changes are recorded
     principal_tenant_id: str
     principal_object_id: str

@@ -189,6 +189,19 @@ def anonymous_path_problems(api_bicep: str) -> list[str]:
 # --- every setting the code reads is set -----------------------------------------------------
 
 
+def test_every_typed_reader_of_settings_is_known() -> None:
+    """A new `_reader(values, name, ...)` in shared/settings.py must join TYPED_READERS, or the
+    settings it reads would escape the Bicep checks below."""
+    tree = ast.parse((ROOT / "shared" / "settings.py").read_text(encoding="utf-8"))
+    readers = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+        and [a.arg for a in node.args.args[:2]] == ["values", "name"]
+    }
+    assert readers == TYPED_READERS
+
+
 def test_load_settings_names_are_found() -> None:
     names = settings_read_by_load_settings()
     assert {"SYNC_STORAGE", "SYNC_STORAGE__tableServiceUri", "GRAPH_AUTH", "REMOVAL_GUARD_MIN_USERS"} <= names
