@@ -196,8 +196,7 @@ def test_every_typed_reader_of_settings_is_known() -> None:
     readers = {
         node.name
         for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef)
-        and [a.arg for a in node.args.args[:2]] == ["values", "name"]
+        if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args[:2]] == ["values", "name"]
     }
     assert readers == TYPED_READERS
 
