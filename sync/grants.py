@@ -14,31 +14,15 @@ from typing import Any
 import msgspec
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import UpdateMode
-from azure.data.tables.aio import TableClient
 
-from shared.settings import Settings
-from shared.storage import GRANTS_TABLE, plain_value, table_client
+from shared.storage import GRANTS_TABLE, SingleTableStore, plain_value
 from sync.models import Grant, GrantKind
 
 
-class GrantStore:
+class GrantStore(SingleTableStore):
     """Read and write the grants of every partner."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._client: TableClient | None = None
-
-    @property
-    def _table(self) -> TableClient:
-        if self._client is None:
-            self._client = table_client(self._settings, GRANTS_TABLE)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the table client."""
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+    TABLE = GRANTS_TABLE
 
     async def list_all(self) -> list[Grant]:
         """Every grant, by principal tenant and id."""

@@ -25,10 +25,9 @@ import msgspec
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
-from azure.data.tables.aio import TableClient
 
 from shared.settings import Settings
-from shared.storage import CONSENT_STATES_TABLE, plain_value, table_client
+from shared.storage import CONSENT_STATES_TABLE, SingleTableStore, plain_value
 from sync.directory import GraphTokenRefused
 from sync.models import NOT_CONSENTED, AccessProblem
 from sync.store import SyncStore, utc_now
@@ -82,24 +81,10 @@ def _key(state: str) -> str:
     return hashlib.sha256(state.encode("utf-8")).hexdigest()
 
 
-class ConsentStateStore:
+class ConsentStateStore(SingleTableStore):
     """The one-time states of admin-consent requests (table `consentStates`)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._client: TableClient | None = None
-
-    @property
-    def _table(self) -> TableClient:
-        if self._client is None:
-            self._client = table_client(self._settings, CONSENT_STATES_TABLE)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the table client."""
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+    TABLE = CONSENT_STATES_TABLE
 
     async def create(self, request: ConsentRequest) -> str:
         """Store a request; returns its state (the only copy: it goes into the consent URL)."""

@@ -188,6 +188,21 @@ COLUMNS = [
 ]
 
 
+async def put_grant(
+    app: AppUnderTest, principal_id: str, tenants: list[str], kind: str = "user", **extra: str
+) -> dict[str, Any]:
+    """An operator gives a principal of the partner's tenant these tenants (PUT /api/grants/...)."""
+    code, grant, _ = await app.http(
+        "grant_item",
+        "PUT",
+        "x",
+        route={"principalTenantId": PARTNER_TENANT_ID, "principalId": principal_id},
+        body={"kind": kind, "tenants": tenants, **extra},
+    )
+    assert code == 200, grant
+    return dict(grant)
+
+
 def principal_for(column: str, tenant_id: str) -> str | None:
     """The X-MS-CLIENT-PRINCIPAL of a column's caller, as App Service Authentication shapes it."""
     return {
@@ -277,14 +292,7 @@ async def test_the_access_matrix(
 ) -> None:
     tid = own_tenant.tenant_id
     await register(app, own_tenant)
-    code, body, _ = await app.http(
-        "grant_item",
-        "PUT",
-        "x",
-        route={"principalTenantId": PARTNER_TENANT_ID, "principalId": PARTNER_WITH_GRANT},
-        body={"kind": "user", "tenants": [tid], "name": "tech@partner-msp.example"},
-    )
-    assert code == 200, body
+    await put_grant(app, PARTNER_WITH_GRANT, [tid], name="tech@partner-msp.example")
     store, roster = SyncStore(app.settings), RosterStore(app.settings)
     some_run = await held_run(store, tid)
     user = next(u.user_principal_name for u in own_tenant.users.values())
@@ -306,13 +314,7 @@ async def test_the_access_matrix(
                 if want == ok and route.function == "run_undo":
                     params["runId"] = await run_with_a_removal(store, roster, tid)
                 if want == ok and (route.function, method) == ("grant_item", "DELETE"):
-                    await app.http(
-                        "grant_item",
-                        "PUT",
-                        "x",
-                        route={k: params[k] for k in route.params},
-                        body={"kind": "user", "tenants": [tid]},
-                    )
+                    await put_grant(app, params["principalId"], [tid])
                 body = BODIES.get((route.function, method))
                 if route.function == "consent_start":
                     body = {"tenantId": tid}
@@ -357,14 +359,7 @@ async def test_each_caller_lists_only_what_it_may_see_and_whoami_says_who(
 ) -> None:
     tid = own_tenant.tenant_id
     await register(app, own_tenant)
-    code, body, _ = await app.http(
-        "grant_item",
-        "PUT",
-        "x",
-        route={"principalTenantId": PARTNER_TENANT_ID, "principalId": PARTNER_WITH_GRANT},
-        body={"kind": "user", "tenants": [tid, TENANT]},  # TENANT is not registered: not listed
-    )
-    assert code == 200, body
+    await put_grant(app, PARTNER_WITH_GRANT, [tid, TENANT])  # TENANT is not registered: not listed
     seen = {}
     for column in ("operator", "own-admin", "other-admin", "admin-without-role", "partner-with-grant"):
         who = principal_for(column, tid)
@@ -394,14 +389,8 @@ async def test_a_grant_can_name_a_group_of_the_partners_tenant(
 ) -> None:
     tid, helpdesk = own_tenant.tenant_id, str(uuid.uuid4())
     await register(app, own_tenant)
-    code, grant, _ = await app.http(
-        "grant_item",
-        "PUT",
-        "x",
-        route={"principalTenantId": PARTNER_TENANT_ID, "principalId": helpdesk},
-        body={"kind": "group", "tenants": [tid], "name": "MSP helpdesk"},
-    )
-    assert code == 200 and grant["grantedBy"].startswith("operator@groupsync.example (tid "), grant
+    grant = await put_grant(app, helpdesk, [tid], "group", name="MSP helpdesk")
+    assert grant["grantedBy"].startswith("operator@groupsync.example (tid "), grant
     member = encode_principal(
         "a@partner-msp.example", tenant_id=PARTNER_TENANT_ID, object_id=str(uuid.uuid4()), groups=[helpdesk]
     )
@@ -413,7 +402,15 @@ async def test_a_grant_can_name_a_group_of_the_partners_tenant(
     )
     code, _, _ = await app.http("selection", "GET", "x", route={"tenantId": tid}, principal=elsewhere)
     assert code == 404
-    # A user grant is not matched by a group claim with that id, and revoking ends access.
+    # A user's grant is not matched by a group claim carrying the same id.
+    user_id = str(uuid.uuid4())
+    await put_grant(app, user_id, [tid])
+    posing = encode_principal(
+        "b@partner-msp.example", tenant_id=PARTNER_TENANT_ID, object_id=str(uuid.uuid4()), groups=[user_id]
+    )
+    code, _, _ = await app.http("selection", "GET", "x", route={"tenantId": tid}, principal=posing)
+    assert code == 404
+    # Revoking ends access.
     code, _, _ = await app.http(
         "grant_item",
         "DELETE",

@@ -22,6 +22,7 @@ from shared.telemetry import TENANT_SKIPPED_EVENT
 from sync import onboarding
 from sync.service import open_service
 from tests.integration.conftest import APP_BASE_URL, DEV_PRINCIPAL, AppUnderTest
+from tests.integration.test_auth import put_grant
 from tests.integration.test_fault_matrix import forget_new_tenants  # noqa: F401  (autouse cleanup)
 from tests.integration.test_sync_flow import register
 
@@ -191,14 +192,7 @@ async def test_a_partner_reconnects_a_granted_tenant_but_cannot_onboard_others(
 ) -> None:
     tid, partner_id = own_tenant.tenant_id, str(uuid.uuid4())
     partner = encode_principal("tech@partner-msp.example", tenant_id=PARTNER_TENANT_ID, object_id=partner_id)
-    code, _, _ = await app.http(
-        "grant_item",
-        "PUT",
-        "x",
-        route={"principalTenantId": PARTNER_TENANT_ID, "principalId": partner_id},
-        body={"kind": "user", "tenants": [tid]},
-    )
-    assert code == 200
+    await put_grant(app, partner_id, [tid])
     code, _, _ = await app.http("consent_start", "POST", "x", body={"tenantId": tid}, principal=partner)
     assert code == 404  # granted, but not registered yet: connecting it is its own admin's (or an operator's)
     await register(app, own_tenant)
