@@ -15,6 +15,9 @@ from devtools.demo_tenant.generator import build_demo_tenants
 from devtools.demo_tenant.server import DemoGraphServer
 from devtools.host import DevHost
 from devtools.host.easyauth import sign_in_help
+from devtools.host.identities import DEV_IDENTITIES, PARTNER_TENANT_ID
+
+PARTNER_OBJECT_ID = next(i.object_id for i in DEV_IDENTITIES if i.key == "partner")
 
 DEMO_GRAPH_PORT = 7081
 APP_PORT = 7071
@@ -87,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {tenant.display_name:<10} {tenant.tenant_id}  ({size})")
     first = tenants[0].tenant_id
     print(f"  App (Functions dev host):  {app_host.base_url}/api/health")
-    print(f"  The page:                  {app_host.base_url}/api/ui?tenant={first}")
+    print(f"  The page:                  {app_host.base_url}/api/ui")
     print("Every data route needs a signed-in user, as behind App Service Authentication:")
-    for line in sign_in_help(app_host.base_url, f"/api/ui?tenant={first}"):
+    for line in sign_in_help(app_host.base_url, "/api/ui"):
         print(f"  {line}")
+    print("Onboard a customer: sign in as contoso-admin, click Connect Microsoft 365, Accept.")
+    print("  operator: every tenant; fabrikam-admin, contoso-user: nothing of Contoso's; partner: its grants")
+    print(f"  (.venv/bin/python -m sync grants add {PARTNER_TENANT_ID} --user {PARTNER_OBJECT_ID} {first})")
     print("Try the CLI in another terminal (it reads local.settings.json):")
     print(f"  .venv/bin/python -m sync tenant add {first} --name Contoso")
     print(f"  .venv/bin/python -m sync groups {first}")

@@ -14,6 +14,7 @@ import json
 import weakref
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from azure.core.credentials import AccessToken
@@ -147,13 +148,22 @@ class _AsyncAssertionCredential(AsyncTokenCredential):
         await self.close()
 
 
-def admin_consent_url(settings: Settings, tenant_id: str) -> str | None:
-    """The link a customer's Global Administrator opens to grant the app's Graph permissions."""
+def admin_consent_url(
+    settings: Settings, tenant_id: str, *, redirect_uri: str | None = None, state: str | None = None
+) -> str | None:
+    """The link a customer's Global Administrator opens to grant the app's Graph permissions.
+
+    With `redirect_uri` and `state`, Entra sends the administrator back to the app afterwards
+    (Connect Microsoft 365); `tenant_id` may then be `organizations`.
+    """
     if not settings.graph_app_client_id:
         return None
-    return (
-        f"{settings.graph_authority_host}/{tenant_id}/adminconsent?client_id={settings.graph_app_client_id}"
-    )
+    query = {"client_id": settings.graph_app_client_id}
+    if redirect_uri:
+        query["redirect_uri"] = redirect_uri
+    if state:
+        query["state"] = state
+    return f"{settings.graph_authority_host}/{tenant_id}/adminconsent?{urlencode(query)}"
 
 
 class GraphClients:

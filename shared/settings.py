@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,17 @@ CLOUDS: dict[GraphCloud, CloudEndpoints] = {
 DEFAULT_GRAPH_BASE_URL = CLOUDS[GraphCloud.GLOBAL].graph_base_url
 # The Graph app id the demo tenant knows (GRAPH_AUTH=demo without GRAPH_APP_CLIENT_ID).
 DEMO_GRAPH_APP_CLIENT_ID = "5b8a2f0e-4c1d-4e7a-9f3b-2d6c8e1a7b90"
+# Entra role template ids (the `wids` claim) that make a customer's user an admin of their tenant:
+# Global, Privileged Role, User and Groups Administrator.
+DEFAULT_ADMIN_ROLE_IDS = frozenset(
+    {
+        "62e90394-69f5-4237-9190-012177145e10",
+        "e8611ab8-c189-46e8-94e1-60213ab1f814",
+        "fe930be7-5e62-47db-91af-98c3a49a38b1",
+        "fdd7a751-b60b-444a-984c-02652fe8fa1c",
+    }
+)
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +126,6 @@ class Settings:
     azure_client_id: str | None = None
     queue_name: str = "sync-refresh"
     notify_queue: str = "sync-notify"  # change notifications, coalesced per tenant before a refresh
-    app_base_url: str | None = None  # the app's public https root: the Graph notification URL lives there
     notify_debounce_seconds: float = 20.0
     notify_renew_schedule: str = "0 30 */6 * * *"
     events_topic_endpoint: str | None = None  # an Event Grid topic for roster-change CloudEvents
@@ -125,11 +136,26 @@ class Settings:
     removal_guard_majority_percent: float = 50.0
     audit_container: str = "audit"
     audit_retention_days: int = 400
+    home_tenant_id: str | None = None  # HOME_TENANT_ID: operators' tokens carry this tid
+    admin_role_ids: frozenset[str] = DEFAULT_ADMIN_ROLE_IDS  # ADMIN_ROLE_IDS
+    # APP_BASE_URL: the app's public root (the consent redirect URI and the Graph notification URL)
+    app_base_url: str | None = None
+    # WEBSITE_AUTH_ENABLED: App Service sets it "True" when App Service Authentication is on.
+    platform_auth_enabled: bool = False
+    dev_trust_principal_header: bool = False  # DEV_TRUST_PRINCIPAL_HEADER (only with GRAPH_AUTH=demo)
 
     @property
     def cloud(self) -> CloudEndpoints:
         """Graph scope and token-exchange audience of GRAPH_CLOUD."""
         return CLOUDS[self.graph_cloud]
+
+    @property
+    def principal_header_trusted(self) -> bool:
+        """Whether X-MS-CLIENT-PRINCIPAL may be believed: only App Service Authentication sets it
+        in Azure; locally only the dev host, and only when told so with the demo Graph."""
+        return self.platform_auth_enabled or (
+            self.dev_trust_principal_header and self.graph_auth is GraphAuthMode.DEMO
+        )
 
 
 def _read_local_settings(path: Path) -> dict[str, str]:
@@ -153,6 +179,48 @@ def _number(values: Mapping[str, str], name: str, default: float, *, minimum: fl
     if number < minimum:
         raise SettingsError(f"{name} must be at least {minimum:g}, got {raw!r}")
     return number
+
+
+def _flag(values: Mapping[str, str], name: str) -> bool:
+    raw = values.get(name, "").strip().lower()
+    if raw in ("", "false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _guid(values: Mapping[str, str], name: str) -> str | None:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    if not _GUID.match(raw):
+        raise SettingsError(f"{name} must be an Entra tenant id (a GUID), got {raw[:64]!r}")
+    return raw.lower()
+
+
+def _role_ids(values: Mapping[str, str], name: str) -> frozenset[str]:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return DEFAULT_ADMIN_ROLE_IDS
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    bad = [part for part in ids if not _GUID.match(part)]
+    if bad or not ids:
+        raise SettingsError(
+            f"{name} must list Entra role template ids (GUIDs) separated by commas; "
+            f"not GUIDs: {', '.join(repr(b[:64]) for b in bad) or 'none given'}"
+        )
+    return frozenset(part.lower() for part in ids)
+
+
+def _base_url(values: Mapping[str, str], name: str) -> str | None:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(f"{name} must be the app's root URL such as https://app.example.net, got {raw!r}")
+    return raw.rstrip("/")
 
 
 LOCAL_SETTINGS_FILE = Path("local.settings.json")
@@ -199,6 +267,13 @@ def load_settings(
         choices = ", ".join(c.value for c in GraphCloud)
         raise SettingsError(f"GRAPH_CLOUD must be one of {choices}; got {cloud_raw!r}") from None
     endpoints = CLOUDS[cloud]
+    dev_trust = _flag(values, "DEV_TRUST_PRINCIPAL_HEADER")
+    if dev_trust and auth is not GraphAuthMode.DEMO:
+        # Trusting an unauthenticated header next to a real Graph would let anyone act as anyone.
+        raise SettingsError(
+            f"DEV_TRUST_PRINCIPAL_HEADER=true is allowed only with GRAPH_AUTH=demo (got GRAPH_AUTH={auth}); "
+            "remove it: in Azure, App Service Authentication provides the caller"
+        )
     return Settings(
         storage=storage,
         graph_cloud=cloud,
@@ -213,7 +288,6 @@ def load_settings(
         azure_client_id=values.get("AZURE_CLIENT_ID"),
         queue_name=values.get("SYNC_QUEUE", "sync-refresh"),
         notify_queue=values.get("NOTIFY_QUEUE", "sync-notify"),
-        app_base_url=(values.get("APP_BASE_URL") or "").rstrip("/") or None,
         notify_debounce_seconds=_number(values, "NOTIFY_DEBOUNCE_SECONDS", 20.0, minimum=0),
         notify_renew_schedule=values.get("NOTIFY_RENEW_SCHEDULE", "0 30 */6 * * *"),
         events_topic_endpoint=values.get("EVENTS_TOPIC_ENDPOINT") or None,
@@ -225,6 +299,11 @@ def load_settings(
         removal_guard_majority_percent=_number(values, "REMOVAL_GUARD_MAJORITY_PERCENT", 50.0, minimum=0),
         audit_container=values.get("AUDIT_CONTAINER", "audit"),
         audit_retention_days=int(_number(values, "AUDIT_RETENTION_DAYS", 400, minimum=1)),
+        home_tenant_id=_guid(values, "HOME_TENANT_ID"),
+        admin_role_ids=_role_ids(values, "ADMIN_ROLE_IDS"),
+        app_base_url=_base_url(values, "APP_BASE_URL"),
+        platform_auth_enabled=_flag(values, "WEBSITE_AUTH_ENABLED"),
+        dev_trust_principal_header=dev_trust,
     )
 
 

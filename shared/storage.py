@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
@@ -22,7 +22,17 @@ SELECTIONS_TABLE = "selections"
 USERS_TABLE = "users"
 RUNS_TABLE = "runs"
 SUBSCRIPTIONS_TABLE = "subscriptions"  # Graph change-notification subscriptions and their debounce windows
-ALL_TABLES = (TENANTS_TABLE, SELECTIONS_TABLE, USERS_TABLE, RUNS_TABLE, SUBSCRIPTIONS_TABLE)
+GRANTS_TABLE = "grants"  # partners' access to tenants, given by an operator
+CONSENT_STATES_TABLE = "consentStates"  # one-time `state` values of admin-consent requests
+ALL_TABLES = (
+    TENANTS_TABLE,
+    SELECTIONS_TABLE,
+    USERS_TABLE,
+    RUNS_TABLE,
+    SUBSCRIPTIONS_TABLE,
+    GRANTS_TABLE,
+    CONSENT_STATES_TABLE,
+)
 LOCKS_CONTAINER = "locks"  # one blob per tenant; its lease is the tenant's lock
 ALL_CONTAINERS = (LOCKS_CONTAINER,)
 
@@ -81,6 +91,29 @@ def table_client(settings: Settings, table: str) -> TableClient:
         return TableClient.from_connection_string(storage.connection_string, table)
     assert storage.table_service_uri
     return TableClient(storage.table_service_uri, table, credential=_identity_credential(settings))
+
+
+class SingleTableStore:
+    """Base of a store kept in one of the app's tables (TABLE): the client is made on first use
+    and closed by `aclose()`."""
+
+    TABLE: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: TableClient | None = None
+
+    @property
+    def _table(self) -> TableClient:
+        if self._client is None:
+            self._client = table_client(self._settings, self.TABLE)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the table client."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
 
 def blob_service(settings: Settings) -> BlobServiceClient:

@@ -18,7 +18,8 @@ without the trace-context propagator, and every async invocation then fails
 `run_context()` marks the work of one refresh run; `RunContextFilter` stamps its tenantId and
 runId on every record logged inside it (they become customDimensions). `log_run_summary()`
 emits one `SyncRunSummary` custom event per finished run: the record the alert and the KQL
-queries in the README ("Watching runs") read.
+queries in the README ("Watching runs") read; `log_tenant_skipped()` one `TenantSkipped` event per
+tenant the nightly sync leaves out.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ WORKER_LOGGER_SETTING = "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"
 # Functions worker's root logger forwards everything to the host's log stream as well).
 APP_LOGGER_NAME = "sync"
 RUN_SUMMARY_EVENT = "SyncRunSummary"
+TENANT_SKIPPED_EVENT = "TenantSkipped"  # a tenant the nightly sync left out, and why
 # azure-monitor-opentelemetry turns a log record carrying this attribute into a custom event
 # (AppEvents / customEvents) named by its value, instead of a trace.
 CUSTOM_EVENT_ATTRIBUTE = "microsoft.custom_event.name"
@@ -134,6 +136,20 @@ def log_run_summary(run: msgspec.Struct, logger: logging.Logger | None = None) -
         extra={CUSTOM_EVENT_ATTRIBUTE: RUN_SUMMARY_EVENT, "event": RUN_SUMMARY_EVENT, **summary},
     )
     return summary
+
+
+def log_tenant_skipped(tenant_id: str, reason: str, logger: logging.Logger | None = None) -> dict[str, str]:
+    """Emit ONE `TenantSkipped` warning (a custom event in Application Insights) for a tenant the
+    nightly sync did not queue, e.g. because the app's admin consent is missing there."""
+    fields = {"tenantId": tenant_id, "reason": reason}
+    (logger or log).warning(
+        "%s tenant=%s reason=%s",
+        TENANT_SKIPPED_EVENT,
+        tenant_id,
+        reason,
+        extra={CUSTOM_EVENT_ATTRIBUTE: TENANT_SKIPPED_EVENT, "event": TENANT_SKIPPED_EVENT, **fields},
+    )
+    return fields
 
 
 def _install_filter(logger_name: str) -> int:

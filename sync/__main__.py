@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -22,6 +23,8 @@ from shared.settings import SettingsError
 from sync.eligibility import sku_name
 from sync.models import (
     ExclusionRules,
+    GrantKind,
+    GrantList,
     RosterUser,
     Run,
     RunPage,
@@ -172,6 +175,31 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--clear", action="store_true", help="remove every rule")
     rules.add_argument("--json", action="store_true")
     rules.set_defaults(handler=cmd_rules)
+
+    grants = sub.add_parser("grants", help="partners' access to customer tenants")
+    grants_sub = grants.add_subparsers(dest="grants_command", required=True, parser_class=_Parser)
+    glist = grants_sub.add_parser("list", help="every grant")
+    glist.add_argument("--json", action="store_true")
+    glist.set_defaults(handler=cmd_grants_list)
+    gadd = grants_sub.add_parser(
+        "add",
+        help="let a partner's user or group act on tenants (added to what it has)",
+        description="The principal is a user (object id) or a group (its id, as the token's groups "
+        "claim carries it) of the partner's own tenant.",
+    )
+    gadd.add_argument("principal_tenant_id", help="the partner's own tenant id")
+    who = gadd.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the partner user's object id")
+    who.add_argument("--group", help="a group id of the partner's tenant")
+    gadd.add_argument("tenant_ids", nargs="+", metavar="TENANT_ID", help="customer tenants to grant")
+    gadd.add_argument("--name", help="a label, e.g. the user's UPN or the group's name")
+    gadd.add_argument("--json", action="store_true")
+    gadd.set_defaults(handler=cmd_grants_add)
+    grevoke = grants_sub.add_parser("revoke", help="take tenants (default: all) away from a principal")
+    grevoke.add_argument("principal_tenant_id")
+    grevoke.add_argument("principal_id", help="the user's object id or the group's id")
+    grevoke.add_argument("tenant_ids", nargs="*", metavar="TENANT_ID")
+    grevoke.set_defaults(handler=cmd_grants_revoke)
     return parser
 
 
@@ -256,7 +284,8 @@ def _run_exit(run: Run) -> int:
 
 
 def _who() -> str:
-    return f"cli:{getpass.getuser()}"
+    # The operator's shell: recorded as who made the change (updatedBy, requestedBy, grantedBy).
+    return f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
 
 async def cmd_tenant_add(args: argparse.Namespace, svc: SyncService) -> int:
@@ -543,6 +572,61 @@ def _print_rules(rules: ExclusionRules, version: int) -> None:
         ],
         ["rule", "value"],
     )
+
+
+async def cmd_grants_list(args: argparse.Namespace, svc: SyncService) -> int:
+    """`grants list`: every partner grant."""
+    found = await svc.list_grants()
+    if args.json:
+        _print_json(GrantList(value=found))
+        return EXIT_OK
+    _table(
+        [
+            (
+                g.principal_tenant_id,
+                g.principal_id,
+                g.kind,
+                g.name or "",
+                " ".join(g.tenants),
+                g.granted_by or "",
+            )
+            for g in found
+        ],
+        ["principal tenant", "principal", "kind", "name", "tenants", "granted by"],
+    )
+    return EXIT_OK
+
+
+async def cmd_grants_add(args: argparse.Namespace, svc: SyncService) -> int:
+    """`grants add`: add tenants to a partner user's or group's grant."""
+    kind = GrantKind.USER if args.user else GrantKind.GROUP
+    grant = await svc.add_grant(
+        args.principal_tenant_id,
+        args.user or args.group,
+        kind,
+        list(args.tenant_ids),
+        name=args.name,
+        by=_who(),
+    )
+    if args.json:
+        _print_json(grant)
+        return EXIT_OK
+    print(f"{grant.kind} {grant.principal_id} of tenant {grant.principal_tenant_id} may act on:")
+    for tenant in grant.tenants:
+        print(f"  {tenant}")
+    return EXIT_OK
+
+
+async def cmd_grants_revoke(args: argparse.Namespace, svc: SyncService) -> int:
+    """`grants revoke`: take some or all tenants away from a principal."""
+    left = await svc.revoke_grant(
+        args.principal_tenant_id, args.principal_id, list(args.tenant_ids) or None, by=_who()
+    )
+    if left is None:
+        print(f"grant of {args.principal_id} revoked")
+    else:
+        print(f"{left.principal_id} may still act on: {' '.join(left.tenants)}")
+    return EXIT_OK
 
 
 def _show_run(args: argparse.Namespace, run: Run) -> int:

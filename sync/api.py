@@ -1,24 +1,29 @@
 """HTTP triggers: parse, check the caller, call the service, serialize. No rules live here.
 
-Errors are RFC 9457 problem+json. In Azure, App Service Authentication (Entra ID) sits in
-front and injects the caller as X-MS-CLIENT-PRINCIPAL; every data route requires the app
-role `Sync.Admin` and refuses everything when platform authentication is not switched on.
+Errors are RFC 9457 problem+json. In Azure, App Service Authentication (Entra ID) sits in front
+and injects the caller as X-MS-CLIENT-PRINCIPAL. Every data route goes through `guarded`: it
+refuses everything (503) unless that header can be trusted (sync.auth), answers 401 without a
+caller, refuses cross-site or non-JSON changes (403, 415), then asks the one access rule
+(`SyncService.authorize` → `sync.auth.may`) and answers 404 for whatever the caller may not see.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import azure.functions as func
 import msgspec
 
+from shared.settings import SettingsError, get_settings
+from sync.auth import PRINCIPAL_HEADER, Caller, Need, cross_site_refusal, read_principal
 from sync.models import (
+    ConsentStartInput,
+    GrantInput,
+    GrantList,
     Run,
     RunPage,
     RunReason,
@@ -38,6 +43,7 @@ from sync.service import (
     open_service,
     parse_selection_input,
     parse_tenant_input,
+    require_principal_id,
     require_run_id,
     require_tenant_id,
     require_user_key,
@@ -47,15 +53,11 @@ from sync.validation import MAX_BODY_BYTES
 log = logging.getLogger("sync.api")
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
-REQUIRED_ROLE = "Sync.Admin"
-# No data in health and openapi; notifications checks each notification's clientState instead.
-# Every other route needs REQUIRED_ROLE.
-ANONYMOUS_FUNCTIONS = frozenset({"health", "openapi", "notifications"})
-PRINCIPAL_HEADER = "x-ms-client-principal"
-MAX_PRINCIPAL_BYTES = 16 * 1024  # App Service's principal header is a few KiB at most
+# No data and no sign-in: every other route goes through `guarded`. The consent callback checks its
+# one-time state instead and Graph's notifications each carry their subscription's clientState; both
+# are excluded from App Service Authentication in infra/.
+ANONYMOUS_FUNCTIONS = frozenset({"health", "openapi", "consent_callback", "notifications"})
 MAX_NOTIFICATION_BYTES = 1024 * 1024
-_ROLE_CLAIMS = {"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"}
-_NAME_CLAIMS = ("preferred_username", "name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> func.HttpResponse:
@@ -77,63 +79,58 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
     )
 
 
-class Principal(msgspec.Struct, frozen=True):
-    """The caller, as App Service Authentication (or the dev host) describes them."""
-
-    name: str
-    roles: frozenset[str]
+Handler = Callable[[func.HttpRequest, SyncService, Caller], Awaitable[func.HttpResponse]]
+TenantOf = Callable[[func.HttpRequest], str | None]
 
 
-def _platform_auth_missing() -> bool:
-    # In Azure, WEBSITE_SITE_NAME is always set; WEBSITE_AUTH_ENABLED only when App Service
-    # Authentication is on. Without it the principal header could be forged by anyone.
-    in_azure = bool(os.environ.get("WEBSITE_SITE_NAME"))
-    return in_azure and os.environ.get("WEBSITE_AUTH_ENABLED", "").lower() != "true"
+def _route_tenant(req: func.HttpRequest) -> str | None:
+    raw = req.route_params.get("tenantId")
+    return raw.lower() if raw is not None else None
 
 
-def read_principal(req: func.HttpRequest) -> Principal | None:
-    """Decode X-MS-CLIENT-PRINCIPAL; None when absent or unreadable."""
-    raw = req.headers.get(PRINCIPAL_HEADER)
-    if not raw or len(raw) > MAX_PRINCIPAL_BYTES:
-        return None
-    try:
-        data = json.loads(base64.b64decode(raw, validate=False))
-        claims = data.get("claims") or []
-        role_type = data.get("role_typ")
-        roles = frozenset(
-            str(c.get("val")) for c in claims if c.get("typ") in _ROLE_CLAIMS or c.get("typ") == role_type
-        )
-        by_type = {c.get("typ"): c.get("val") for c in claims}
-        name = next((str(by_type[t]) for t in _NAME_CLAIMS if by_type.get(t)), "unknown")
-    except (binascii.Error, ValueError, AttributeError, TypeError):
-        return None
-    return Principal(name=name, roles=roles)
+async def guarded(
+    req: func.HttpRequest, handler: Handler, *, need: Need, tenant_of: TenantOf = _route_tenant
+) -> func.HttpResponse:
+    """Check the caller, open the service, ask the access rule, run the handler; refusals become problems."""
 
-
-Handler = Callable[[func.HttpRequest, SyncService, Principal], Awaitable[func.HttpResponse]]
-
-
-async def guarded(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
-    """Check the caller, open the service, run the handler, turn refusals into problems."""
-    if _platform_auth_missing():
-        return problem(
-            503,
-            "Authentication not configured",
-            "App Service Authentication is not enabled on this Function App, so every data "
-            "request is refused. Enable it (infra/ does) and redeploy.",
-        )
-    principal = read_principal(req)
-    if principal is None:
-        return problem(401, "Unauthorized", "Sign in first: this API needs an Entra ID identity.")
-    if REQUIRED_ROLE not in principal.roles:
-        return problem(403, "Forbidden", f"The caller {principal.name} lacks the app role {REQUIRED_ROLE}.")
-    try:
+    async def checked() -> func.HttpResponse:
+        settings = get_settings()
+        if not settings.principal_header_trusted:
+            return problem(
+                503,
+                "Authentication not configured",
+                "App Service Authentication is not enabled on this Function App, so every data request "
+                "is refused: without it anyone could forge the caller. Enable it (infra/ does) and "
+                "redeploy; locally, run the dev host (make run).",
+            )
+        principal = read_principal(req.headers.get(PRINCIPAL_HEADER), settings)
+        if principal is None:
+            return problem(
+                401, "Unauthorized", "Sign in first: this API needs a Microsoft Entra ID work account."
+            )
+        refusal = cross_site_refusal(req.method, req.headers, req.url, settings.app_base_url)
+        if refusal is not None:
+            return problem(refusal.status, refusal.title, refusal.detail)
         _check_route_ids(req.route_params)
-        async with open_service() as service:
-            return await handler(req, service, principal)
+        async with open_service(settings) as service:
+            caller = await service.authorize(principal, need, tenant_of(req))
+            return await handler(req, service, caller)
+
+    return await _answer(req, checked)
+
+
+async def _answer(
+    req: func.HttpRequest, respond: Callable[[], Awaitable[func.HttpResponse]]
+) -> func.HttpResponse:
+    """Run a route; refusals become problems, the unexpected a logged 500."""
+    try:
+        return await respond()
     except ServiceError as exc:
         extra = {**({"errors": exc.errors} if exc.errors else {}), **exc.extensions}
         return problem(exc.status, exc.title, exc.detail, **extra)
+    except SettingsError as exc:
+        log.error("app settings are wrong: %s", exc)
+        return problem(503, "Misconfigured", f"The app's settings are wrong: {exc}")
     except Exception:
         log.exception("unexpected error on %s %s", req.method, req.url)
         return problem(
@@ -141,7 +138,13 @@ async def guarded(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
         )
 
 
-_ROUTE_IDS = {"tenantId": require_tenant_id, "runId": require_run_id, "user": require_user_key}
+_ROUTE_IDS = {
+    "tenantId": require_tenant_id,
+    "principalTenantId": require_tenant_id,
+    "principalId": require_principal_id,
+    "runId": require_run_id,
+    "user": require_user_key,
+}
 
 
 def _check_route_ids(params: dict[str, str]) -> None:
@@ -251,12 +254,12 @@ def _openapi_document() -> dict[str, Any]:
 @bp.function_name("tenants_list")
 @bp.route(route="tenants", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
-    """Every tenant with its last run (fleet view)."""
+    """The tenants the caller may act on, each with its last run (fleet view)."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        return json_response(TenantList(value=[TenantView.of(t) for t in await svc.list_tenants()]))
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        return json_response(TenantList(value=[TenantView.of(t) for t in await svc.list_tenants(who)]))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.SIGNED_IN)
 
 
 @bp.function_name("tenant_put")
@@ -264,17 +267,17 @@ async def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
 async def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
     """Register or rename a tenant."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         change = parse_tenant_input(read_json_body(req, body_fields(TenantInput)))
         saved = await svc.put_tenant(
             req.route_params["tenantId"],
             change,
             expected_version=_if_match(req, "the tenant's settings"),
-            requested_by=who.name,
+            requested_by=who.by,
         )
         return json_response(saved, 200, _etag(saved.version))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("tenant_connection")
@@ -282,10 +285,10 @@ async def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
 async def tenant_connection(req: func.HttpRequest) -> func.HttpResponse:
     """Which Graph permissions work in the tenant."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         return json_response(await svc.connection(req.route_params["tenantId"]))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("tenant_rules")
@@ -293,7 +296,7 @@ async def tenant_connection(req: func.HttpRequest) -> func.HttpResponse:
 async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
     """The tenant's exclusion rules: UPN patterns, listed users, an exclusion group."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         tid = req.route_params["tenantId"]
         if req.method.upper() == "PUT":
             if not (req.get_body() or b"").strip():
@@ -302,13 +305,13 @@ async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
                 tid,
                 read_json_body(req),
                 expected_version=_if_match(req, "the tenant's settings"),
-                requested_by=who.name,
+                requested_by=who.by,
             )
             return json_response(saved, 200, _etag(saved.version))
         rules, version = await svc.rules_of(tid)
         return json_response(rules, 200, _etag(version))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("groups_list")
@@ -316,13 +319,13 @@ async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
 async def groups_list(req: func.HttpRequest) -> func.HttpResponse:
     """A page of the tenant's groups, searchable, with kinds and member counts."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         page = await svc.list_groups(
             req.route_params["tenantId"], search=req.params.get("search"), cursor=req.params.get("cursor")
         )
         return json_response(page)
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("selection")
@@ -330,11 +333,11 @@ async def groups_list(req: func.HttpRequest) -> func.HttpResponse:
 async def selection(req: func.HttpRequest) -> func.HttpResponse:
     """Read the saved selection, or save a new one (which queues a refresh)."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         tid = req.route_params["tenantId"]
         if req.method.upper() == "PUT":
             saved, run = await svc.save_selection(
-                tid, _selection_body(req), expected_version=_if_match(req), requested_by=who.name
+                tid, _selection_body(req), expected_version=_if_match(req), requested_by=who.by
             )
             payload = SelectionSaved(**msgspec.structs.asdict(saved), run=run)
             return json_response(
@@ -345,7 +348,7 @@ async def selection(req: func.HttpRequest) -> func.HttpResponse:
         current = await svc.get_selection(tid)
         return json_response(current, 200, {"ETag": f'"{current.version}"'})
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("preview")
@@ -353,11 +356,11 @@ async def selection(req: func.HttpRequest) -> func.HttpResponse:
 async def preview(req: func.HttpRequest) -> func.HttpResponse:
     """Queue a dry run of a selection before saving it."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        run = await svc.preview(req.route_params["tenantId"], _selection_body(req), requested_by=who.name)
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        run = await svc.preview(req.route_params["tenantId"], _selection_body(req), requested_by=who.by)
         return _run_accepted(req, run)
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("refresh")
@@ -365,14 +368,14 @@ async def preview(req: func.HttpRequest) -> func.HttpResponse:
 async def refresh(req: func.HttpRequest) -> func.HttpResponse:
     """ "Refresh Users Now": queue a refresh of the saved selection."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         read_json_body(req, NO_FIELDS)  # an empty body (or {}) is fine; anything else is refused
         run = await svc.request_refresh(
-            req.route_params["tenantId"], reason=RunReason.MANUAL, requested_by=who.name
+            req.route_params["tenantId"], reason=RunReason.MANUAL, requested_by=who.by
         )
         return _run_accepted(req, run)
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("runs_list")
@@ -380,13 +383,13 @@ async def refresh(req: func.HttpRequest) -> func.HttpResponse:
 async def runs_list(req: func.HttpRequest) -> func.HttpResponse:
     """Runs newest first."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         runs, cursor = await svc.list_runs(
             req.route_params["tenantId"], cursor=req.params.get("cursor"), limit=_limit(req, 20)
         )
         return json_response(RunPage(value=runs, next_cursor=cursor))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("run_get")
@@ -394,10 +397,10 @@ async def runs_list(req: func.HttpRequest) -> func.HttpResponse:
 async def run_get(req: func.HttpRequest) -> func.HttpResponse:
     """One run: status, counts, per-group numbers, error."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         return json_response(await svc.get_run(req.route_params["tenantId"], req.route_params["runId"]))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("run_approve")
@@ -407,14 +410,12 @@ async def run_get(req: func.HttpRequest) -> func.HttpResponse:
 async def run_approve(req: func.HttpRequest) -> func.HttpResponse:
     """Approve a run held by the removal guard: queue a run allowed to remove that many."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         read_json_body(req, NO_FIELDS)
-        run = await svc.approve(
-            req.route_params["tenantId"], req.route_params["runId"], requested_by=who.name
-        )
+        run = await svc.approve(req.route_params["tenantId"], req.route_params["runId"], requested_by=who.by)
         return _run_accepted(req, run)
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("run_undo")
@@ -422,15 +423,15 @@ async def run_approve(req: func.HttpRequest) -> func.HttpResponse:
 async def run_undo(req: func.HttpRequest) -> func.HttpResponse:
     """Undo a run's removals in one call: its removed users are active again (within the grace period)."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         read_json_body(req, NO_FIELDS)
         run = await svc.undo_removals(
-            req.route_params["tenantId"], req.route_params["runId"], requested_by=who.name
+            req.route_params["tenantId"], req.route_params["runId"], requested_by=who.by
         )
         location = f"/api/tenants/{run.tenant_id}/runs/{run.id}"
         return json_response(run, 201, {"Location": location})
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("users_list")
@@ -438,7 +439,7 @@ async def run_undo(req: func.HttpRequest) -> func.HttpResponse:
 async def users_list(req: func.HttpRequest) -> func.HttpResponse:
     """The roster: filter by status, group and text."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         users, cursor = await svc.list_users(
             req.route_params["tenantId"],
             status=req.params.get("status"),
@@ -449,7 +450,7 @@ async def users_list(req: func.HttpRequest) -> func.HttpResponse:
         )
         return json_response(UserPage(value=users, next_cursor=cursor))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("user_explain")
@@ -459,10 +460,10 @@ async def users_list(req: func.HttpRequest) -> func.HttpResponse:
 async def user_explain(req: func.HttpRequest) -> func.HttpResponse:
     """Why a user is, or is not, synced."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         return json_response(await svc.explain(req.route_params["tenantId"], req.route_params["user"]))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("audit_list")
@@ -471,7 +472,7 @@ async def audit_list(req: func.HttpRequest) -> func.HttpResponse:
     """The tenant's audit trail: every roster change and change of configuration, oldest first;
     `format=csv` for a spreadsheet."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         fmt = req.params.get("format", "json")
         if fmt not in ("json", "csv"):
             raise InvalidInput(f"format must be json or csv; got {fmt[:20]!r}")
@@ -491,7 +492,7 @@ async def audit_list(req: func.HttpRequest) -> func.HttpResponse:
             )
         return json_response(page)
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("notifications")
@@ -520,13 +521,13 @@ async def notifications(req: func.HttpRequest) -> func.HttpResponse:
 async def tenant_changes(req: func.HttpRequest) -> func.HttpResponse:
     """The roster change feed: added, updated, removed, restored and purged users in order, after a cursor."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         feed = await svc.changes(
             req.route_params["tenantId"], after=req.params.get("after"), limit=_limit(req, 100)
         )
         return json_response(feed)
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
 
 
 @bp.function_name("tenant_disconnect")
@@ -535,8 +536,116 @@ async def tenant_disconnect(req: func.HttpRequest) -> func.HttpResponse:
     """Stop syncing a tenant: no nightly runs, its change-notification subscriptions deleted (the
     roster and its history stay; PUT the tenant again to resume)."""
 
-    async def handle(req: func.HttpRequest, svc: SyncService, who: Principal) -> func.HttpResponse:
-        tenant = await svc.disconnect(req.route_params["tenantId"], requested_by=who.name)
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        read_json_body(req, NO_FIELDS)
+        tenant = await svc.disconnect(req.route_params["tenantId"], requested_by=who.by)
         return json_response(TenantView.of(tenant))
 
-    return await guarded(req, handle)
+    return await guarded(req, handle, need=Need.TENANT)
+
+
+# -- the caller, partner grants, onboarding ------------------------------------------------------
+
+
+@bp.function_name("whoami")
+@bp.route(route="whoami", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def whoami(req: func.HttpRequest) -> func.HttpResponse:
+    """The signed-in caller, what kind of caller they are, and the tenants they may act on."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        return json_response(await svc.whoami(who))
+
+    return await guarded(req, handle, need=Need.SIGNED_IN)
+
+
+@bp.function_name("grants_list")
+@bp.route(route="grants", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def grants_list(req: func.HttpRequest) -> func.HttpResponse:
+    """Every partner grant (operators only)."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        return json_response(GrantList(value=await svc.list_grants()))
+
+    return await guarded(req, handle, need=Need.OPERATOR, tenant_of=_no_tenant)
+
+
+@bp.function_name("grant_item")
+@bp.route(
+    route="grants/{principalTenantId}/{principalId}",
+    methods=["PUT", "DELETE"],
+    auth_level=func.AuthLevel.ANONYMOUS,
+)
+async def grant_item(req: func.HttpRequest) -> func.HttpResponse:
+    """Give a partner's user or group exactly these tenants (PUT), or revoke the grant (DELETE)."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        tid, pid = req.route_params["principalTenantId"], req.route_params["principalId"]
+        if req.method.upper() == "DELETE":
+            read_json_body(req, NO_FIELDS)
+            await svc.revoke_grant(tid, pid, by=who.by)
+            return func.HttpResponse(status_code=204)
+        body = read_json_body(req, body_fields(GrantInput))
+        try:
+            change = msgspec.convert(body, GrantInput)
+        except msgspec.ValidationError as exc:
+            raise InvalidInput(f"the grant is not valid: {exc}") from None
+        return json_response(await svc.put_grant(tid, pid, change, by=who.by))
+
+    return await guarded(req, handle, need=Need.OPERATOR, tenant_of=_no_tenant)
+
+
+def _no_tenant(req: func.HttpRequest) -> str | None:
+    return None
+
+
+def _consent_target(req: func.HttpRequest) -> str | None:
+    return _consent_body(req).tenant_id.lower()
+
+
+def _consent_body(req: func.HttpRequest) -> ConsentStartInput:
+    body = read_json_body(req, body_fields(ConsentStartInput))
+    try:
+        return msgspec.convert(body, ConsentStartInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f'send {{"tenantId": "<tenant GUID>"}} (or organizations): {exc}') from None
+
+
+@bp.function_name("consent_start")
+@bp.route(route="consent/start", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def consent_start(req: func.HttpRequest) -> func.HttpResponse:
+    """Connect Microsoft 365: a one-time admin-consent link for a tenant the caller may onboard."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        started = await svc.start_consent(who, _consent_body(req))
+        return json_response(started, 201)
+
+    return await guarded(req, handle, need=Need.ONBOARD, tenant_of=_consent_target)
+
+
+CONSENT_PAGE = "../ui"  # from /api/consent/callback, the page at /api/ui
+MAX_STATE_LENGTH = 256  # ours are 43 characters
+
+
+@bp.function_name("consent_callback")
+@bp.route(route="consent/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
+    """Where Entra sends the administrator after admin consent. Anonymous: the one-time `state`
+    (bound to who asked, for which tenant) is checked instead; the page is told how it went."""
+
+    async def respond() -> func.HttpResponse:
+        state = req.params.get("state") or ""
+        if not state or len(state) > MAX_STATE_LENGTH:
+            raise InvalidInput("this address is for Microsoft Entra ID's reply to an admin-consent request")
+        async with open_service() as service:
+            finished = await service.finish_consent(dict(req.params))
+        query = {"consent": str(finished.outcome)}
+        if finished.tenant_id:
+            query["tenant"] = finished.tenant_id
+        if finished.connection:
+            query["connection"] = str(finished.connection)
+        if finished.detail:
+            query["detail"] = finished.detail[:600]
+        location = f"{CONSENT_PAGE}?{urlencode(query)}"
+        return func.HttpResponse(status_code=302, headers={"Location": location, "Cache-Control": "no-store"})
+
+    return await _answer(req, respond)

@@ -9,6 +9,8 @@ from shared.settings import Settings
 from sync.audit import AuditLog
 from sync.directory import DirectoryReader
 from sync.events import EventPublisher
+from sync.grants import GrantStore
+from sync.onboarding import ConsentStateStore
 from sync.roster import RosterStore
 from sync.store import SyncStore
 
@@ -23,6 +25,8 @@ class SyncContext:
     graph: GraphClients
     audit: AuditLog
     events: EventPublisher
+    grants: GrantStore
+    consents: ConsentStateStore
 
     @classmethod
     def create(cls, settings: Settings, graph: GraphClients | None = None) -> SyncContext:
@@ -34,6 +38,8 @@ class SyncContext:
             graph or GraphClients(settings),
             AuditLog(settings),
             EventPublisher(settings),
+            GrantStore(settings),
+            ConsentStateStore(settings),
         )
 
     def reader(self, tenant_id: str) -> DirectoryReader:
@@ -45,3 +51,5 @@ class SyncContext:
         await self.store.aclose()
         await self.roster.aclose()
         await self.audit.aclose()
+        await self.grants.aclose()
+        await self.consents.aclose()

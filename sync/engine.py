@@ -16,7 +16,7 @@ import msgspec
 
 from shared.graph import admin_consent_url
 from shared.telemetry import run_context
-from sync import apply, runs
+from sync import apply, onboarding, runs
 from sync.context import SyncContext
 from sync.directory import (
     DeltaExpired,
@@ -233,6 +233,7 @@ async def _run(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run:
             run.applied_changes = exc.written
         if not isinstance(exc, DirectoryError):
             log.exception("run failed", extra={"tenantId": run.tenant_id, "runId": run.id})
+        await onboarding.note_token_refusal(ctx.store, run.tenant_id, exc)  # consent gone: Reconnect
         return await runs.fail_run(ctx.store, run, failure_text(ctx, run.tenant_id, exc), clock)
     return await runs.end_run(ctx.store, run, status, clock)
 

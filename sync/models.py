@@ -15,6 +15,7 @@ import msgspec
 from sync.validation import (
     GUID_PATTERN,
     MAX_EXCLUDED_USERS,
+    MAX_GRANT_TENANTS,
     MAX_GUARD_MIN_USERS,
     MAX_NAME_LENGTH,
     MAX_SELECTED_GROUPS,
@@ -197,6 +198,12 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     active_users: int | None = None  # on the roster after the last successful run
     notify_mode: NotifyMode | None = None  # how soon changes arrive (None: no full refresh yet)
     notify_detail: str | None = None  # why not realtime
+    # "notConsented" once a run or the connection check met a token refusal for want of consent
+    # (never granted, revoked, app deleted): nightly runs skip the tenant and the page offers
+    # Reconnect. None while consent is not known to be missing.
+    consent_state: str | None = None
+    updated_by: str | None = None  # who registered or last changed the record (name, tid/oid)
+    updated_at: datetime | None = None
 
 
 class TenantView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -217,6 +224,9 @@ class TenantView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     active_users: int | None = None
     notify_mode: NotifyMode | None = None
     notify_detail: str | None = None
+    consent_state: str | None = None
+    updated_by: str | None = None
+    updated_at: datetime | None = None
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantView:
@@ -623,3 +633,112 @@ class TenantList(msgspec.Struct, frozen=True, kw_only=True):
     """Every tenant the caller may see, with its last run."""
 
     value: list[TenantView]
+
+
+# --- who may call: callers, partner grants, onboarding ---------------------------------------
+
+NOT_CONSENTED = "notConsented"  # Tenant.consent_state when the app's consent is missing
+
+
+class CallerKind(enum.StrEnum):
+    """Who is calling, as sync.auth decides it from the principal."""
+
+    OPERATOR = "operator"  # app role Sync.Operator in the home tenant: every tenant
+    CUSTOMER_ADMIN = "customerAdmin"  # an admin directory role (wids) in their own tenant: that tenant
+    PARTNER = "partner"  # anyone else: the tenants an operator granted (possibly none)
+
+
+class GrantKind(enum.StrEnum):
+    """Whom a grant names: one user (object id) or the members of a group (the token's groups claim)."""
+
+    USER = "user"
+    GROUP = "group"
+
+
+GrantTenants = Annotated[
+    list[Annotated[str, msgspec.Meta(extra_json_schema={"pattern": GUID_PATTERN})]],
+    msgspec.Meta(max_length=MAX_GRANT_TENANTS, description="The customer tenants the principal may act on."),
+]
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A partner's access to a list of customer tenants, given by an operator."""
+
+    principal_tenant_id: str  # the partner's own tenant (the token's tid)
+    principal_id: str  # user object id (oid) or group id (groups claim)
+    kind: GrantKind
+    tenants: tuple[str, ...]
+    name: str | None = None  # a label for people: "tech@partner-msp.example", "MSP helpdesk"
+    granted_by: str | None = None
+    granted_at: datetime | None = None
+
+
+class GrantInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """PUT /grants/{principalTenantId}/{principalId}: the tenants this principal may act on (replaces)."""
+
+    kind: GrantKind
+    tenants: GrantTenants
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)] | None = None
+
+
+class GrantList(msgspec.Struct, frozen=True, kw_only=True):
+    """Every grant."""
+
+    value: list[Grant]
+
+
+class TenantRef(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A tenant the caller may see, named."""
+
+    id: str
+    display_name: str
+    consent_state: str | None = None
+
+
+class WhoAmI(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The signed-in caller as the page shows them, with the tenants they may act on."""
+
+    name: str
+    user_principal_name: str | None
+    tenant_id: str
+    object_id: str
+    kind: CallerKind
+    by: str  # how the caller's changes are recorded (updatedBy, requestedBy, grantedBy)
+    tenants: list[TenantRef]
+    connect_tenant_id: str | None = None  # what "Connect Microsoft 365" onboards (own tid, or organizations)
+    note: str | None = None  # why the caller sees nothing, when they do not
+
+
+ConsentTarget = Annotated[
+    str,
+    msgspec.Meta(
+        pattern="^(?:organizations|" + GUID_PATTERN.strip("^$") + ")$",
+        description="The tenant to connect: its GUID, or `organizations` (operators only: the "
+        "administrator who accepts picks the organization).",
+    ),
+]
+
+
+class ConsentStartInput(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    """POST /consent/start: which tenant to connect, and the name to register it under."""
+
+    tenant_id: ConsentTarget
+    display_name: DisplayName | None = None
+
+
+class ConsentStarted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Where to send the administrator: Entra's admin-consent page, with a one-time state."""
+
+    url: str
+    tenant_id: str
+    expires_at: datetime
+
+
+class ConsentOutcome(enum.StrEnum):
+    """How an admin-consent round trip ended, as the page is told (`?consent=`)."""
+
+    GRANTED = "granted"
+    REFUSED = "refused"  # Entra answered error=... (declined, or not allowed)
+    INVALID = "invalid"  # unknown, used or expired state, or a reply that does not fit the request

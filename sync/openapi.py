@@ -20,7 +20,12 @@ from sync.models import (
     AuditPage,
     ChangeFeed,
     Connection,
+    ConsentStarted,
+    ConsentStartInput,
     Explanation,
+    Grant,
+    GrantInput,
+    GrantList,
     GroupPage,
     RulesInput,
     RulesSaved,
@@ -32,6 +37,7 @@ from sync.models import (
     TenantList,
     TenantSaved,
     UserPage,
+    WhoAmI,
 )
 from sync.validation import (
     GUID_PATTERN,
@@ -62,17 +68,20 @@ def _problem(description: str) -> dict[str, Any]:
 
 _PROBLEMS = {
     "400": "Bad input: the `detail` names every bad value (and `errors` lists them); nothing changed.",
-    "401": "No signed-in caller (App Service Authentication found no identity).",
-    "403": "The caller lacks the app role Sync.Admin.",
-    "404": "The tenant (or run, or user) does not exist.",
+    "401": "No signed-in caller (App Service Authentication found no Entra ID identity).",
+    "403": "A change sent from another site's page (Origin or Sec-Fetch-Site not this app's): refused, "
+    "nothing changed.",
+    "404": "The tenant (or run, or user) does not exist, or the caller may not see it: the two are "
+    "answered alike.",
     "409": "The resource is not in a state that allows this (e.g. the run is not held).",
     "413": "The body is too large.",
     "412": "If-Match named a version (of the selection or the tenant's settings) that is no longer current.",
+    "415": "A change not sent as Content-Type: application/json: refused, nothing changed.",
     "500": "Unexpected failure; the Function App logs have the details.",
     "502": "Microsoft Graph refused or failed: the `detail` names the missing permission and the "
     "admin-consent link, or what failed.",
-    "503": "App Service Authentication is not enabled on the Function App, so data routes refuse "
-    "all requests.",
+    "503": "The caller cannot be established (App Service Authentication is off) or a setting the "
+    "operation needs is missing: data routes refuse all requests.",
 }
 
 
@@ -167,7 +176,7 @@ def _operation(
     *,
     params: list[dict[str, Any]] | None = None,
     body: str | None = None,
-    errors: tuple[str, ...] = ("400", "401", "403", "404", "500", "503"),
+    errors: tuple[str, ...] = ("400", "401", "404", "500", "503"),
     headers: dict[str, Any] | None = None,
     description: str | None = None,
     anonymous: bool = False,
@@ -220,7 +229,11 @@ def _notifications_operation() -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     tenant = [TENANT_ID]
-    graph_errors = ("400", "401", "403", "404", "500", "502", "503")
+    grant = [
+        _path("principalTenantId", _guid("The partner's own Entra tenant id (the token's tid).")),
+        _path("principalId", _guid("The partner user's object id, or the id of a group of that tenant.")),
+    ]
+    graph_errors = ("400", "401", "404", "500", "502", "503")
     search = _query(
         "search", {"type": "string", "maxLength": MAX_SEARCH_LENGTH}, "Words in the display name."
     )
@@ -241,7 +254,7 @@ def _paths() -> dict[str, Any]:
                 "Every tenant with its last run (fleet view).",
                 "200",
                 "TenantList",
-                errors=("401", "403", "500", "503"),
+                errors=("401", "500", "503"),
             )
         },
         "/api/tenants/{tenantId}": {
@@ -261,7 +274,7 @@ def _paths() -> dict[str, Any]:
                 "TenantSaved",
                 params=[*tenant, IF_MATCH_TENANT],
                 body="TenantInput",
-                errors=("400", "401", "403", "412", "500", "503"),
+                errors=("400", "401", "404", "412", "500", "503"),
                 headers=TENANT_ETAG,
             ),
         },
@@ -381,7 +394,7 @@ def _paths() -> dict[str, Any]:
                     },
                 ],
                 body="SelectionInput",
-                errors=("400", "401", "403", "404", "412", "500", "502", "503"),
+                errors=("400", "401", "404", "412", "500", "502", "503"),
                 headers={**ETAG, **LOCATION},
             ),
         },
@@ -436,7 +449,7 @@ def _paths() -> dict[str, Any]:
                 "202",
                 "Run",
                 params=[*tenant, RUN_ID],
-                errors=("400", "401", "403", "404", "409", "500", "503"),
+                errors=("400", "401", "404", "409", "500", "503"),
                 headers=LOCATION,
             )
         },
@@ -447,7 +460,7 @@ def _paths() -> dict[str, Any]:
                 "201",
                 "Run",
                 params=[*tenant, RUN_ID],
-                errors=("400", "401", "403", "404", "409", "500", "503"),
+                errors=("400", "401", "404", "409", "500", "503"),
                 headers=LOCATION,
                 description="Users restored since, removed again by a later run, or past the "
                 "REMOVAL_GRACE_DAYS grace period are left alone (the run's `note` says how many). "
@@ -485,6 +498,86 @@ def _paths() -> dict[str, Any]:
                 errors=graph_errors,
             )
         },
+        "/api/whoami": {
+            "get": _operation(
+                "whoami",
+                "The signed-in caller (operator, customer admin or partner) and the tenants they may act on.",
+                "200",
+                "WhoAmI",
+                errors=("401", "500", "503"),
+            )
+        },
+        "/api/grants": {
+            "get": _operation(
+                "grants_list",
+                "Every partner grant (operators only; anyone else gets 404).",
+                "200",
+                "GrantList",
+                errors=("401", "404", "500", "503"),
+            )
+        },
+        "/api/grants/{principalTenantId}/{principalId}": {
+            "put": _operation(
+                "grant_put",
+                "Give a partner's user (object id) or group (id in the token's groups claim) exactly "
+                "these tenants (operators only).",
+                "200",
+                "Grant",
+                params=grant,
+                body="GrantInput",
+            ),
+            "delete": {
+                "operationId": "grant_delete",
+                "summary": "Revoke a partner's grant (operators only).",
+                "parameters": grant,
+                "responses": {
+                    "204": {"description": "Revoked."},
+                    **_errors("400", "401", "404", "500", "503"),
+                },
+            },
+        },
+        "/api/consent/start": {
+            "post": _operation(
+                "consent_start",
+                "Connect Microsoft 365: a one-time admin-consent link (valid 15 minutes) for the caller's "
+                "own tenant (customer admin), a granted registered one (partner: Reconnect), or any "
+                "tenant or `organizations` (operator).",
+                "201",
+                "ConsentStarted",
+                body="ConsentStartInput",
+            )
+        },
+        "/api/consent/callback": {
+            "get": {
+                "operationId": "consent_callback",
+                "summary": "Where Microsoft Entra ID sends the administrator back after admin consent "
+                "(no sign-in: the one-time state is checked).",
+                "description": "Registers the tenant, checks the connection and redirects to the page "
+                "(`../ui?consent=granted|refused|invalid&tenant=&connection=&detail=`).",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "description": "The one-time state of the consent request.",
+                    },
+                    _query("admin_consent", {"type": "string"}, "True when consent was granted."),
+                    _query("tenant", {"type": "string"}, "The tenant where consent was granted."),
+                    _query("error", {"type": "string"}, "Entra's error code, when not granted."),
+                    _query("error_description", {"type": "string"}, "Entra's words for the error."),
+                    _query("scope", {"type": "string"}, "The permissions granted."),
+                ],
+                "responses": {
+                    "302": {
+                        "description": "To the page, saying how the consent ended.",
+                        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                    },
+                    **_errors("400", "500", "503"),
+                },
+            }
+        },
     }
 
 
@@ -505,6 +598,12 @@ RECORDS: tuple[type, ...] = (
     RunPage,
     UserPage,
     Explanation,
+    WhoAmI,
+    GrantList,
+    Grant,
+    GrantInput,
+    ConsentStartInput,
+    ConsentStarted,
 )
 
 
@@ -522,12 +621,16 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
             "title": "O365 Groups Sync",
             "version": API_VERSION,
             "description": "Keeps a training platform's roster in step with Microsoft 365 group "
-            "membership. Every route but health and this document needs an Entra ID caller with the "
-            "app role Sync.Admin (App Service Authentication). Errors are RFC 9457 problem+json.",
+            "membership, for many customer tenants. Every route but health, this document and the "
+            "admin-consent callback needs a signed-in Entra ID caller (App Service Authentication): "
+            "operators (app role Sync.Operator in the home tenant) act on every tenant, a customer's "
+            "administrator (an admin role in `wids`) on their own, a partner on the tenants an operator "
+            "granted; anything else answers 404. Changes must be same-origin application/json. Errors "
+            "are RFC 9457 problem+json.",
         },
         "servers": [{"url": server_url or "/"}],
         "security": [{"entraId": []}],
-        "paths": _paths(),
+        "paths": _with_change_refusals(_paths()),
         "components": {
             "schemas": schemas,
             "securitySchemes": {
@@ -536,13 +639,23 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
                     "description": "An Entra ID token, checked by App Service Authentication in front of "
-                    "the app, which passes the caller on as X-MS-CLIENT-PRINCIPAL; the app requires "
-                    "the app role Sync.Admin.",
+                    "the app, which passes the caller on as X-MS-CLIENT-PRINCIPAL; the app decides "
+                    "from its tid, oid, roles (Sync.Operator), wids and groups claims which tenants "
+                    "the caller may act on.",
                 }
             },
         },
     }
     return document
+
+
+def _with_change_refusals(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every signed-in change (POST, PUT, DELETE) can be refused as cross-site (403) or not JSON (415)."""
+    for item in paths.values():
+        for method, op in item.items():
+            if method != "get" and op.get("security") != []:
+                op["responses"].update(_errors("403", "415"))
+    return paths
 
 
 def json_refs_renamed(value: Any, renames: dict[str, str]) -> Any:

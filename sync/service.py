@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -22,8 +24,10 @@ import msgspec
 from shared.graph import GraphClients, GraphHttpOptions, admin_consent_url
 from shared.settings import Settings, get_settings
 from shared.storage import ensure_storage, queue_client
-from sync import runs
+from shared.telemetry import log_tenant_skipped
+from sync import onboarding, runs
 from sync.audit import AuditKind, AuditRecord, InvalidAuditCursor
+from sync.auth import ORGANIZATIONS, Caller, Need, Principal, may
 from sync.context import SyncContext
 from sync.directory import DirectoryError, GraphAccessDenied, GraphTokenRefused, InvalidCursor, PageExpired
 from sync.directory.errors import REQUIRED_PERMISSIONS
@@ -31,12 +35,20 @@ from sync.eligibility import ExclusionRules, InvalidRules, explain_user, parse_e
 from sync.engine import LeaseBusy as LeaseBusy  # re-exported for sync.jobs
 from sync.engine import NothingToUndo, execute_refresh, execute_undo
 from sync.models import (
+    NOT_CONSENTED,
     AccessProblem,
     AuditPage,
+    CallerKind,
     ChangeFeed,
     Connection,
     ConnectionState,
+    ConsentOutcome,
+    ConsentStarted,
+    ConsentStartInput,
     Explanation,
+    Grant,
+    GrantInput,
+    GrantKind,
     GroupPage,
     MailboxPurposeSource,
     NotifyMode,
@@ -53,14 +65,17 @@ from sync.models import (
     SelectionMode,
     Tenant,
     TenantInput,
+    TenantRef,
     TenantSaved,
     TenantView,
     UserRef,
+    WhoAmI,
 )
 from sync.notifications import Notifications, NotifyMessage, Received
 from sync.store import StaleSelection, StaleTenant, utc_now
 from sync.validation import (
     MAX_CURSOR_LENGTH,
+    MAX_GRANT_TENANTS,
     MAX_GUARD_MIN_USERS,
     MAX_NAME_LENGTH,
     MAX_PAGE,
@@ -76,6 +91,9 @@ from sync.validation import (
 log = logging.getLogger("sync.service")
 
 NIGHTLY_FAN_OUT = 32  # storage calls in flight while queueing the nightly refreshes
+SKIPPED_NOT_CONSENTED = "notConsented"  # TenantSkipped reason: the app's admin consent is missing
+
+log = logging.getLogger("sync.service")
 
 
 class ServiceError(Exception):
@@ -108,6 +126,15 @@ class NotFound(ServiceError):
     title = "Not found"
 
 
+def tenant_not_found(tenant_id: str) -> NotFound:
+    """The one answer for a tenant that is not registered AND for one the caller may not see:
+    a stranger cannot tell them apart."""
+    return NotFound(
+        f"tenant {tenant_id} is not registered, or not one you may see: a customer's administrator "
+        f"connects it with Connect Microsoft 365; an operator registers it (PUT /api/tenants/{tenant_id})"
+    )
+
+
 class PreconditionFailed(ServiceError):
     """If-Match named a version that is no longer current (HTTP 412)."""
 
@@ -120,6 +147,13 @@ class Conflict(ServiceError):
 
     status = 409
     title = "Conflict"
+
+
+class Unavailable(ServiceError):
+    """The app is not configured for this operation (HTTP 503); the detail names the setting."""
+
+    status = 503
+    title = "Service unavailable"
 
 
 class UpstreamError(ServiceError):
@@ -284,6 +318,36 @@ def _selection_of(selection: Selection) -> dict[str, object]:
     }
 
 
+def require_principal_id(value: str) -> str:
+    """A user or group object id (a GUID); returns it lower-cased."""
+    if not is_object_id(value):
+        raise InvalidInput(f"principal id {str(value)[:64]!r} is not an object id (a GUID)")
+    return value.lower()
+
+
+def _grant_tenants(values: list[str]) -> tuple[str, ...]:
+    bad = [v for v in values if not is_object_id(v)]
+    if bad:
+        raise InvalidInput(
+            "these tenant ids are not GUIDs: " + ", ".join(repr(str(v)[:64]) for v in bad[:20]),
+            errors=[{"tenantId": str(v)[:64], "problem": "not a GUID"} for v in bad[:100]],
+        )
+    unique = tuple(dict.fromkeys(v.lower() for v in values))
+    if len(unique) > MAX_GRANT_TENANTS:
+        raise InvalidInput(f"a grant names at most {MAX_GRANT_TENANTS} tenants; got {len(unique)}")
+    return unique
+
+
+@dataclass(frozen=True)
+class ConsentFinished:
+    """How an admin-consent round trip ended, for the page."""
+
+    outcome: ConsentOutcome
+    tenant_id: str | None  # the tenant asked for or connected, when known
+    detail: str | None = None
+    connection: ConnectionState | None = None
+
+
 def _message_for(run: Run) -> RefreshMessage:
     return RefreshMessage(
         tenant_id=run.tenant_id,
@@ -318,16 +382,30 @@ class SyncService:
         """Register a tenant or rename it; optionally set its own removal guard thresholds.
 
         A threshold left UNSET keeps its current value; None goes back to the app setting
-        (REMOVAL_GUARD_PERCENT / REMOVAL_GUARD_MIN_USERS). `expected_version` is If-Match. A change
-        of the thresholds is put on the audit trail and previewed: the answer says how many users
-        the next run would remove and whether it would be held.
+        (REMOVAL_GUARD_PERCENT / REMOVAL_GUARD_MIN_USERS). `expected_version` is If-Match;
+        `requested_by` is recorded as updatedBy. A change of the thresholds is put on the audit
+        trail and previewed: the answer says how many users the next run would remove and whether
+        it would be held.
         """
         tid = require_tenant_id(tenant_id)
         existing = await self.ctx.store.get_tenant(tid)
+        now = utc_now()
         if existing is not None:  # saving a disconnected tenant connects it again
-            tenant = msgspec.structs.replace(existing, display_name=change.display_name, enabled=True)
+            tenant = msgspec.structs.replace(
+                existing,
+                display_name=change.display_name,
+                enabled=True,
+                updated_by=requested_by,
+                updated_at=now,
+            )
         else:
-            tenant = Tenant(id=tid, display_name=change.display_name, created_at=utc_now())
+            tenant = Tenant(
+                id=tid,
+                display_name=change.display_name,
+                created_at=now,
+                updated_by=requested_by,
+                updated_at=now,
+            )
         if change.guard_percent is not msgspec.UNSET:
             tenant = msgspec.structs.replace(tenant, guard_percent=change.guard_percent)
         if change.guard_min_users is not msgspec.UNSET:
@@ -345,9 +423,12 @@ class SyncService:
             preview = await self._preview_now(saved, requested_by)
         return TenantSaved(**msgspec.structs.asdict(TenantView.of(saved)), preview=preview)
 
-    async def list_tenants(self) -> list[Tenant]:
-        """Every tenant with its last run status (the fleet view)."""
-        return sorted(await self.ctx.store.list_tenants(), key=lambda t: t.display_name.lower())
+    async def list_tenants(self, caller: Caller | None = None) -> list[Tenant]:
+        """Every tenant with its last run status (the fleet view); with a caller, only those they may see."""
+        tenants = await self.ctx.store.list_tenants()
+        if caller is not None:
+            tenants = [t for t in tenants if may(caller, Need.TENANT, t.id, registered=True)]
+        return sorted(tenants, key=lambda t: t.display_name.lower())
 
     async def find_tenant(self, tenant_id: str) -> Tenant | None:
         """The registered tenant, or None."""
@@ -358,7 +439,7 @@ class SyncService:
         tid = require_tenant_id(tenant_id)
         tenant = await self.ctx.store.get_tenant(tid)
         if tenant is None:
-            raise NotFound(f"tenant {tid} is not registered; add it first (PUT /api/tenants/{tid})")
+            raise tenant_not_found(tid)
         return tenant
 
     async def set_rules(
@@ -391,7 +472,10 @@ class SyncService:
         before = parse_exclusion_rules(tenant.exclusion_rules)
         try:
             saved = await self.ctx.store.put_tenant(
-                msgspec.structs.replace(tenant, exclusion_rules=encoded), expected_version=expected_version
+                msgspec.structs.replace(
+                    tenant, exclusion_rules=encoded, updated_by=requested_by, updated_at=utc_now()
+                ),
+                expected_version=expected_version,
             )
         except StaleTenant as exc:
             raise PreconditionFailed(str(exc)) from None
@@ -567,11 +651,14 @@ class SyncService:
 
     async def process_message(self, message: RefreshMessage) -> Run:
         """Run the refresh a queue message asks for (LeaseBusy when the tenant is busy)."""
-        return await self._after(await execute_refresh(self.ctx, message))
+        started = utc_now()
+        return await self._after(await execute_refresh(self.ctx, message), started=started)
 
-    async def _after(self, run: Run) -> Run:
-        """After a successful full run: the tenant's change notifications are set up (best effort)."""
-        if run.status is RunStatus.SUCCEEDED and not run.dry_run and not run.incremental:
+    async def _after(self, run: Run, *, started: datetime) -> Run:
+        """After a full run that succeeded just now (not a redelivered message's earlier run): the
+        tenant's change notifications are set up (best effort)."""
+        just_now = run.finished_at is not None and run.finished_at >= started
+        if just_now and run.status is RunStatus.SUCCEEDED and not run.dry_run and not run.incremental:
             tenant = await self.ctx.store.get_tenant(run.tenant_id)
             if tenant is not None and tenant.enabled:
                 try:
@@ -592,7 +679,7 @@ class SyncService:
         """A notify-queue message: a closed window queues an incremental refresh; lifecycle work."""
         if await self.notifications.handle(message) == "refresh":
             tenant = await self.ctx.store.get_tenant(message.tenant_id)
-            if tenant is not None and tenant.enabled:
+            if tenant is not None and tenant.enabled and tenant.consent_state != NOT_CONSENTED:
                 await self.request_refresh(tenant.id, reason=RunReason.NOTIFICATION, requested_by="graph")
 
     async def renew_subscriptions(self) -> int:
@@ -722,7 +809,8 @@ class SyncService:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
-                return await self._after(await execute_refresh(self.ctx, _message_for(run)))
+                started = utc_now()
+                return await self._after(await execute_refresh(self.ctx, _message_for(run)), started=started)
             except LeaseBusy:
                 if time.monotonic() > deadline:
                     raise Conflict(
@@ -828,12 +916,187 @@ class SyncService:
             else MailboxPurposeSource.HEURISTIC,
         )
 
+    # -- who may call --
+
+    async def authorize(self, principal: Principal, need: Need, tenant_id: str | None = None) -> Caller:
+        """The caller with their grants, if `sync.auth.may` lets them do `need` on `tenant_id`;
+        otherwise NotFound, worded as for a tenant that does not exist."""
+        granted: frozenset[str] = frozenset()
+        if principal.kind is not CallerKind.OPERATOR:
+            grants = await self.ctx.grants.matching(
+                principal.tenant_id, principal.object_id, principal.groups
+            )
+            granted = frozenset(tid for grant in grants for tid in grant.tenants)
+        caller = Caller(principal, granted)
+        registered = False
+        if tenant_id is not None and tenant_id != ORGANIZATIONS and need in (Need.TENANT, Need.ONBOARD):
+            registered = await self.ctx.store.get_tenant(tenant_id) is not None
+        if not may(caller, need, tenant_id, registered=registered):
+            if need is Need.OPERATOR or tenant_id is None or tenant_id == ORGANIZATIONS:
+                raise NotFound("there is nothing here for you")
+            raise tenant_not_found(tenant_id)
+        return caller
+
+    async def whoami(self, caller: Caller) -> WhoAmI:
+        """The caller, the tenants they may act on, and what Connect Microsoft 365 would onboard."""
+        who = caller.principal
+        tenants = await self.list_tenants(caller)
+        connect: str | None = None
+        note: str | None = None
+        if who.kind is CallerKind.OPERATOR:
+            connect = ORGANIZATIONS
+        elif who.kind is CallerKind.CUSTOMER_ADMIN:
+            if all(t.id != who.tenant_id for t in tenants):
+                connect = who.tenant_id
+        elif not tenants:
+            note = (
+                "Your account has no administrator role in your organization (Global, Privileged Role, "
+                "User or Groups Administrator) and no access granted by an operator: sign in with an "
+                "administrator account to connect your organization."
+            )
+        return WhoAmI(
+            name=who.name,
+            user_principal_name=who.user_principal_name,
+            tenant_id=who.tenant_id,
+            object_id=who.object_id,
+            kind=who.kind,
+            by=who.by,
+            tenants=[
+                TenantRef(id=t.id, display_name=t.display_name, consent_state=t.consent_state)
+                for t in tenants
+            ],
+            connect_tenant_id=connect,
+            note=note,
+        )
+
+    # -- partner grants (operators only) --
+
+    async def list_grants(self) -> list[Grant]:
+        """Every partner grant."""
+        return await self.ctx.grants.list_all()
+
+    async def put_grant(
+        self, principal_tenant_id: str, principal_id: str, change: GrantInput, *, by: str | None
+    ) -> Grant:
+        """Give a principal (user or group of a tenant) exactly these tenants; replaces an older grant."""
+        grant = Grant(
+            principal_tenant_id=require_tenant_id(principal_tenant_id),
+            principal_id=require_principal_id(principal_id),
+            kind=change.kind,
+            tenants=_grant_tenants(change.tenants),
+            name=_require_text(change.name, "name") if change.name is not None else None,
+            granted_by=by,
+            granted_at=utc_now(),
+        )
+        await self.ctx.grants.put(grant)
+        return grant
+
+    async def add_grant(
+        self,
+        principal_tenant_id: str,
+        principal_id: str,
+        kind: GrantKind,
+        tenants: list[str],
+        *,
+        name: str | None = None,
+        by: str | None,
+    ) -> Grant:
+        """Add tenants to a principal's grant (created when missing)."""
+        existing = await self.ctx.grants.get(require_tenant_id(principal_tenant_id), principal_id.lower())
+        if existing is not None and existing.kind is not kind:
+            raise Conflict(f"the grant for {principal_id} names a {existing.kind}, not a {kind}")
+        merged = [*(existing.tenants if existing else ()), *tenants]
+        change = GrantInput(kind=kind, tenants=merged, name=name or (existing.name if existing else None))
+        return await self.put_grant(principal_tenant_id, principal_id, change, by=by)
+
+    async def revoke_grant(
+        self, principal_tenant_id: str, principal_id: str, tenants: list[str] | None = None, *, by: str | None
+    ) -> Grant | None:
+        """Take tenants (all of them when None) away from a principal; returns what is left, if anything."""
+        tid, pid = require_tenant_id(principal_tenant_id), require_principal_id(principal_id)
+        existing = await self.ctx.grants.get(tid, pid)
+        if existing is None:
+            raise NotFound(f"there is no grant for principal {pid} of tenant {tid}")
+        remaining = [t for t in existing.tenants if t not in set(_grant_tenants(tenants or []))]
+        if tenants is None or not remaining:
+            await self.ctx.grants.delete(tid, pid)
+            return None
+        change = GrantInput(kind=existing.kind, tenants=remaining, name=existing.name)
+        return await self.put_grant(tid, pid, change, by=by)
+
+    # -- onboarding by admin consent --
+
+    async def start_consent(self, caller: Caller, change: ConsentStartInput) -> ConsentStarted:
+        """A one-time admin-consent link for a tenant the caller may onboard (sync.auth: Need.ONBOARD)."""
+        target = change.tenant_id.lower()
+        settings = self.ctx.settings
+        callback = onboarding.redirect_uri(settings)
+        if callback is None:
+            raise Unavailable("APP_BASE_URL is not set, so Entra cannot send the administrator back")
+        who = caller.principal
+        name = change.display_name
+        if (
+            name is None
+            and target == who.tenant_id
+            and who.user_principal_name
+            and "@" in who.user_principal_name
+        ):
+            name = who.user_principal_name.rsplit("@", 1)[1]  # the organization's domain, until renamed
+        request = onboarding.new_request(
+            target,
+            _require_text(name, "displayName") if name is not None else None,
+            by=caller.by,
+            principal_tenant_id=who.tenant_id,
+            principal_object_id=who.object_id,
+        )
+        state = await self.ctx.consents.create(request)
+        url = admin_consent_url(settings, target, redirect_uri=callback, state=state)
+        if url is None:
+            raise Unavailable("GRAPH_APP_CLIENT_ID is not set: there is no app to consent to")
+        return ConsentStarted(url=url, tenant_id=target, expires_at=request.expires_at)
+
+    async def finish_consent(self, reply: Mapping[str, str]) -> ConsentFinished:
+        """Entra's answer at the consent callback: check the state, register the tenant, check the
+        connection. Never raises for a bad reply: the page is told what happened."""
+        try:
+            request = await self.ctx.consents.take(reply.get("state", ""))
+        except onboarding.StateRefused as exc:
+            return ConsentFinished(ConsentOutcome.INVALID, None, str(exc))
+        asked = request.tenant_id if request.tenant_id != ORGANIZATIONS else None
+        if reply.get("error"):
+            words = f"{reply['error'][:64]}: {reply.get('error_description', '')[:400]}".strip(": ")
+            return ConsentFinished(ConsentOutcome.REFUSED, asked, f"Microsoft Entra ID answered {words}")
+        tenant = (reply.get("tenant") or "").lower()
+        if reply.get("admin_consent", "").lower() != "true" or not is_object_id(tenant):
+            return ConsentFinished(
+                ConsentOutcome.INVALID, asked, "the reply from Entra ID does not say consent was granted"
+            )
+        if asked is not None and tenant != asked:
+            return ConsentFinished(
+                ConsentOutcome.INVALID,
+                asked,
+                f"consent was given in tenant {tenant}, not in {asked} as asked; nothing was registered",
+            )
+        existing = await self.ctx.store.get_tenant(tenant)
+        if existing is None:
+            name = request.display_name or f"Tenant {tenant[:8]}"
+            await self.put_tenant(tenant, TenantInput(display_name=name), requested_by=request.requested_by)
+        await self.ctx.store.set_consent_state(tenant, None)
+        connection = await self.connection(tenant)
+        return ConsentFinished(ConsentOutcome.GRANTED, tenant, connection.detail, connection.state)
+
     # -- nightly --
 
     async def nightly(self) -> list[Run]:
         """Queue one refresh per enabled tenant, concurrently; each refresh also purges its
-        users past the grace period. One message per tenant lets Azure Functions scale out."""
+        users past the grace period. One message per tenant lets Azure Functions scale out.
+        A tenant whose admin consent is missing is skipped with a `TenantSkipped` warning."""
         tenants = [tenant for tenant in await self.ctx.store.list_tenants() if tenant.enabled]
+        for tenant in tenants:
+            if tenant.consent_state == NOT_CONSENTED:
+                # Failing every night would only repeat what the page already shows (Reconnect).
+                log_tenant_skipped(tenant.id, SKIPPED_NOT_CONSENTED, log)
+        tenants = [tenant for tenant in tenants if tenant.consent_state != NOT_CONSENTED]
         gate = asyncio.Semaphore(NIGHTLY_FAN_OUT)
         async with queue_client(self.ctx.settings) as queue:
 
@@ -853,6 +1116,7 @@ class SyncService:
         try:
             checks = await self.ctx.reader(tenant.id).check_permissions()
         except GraphTokenRefused as exc:  # no token at all: nothing can be read
+            await onboarding.note_token_refusal(self.ctx.store, tenant.id, exc)
             return Connection(
                 tenant_id=tenant.id,
                 ok=False,
@@ -863,6 +1127,8 @@ class SyncService:
                 detail=exc.advice(link),
             )
         missing = sorted({c.permission for c in checks if c.required and not c.ok})
+        if tenant.consent_state == NOT_CONSENTED:  # a token was issued: the consent is back
+            await self.ctx.store.set_consent_state(tenant.id, None)
         return Connection(
             tenant_id=tenant.id,
             ok=not missing,

@@ -5,6 +5,7 @@ The roster (the `users` table) has its own module, sync.roster.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -235,6 +236,14 @@ class SyncStore:
             mode=UpdateMode.MERGE,
         )
 
+    async def set_consent_state(self, tenant_id: str, state: str | None) -> None:
+        """Mark a registered tenant's consent missing (`notConsented`) or clear the mark (None)."""
+        with contextlib.suppress(ResourceNotFoundError):  # not registered (any more): nothing to mark
+            await self._table(TENANTS_TABLE).update_entity(
+                {"PartitionKey": TENANTS_PARTITION, "RowKey": tenant_id, "consentState": state or ""},
+                mode=UpdateMode.MERGE,
+            )
+
     async def save_delta_state(
         self,
         tenant_id: str,
@@ -357,13 +366,25 @@ class SyncStore:
 
 # What an admin saves through put_tenant; the rest of the record belongs to the runs.
 _ADMIN_FIELDS = frozenset(
-    {"displayName", "version", "enabled", "createdAt", "exclusionRules", "guardPercent", "guardMinUsers"}
+    {
+        "displayName",
+        "version",
+        "enabled",
+        "createdAt",
+        "exclusionRules",
+        "guardPercent",
+        "guardMinUsers",
+        "updatedBy",
+        "updatedAt",
+    }
 )
 
 
 def _tenant_from_entity(entity: dict[str, Any]) -> Tenant:
     data = {k: plain_value(v) for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
     data["id"] = entity["RowKey"]
+    if not data.get("consentState"):
+        data.pop("consentState", None)  # a cleared mark is stored as "" (a MERGE cannot drop it)
     return msgspec.convert(data, Tenant, strict=False)
 
 

@@ -24,6 +24,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_PATTERN_LENGTH = 256  # a tenant rule's UPN pattern or listed user
 MAX_UPN_PATTERNS = 100  # rules stay one small table property and cheap to match at 100,000 users
 MAX_EXCLUDED_USERS = 1000
+MAX_GRANT_TENANTS = 500  # customer tenants in one partner grant
 PLAN_SAMPLE_SIZE = 200  # user ids per list kept on a run record (Table properties cap at 64 KiB)
 
 # \Z, not $: "$" also matches before a trailing newline, which would let "id\n" through.

@@ -39,6 +39,7 @@ const EXCLUDED_LABELS = [
 const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const state = {
+  me: null, // GET /whoami: who is signed in, what kind of caller, what Connect would onboard
   tenant: null,
   saved: null, // the saved Selection
   etag: null, // its ETag, sent as If-Match on save
@@ -132,9 +133,10 @@ class ApiError extends Error {
 /** Call the API; problem+json answers become ApiError with the API's own `detail`. */
 async function api(method, path, { body, headers = {}, signal } = {}) {
   const init = { method, headers: { Accept: "application/json", ...headers }, signal, credentials: "same-origin" };
-  if (body !== undefined) {
+  if (body !== undefined || method !== "GET") {
+    // Every change is JSON (the API refuses anything else, so another site's form cannot post here).
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = JSON.stringify(body ?? {});
   }
   let response;
   try {
@@ -206,21 +208,122 @@ function setBusy(busy) {
 
 // -- tenant -------------------------------------------------------------------------------------
 
+const KIND_LABELS_WHO = {
+  operator: "operator",
+  customerAdmin: "administrator of your organization",
+  partner: "partner",
+};
+
+/** "name@contoso.com (tid …, oid …)" → "name@contoso.com": how a change's author is shown in lists. */
+function shortBy(by) {
+  return String(by || "").split(" (tid ")[0];
+}
+
+function signInHref() {
+  return `/.auth/login/aad?post_login_redirect_uri=${encodeURIComponent(location.pathname + location.search)}`;
+}
+
+function signedOut() {
+  $("sign-in").setAttribute("href", signInHref());
+  $("signed-out").hidden = false;
+  $("who").replaceChildren(h("a", { href: signInHref() }, "Sign in"));
+}
+
+function renderWho(me) {
+  const name = me.userPrincipalName && me.userPrincipalName !== me.name ? `${me.name} (${me.userPrincipalName})` : me.name;
+  $("who").replaceChildren(
+    "Signed in as ", h("strong", {}, name), ` · ${KIND_LABELS_WHO[me.kind] || me.kind} · `,
+    h("a", { href: `/.auth/logout?post_logout_redirect_uri=${encodeURIComponent(`${API}/ui`)}` }, "Sign out"));
+  const connect = $("connect");
+  connect.hidden = !me.connectTenantId;
+  if (me.connectTenantId) {
+    connect.onclick = () => startConsent(me.connectTenantId, connect);
+    connect.title = me.connectTenantId === "organizations"
+      ? "The administrator who accepts chooses the organization"
+      : `Connect your organization (${me.connectTenantId})`;
+  }
+}
+
+/** Connect Microsoft 365 / Reconnect: a one-time admin-consent link from the API, then Entra's page. */
+async function startConsent(tenantId, button) {
+  button.disabled = true;
+  clearErrors();
+  try {
+    const { data } = await api("POST", "/consent/start", { body: { tenantId } });
+    const url = new URL(data.url);
+    if (url.protocol !== "https:" && url.protocol !== "http:") throw new Error("the consent link is not a web address");
+    location.assign(url.href);
+  } catch (error) {
+    button.disabled = false;
+    showError(error, button.textContent);
+  }
+}
+
+const CONSENT_RESULTS = {
+  granted: "Microsoft 365 is connected: admin consent was granted.",
+  refused: "Microsoft 365 was not connected.",
+  invalid: "The admin-consent reply could not be used.",
+};
+
+/** The outcome of an admin-consent round trip (?consent=...), shown once; the address keeps only ?tenant. */
+function showConsentResult() {
+  const query = new URLSearchParams(location.search);
+  const outcome = query.get("consent");
+  if (!outcome) return;
+  const box = $("consent-result");
+  const parts = [h("strong", {}, CONSENT_RESULTS[outcome] || `Admin consent: ${outcome}.`)];
+  const connection = query.get("connection");
+  if (outcome === "granted" && connection && connection !== "connected") {
+    parts.push(" ", CONNECTION_STATES[connection] || connection, " The Connection panel below lists what is missing.");
+  }
+  const detail = query.get("detail");
+  if (detail && outcome !== "granted") parts.push(" ", linkify(detail));
+  if (outcome === "invalid") parts.push(" Click Connect Microsoft 365 (or Reconnect) again.");
+  box.replaceChildren(h("p", {}, ...parts));
+  box.classList.toggle("bad", outcome !== "granted");
+  box.hidden = false;
+  const tenant = query.get("tenant");
+  history.replaceState(null, "", tenant ? `?tenant=${encodeURIComponent(tenant)}` : location.pathname);
+}
+
 function noTenant(message, tenantId) {
   const box = $("no-tenant");
+  const me = state.me || {};
   const id = tenantId && GUID.test(tenantId) ? tenantId : "TENANT_ID";
-  box.replaceChildren(
-    h("h2", {}, "No tenant to show"),
-    h("p", {}, message),
-    h("p", {}, "Register the tenant with the operator CLI, from the repository root:"),
-    h("pre", {}, h("code", {}, `.venv/bin/python -m sync tenant add ${id} --name "Contoso"`)),
-    h("p", {}, "or through the API: ", h("code", {}, `PUT ${API}/tenants/${id}`), " with ",
-      h("code", {}, '{"displayName": "Contoso"}'), ". Then reload this page."),
-  );
+  const parts = [h("h2", {}, "No tenant to show"), h("p", {}, message)];
+  if (me.kind === "customerAdmin" && me.connectTenantId) {
+    const button = h("button", { type: "button", class: "primary" }, "Connect Microsoft 365");
+    button.addEventListener("click", () => startConsent(me.connectTenantId, button));
+    parts.push(
+      h("p", {}, "Your organization is not connected yet. Connect it: you are sent to Microsoft to grant the app "
+        + "read access to your groups and users (admin consent), then back here."),
+      h("p", {}, button));
+  } else if (me.kind === "operator") {
+    parts.push(
+      h("p", {}, "Connect a customer with Connect Microsoft 365 (the administrator who accepts picks the organization), "
+        + "or register the tenant with the operator CLI, from the repository root:"),
+      h("pre", {}, h("code", {}, `.venv/bin/python -m sync tenant add ${id} --name "Contoso"`)),
+      h("p", {}, "or through the API: ", h("code", {}, `PUT ${API}/tenants/${id}`), " with ",
+        h("code", {}, '{"displayName": "Contoso"}'), ". Then reload this page."));
+  } else if (me.note) {
+    parts.push(h("p", {}, me.note));
+  } else {
+    parts.push(h("p", {}, "Ask an operator to grant you access, or an administrator of the organization to connect it."));
+  }
+  box.replaceChildren(...parts);
   box.hidden = false;
 }
 
 async function init() {
+  showConsentResult();
+  try {
+    state.me = (await api("GET", "/whoami")).data;
+  } catch (error) {
+    if (error.status === 401) signedOut();
+    else showError(error, "Signing in");
+    return;
+  }
+  renderWho(state.me);
   const wanted = new URLSearchParams(location.search).get("tenant");
   let tenants;
   try {
@@ -235,14 +338,15 @@ async function init() {
   }
   const tenant = wanted ? tenants.find((t) => t.id.toLowerCase() === wanted.trim().toLowerCase()) : tenants[0];
   if (!tenant) {
-    noTenant(wanted ? `Tenant ${wanted.trim()} is not registered.` : "No tenant is registered yet.", wanted?.trim());
+    const hidden = state.me.kind === "operator" ? "" : ", or not one you may see";
+    noTenant(wanted ? `Tenant ${wanted.trim()} is not registered${hidden}.` : "No tenant is registered yet.", wanted?.trim());
     return;
   }
   state.tenant = tenant;
   if (!wanted) history.replaceState(null, "", `?tenant=${encodeURIComponent(tenant.id)}`); // a link to this view
   const select = $("tenant-select");
   select.replaceChildren(...tenants.map((t) => {
-    const option = h("option", { value: t.id }, `${t.displayName} (${t.id})`);
+    const option = h("option", { value: t.id }, `${t.displayName} (${t.id})${t.consentState === "notConsented" ? " · not connected" : ""}`);
     option.selected = t.id === tenant.id;
     return option;
   }));
@@ -300,7 +404,8 @@ function renderSelected() {
   if (!state.saved) info.textContent = "";
   else if (isDirty()) info.textContent = "Unsaved changes: click Save to apply them.";
   else if (state.saved.version === 0) info.textContent = "Nothing saved yet: the sync uses all users.";
-  else info.textContent = `Saved${state.saved.updatedBy ? ` by ${state.saved.updatedBy}` : ""}${state.saved.updatedAt ? `, ${when(state.saved.updatedAt)}` : ""}.`;
+  else info.textContent = `Saved${state.saved.updatedBy ? ` by ${shortBy(state.saved.updatedBy)}` : ""}${state.saved.updatedAt ? `, ${when(state.saved.updatedAt)}` : ""}.`;
+  info.title = state.saved?.updatedBy || "";
   info.classList.toggle("dirty", isDirty());
 }
 
@@ -677,7 +782,8 @@ function runItem(run) {
       badge(run.status),
       run.dryRun ? h("span", { class: "badge preview" }, "preview") : null,
       h("span", { class: "run-reason" }, runTitle(run)),
-      h("span", { class: "muted small" }, when(run.requestedAt))),
+      h("span", { class: "muted small" }, when(run.requestedAt)),
+      run.requestedBy ? h("span", { class: "muted small run-by", title: run.requestedBy }, `by ${shortBy(run.requestedBy)}`) : null),
     summary ? h("p", { class: "run-summary" }, summary) : null);
   if (run.status === "held") {
     item.append(h("p", { class: "guard-text" }, run.guard || ""));
@@ -1063,6 +1169,11 @@ async function loadConnection() {
       parts.push(h("p", { class: "small" }, "Ask a Global Administrator of the tenant to grant the app’s permissions (admin consent)."));
     }
     if (data.note) parts.push(h("p", { class: "small" }, data.note));
+    const reconnect = data.state === "notConsented" || data.state === "permissionMissing";
+    if (reconnect) {
+      const button = h("button", { type: "button", class: "primary", onclick: () => startConsent(state.tenant.id, button) }, "Reconnect");
+      parts.push(h("p", {}, button, " grant the app’s permissions again (admin consent) and come back here."));
+    }
     view.replaceChildren(...parts);
     if (!data.ok) $("trouble-groups").open = true;
   } catch (error) {

@@ -61,6 +61,7 @@ def principal_claims(identity: DevIdentity, tenant_id: str, issued_at: int) -> l
         {"typ": "ver", "val": "2.0"},
     ]
     claims += [{"typ": "wids", "val": role} for role in identity.directory_roles]
+    claims += [{"typ": "groups", "val": group} for group in identity.groups]
     return claims
 
 
@@ -77,6 +78,7 @@ def encode_principal(
     tenant_id: str = DEV_HOME_TENANT_ID,
     object_id: str = DEV_OBJECT_ID,
     directory_roles: Iterable[str] = (MEMBER_USER,),
+    groups: Iterable[str] = (),
 ) -> str:
     """An X-MS-CLIENT-PRINCIPAL value for an ad-hoc caller (e.g. `func start` with curl, tests)."""
     identity = DevIdentity(
@@ -88,6 +90,7 @@ def encode_principal(
         description="",
         app_roles=tuple(roles),
         directory_roles=tuple(directory_roles),
+        groups=tuple(groups),
     )
     return encode_claims(principal_claims(identity, tenant_id, int(time.time())))
 

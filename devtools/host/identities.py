@@ -32,6 +32,7 @@ class DevIdentity:
     description: str
     app_roles: tuple[str, ...] = ()
     directory_roles: tuple[str, ...] = (MEMBER_USER,)
+    groups: tuple[str, ...] = ()  # group ids in the `groups` claim (partner grants may name a group)
 
 
 DEV_IDENTITIES: tuple[DevIdentity, ...] = (
@@ -42,8 +43,7 @@ DEV_IDENTITIES: tuple[DevIdentity, ...] = (
         object_id="43e8c286-1bdf-4b6d-89de-deffd2c5861a",
         tenant_id=None,
         description="operator in the home tenant: every tenant",
-        # Sync.Admin until the API checks Sync.Operator (issue 13).
-        app_roles=("Sync.Operator", "Sync.Admin"),
+        app_roles=("Sync.Operator",),
     ),
     DevIdentity(
         key="contoso-admin",

@@ -27,10 +27,11 @@ from devtools.host.config import (
 )
 from devtools.host.easyauth import EasyAuth
 from devtools.host.functions import FunctionIndex, index_functions, indexed_functions
-from devtools.host.identities import DEV_IDENTITIES, DevIdentity
+from devtools.host.identities import DEV_HOME_TENANT_ID, DEV_IDENTITIES, DevIdentity
 from devtools.host.invoke import Invoker
 from devtools.host.queues import QueueOptions, QueueWorker
 from devtools.host.routes import add_function_routes, loopback_host_middleware, problem_middleware
+from shared.settings import reset_settings_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 7071
@@ -248,6 +249,9 @@ class DevHost:
             # The dev sign-in stands in for App Service Authentication; the app trusts the principal
             # header without it only when told so, and only with the demo Graph.
             values["DEV_TRUST_PRINCIPAL_HEADER"] = "true"
+            if not (values.get("HOME_TENANT_ID") or os.environ.get("HOME_TENANT_ID")):
+                # The dev operator signs in from this tenant; the app must call it home too.
+                values["HOME_TENANT_ID"] = DEV_HOME_TENANT_ID
         for key, value in values.items():
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
@@ -283,6 +287,12 @@ class DevHost:
         port = self._runner.addresses[0][1]
         self._allowed_hosts.update({f"{LOOPBACK}:{port}", f"localhost:{port}"})
         self._base_url = f"http://{LOOPBACK}:{port}"
+        if not os.environ.get("APP_BASE_URL"):
+            # The app's public root is this host (the admin-consent redirect comes back here); the
+            # port is known only now, before the first request reads the settings.
+            self._saved_env.setdefault("APP_BASE_URL", None)
+            os.environ["APP_BASE_URL"] = self._base_url
+            reset_settings_cache()
 
     def describe(self) -> list[str]:
         """One line per function, as `func start` lists them."""

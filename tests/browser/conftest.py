@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from azure.data.tables import TableClient
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from devtools.azurite import Azurite
 from devtools.demo_tenant import DemoGraphServer, build_tenant
 from devtools.demo_tenant import Tenant as DemoTenant
 from devtools.host import SESSION_COOKIE, DevHost
+from devtools.host.identities import CONTOSO_TENANT_ID
 from shared.settings import reset_settings_cache
+from shared.storage import TENANTS_TABLE
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -55,6 +58,8 @@ def browser_tenants() -> dict[str, DemoTenant]:
         for name in TENANT_NAMES
     }
     tenants["big"] = build_tenant(str(uuid.uuid4()), "Browser Big", users=300, groups=2000, seed=5)
+    # Contoso's own id: the dev host's Contoso Global Administrator signs in from this tenant.
+    tenants["contoso"] = build_tenant(CONTOSO_TENANT_ID, "Contoso", users=300, groups=20, seed=11)
     return tenants
 
 
@@ -133,6 +138,13 @@ class Api:
         status, body = self.call("PUT", f"tenants/{tenant.tenant_id}", {"displayName": tenant.display_name})
         assert status == 200, body
 
+    def forget(self, azurite: Azurite, tenant_id: str) -> None:
+        """Take a tenant off the shared `tenants` table (tests that start from an unregistered one)."""
+
+        # The synchronous client: Playwright's sync API keeps an event loop running in this thread.
+        with TableClient.from_connection_string(azurite.connection_string, TENANTS_TABLE) as table:
+            table.delete_entity("tenants", tenant_id)
+
 
 @pytest.fixture(scope="module")
 def api(dev_host: DevHost) -> Api:
@@ -174,10 +186,9 @@ def sign_in(page: Page, base_url: str, identity: str) -> None:
     page.wait_for_url(f"{base_url}/.auth/me")
 
 
-@pytest.fixture
-def page(browser: Browser, page_errors: PageErrors, dev_host: DevHost) -> Iterator[Page]:
-    """A fresh page at 1280x800, signed in as the dev operator; fails the test on any script error
-    or CSP violation."""
+def new_page(browser: Browser, page_errors: PageErrors) -> tuple[BrowserContext, Page]:
+    """A fresh page at 1280x800 in a context of its own (no session), recording script errors and
+    CSP violations."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(20_000)
     page = context.new_page()
@@ -189,7 +200,24 @@ def page(browser: Browser, page_errors: PageErrors, dev_host: DevHost) -> Iterat
             page_errors.messages.append(f"CSP: {text}")
 
     page.on("console", on_console)
+    return context, page
+
+
+@pytest.fixture
+def page(browser: Browser, page_errors: PageErrors, dev_host: DevHost) -> Iterator[Page]:
+    """A fresh page at 1280x800, signed in as the dev operator; fails the test on any script error
+    or CSP violation."""
+    context, page = new_page(browser, page_errors)
     sign_in(page, dev_host.base_url, "operator")
+    yield page
+    context.close()
+    assert not page_errors.messages, page_errors.messages
+
+
+@pytest.fixture
+def anonymous_page(browser: Browser, page_errors: PageErrors) -> Iterator[Page]:
+    """A fresh page nobody signed in to yet (sign in through the dev host's page, as a user would)."""
+    context, page = new_page(browser, page_errors)
     yield page
     context.close()
     assert not page_errors.messages, page_errors.messages

@@ -10,10 +10,12 @@ import uuid
 
 from playwright.sync_api import Page, expect
 
+from devtools.azurite import Azurite
 from devtools.demo_tenant import DemoGraphServer
 from devtools.demo_tenant import Tenant as DemoTenant
 from devtools.host import DevHost
-from tests.browser.conftest import APP_CLIENT_ID, Api, Screenshots
+from devtools.host.identities import DEV_IDENTITIES, PARTNER_TENANT_ID
+from tests.browser.conftest import APP_CLIENT_ID, Api, Screenshots, sign_in
 from tests.oracle import expected_roster
 
 RUN_TIMEOUT = 30_000  # ms: a preview plus a refresh of a 300-user tenant take a few seconds
@@ -414,3 +416,110 @@ def test_an_unconsented_tenant_shows_the_consent_link_in_the_connection_panel(
     consent = f"{browser_graph.root_url}/{tenant.tenant_id}/adminconsent?client_id={APP_CLIENT_ID}"
     expect(panel.get_by_role("link", name="Grant admin consent")).to_have_attribute("href", consent)
     expect(page.locator("#group-list")).not_to_contain_text("Dept - Sales")  # nothing read, no 500 shown
+
+    # Reconnect: the same admin-consent round trip, back to a connected tenant.
+    page.reload()
+    expect(page.locator("#tenant-select")).to_contain_text("not connected")  # marked on the record
+    panel.get_by_role("button", name="Reconnect").click()
+    expect(page.get_by_role("heading", name="Permissions requested")).to_be_visible()
+    page.get_by_role("button", name="Accept").click()
+    expect(page.locator("#consent-result")).to_contain_text("Microsoft 365 is connected")
+    expect(panel).to_contain_text("every required permission works", timeout=RUN_TIMEOUT)
+    expect(page.locator("#tenant-select")).not_to_contain_text("not connected")
+
+
+def test_a_customer_admin_signs_in_and_connects_microsoft_365(
+    anonymous_page: Page,
+    dev_host: DevHost,
+    api: Api,
+    azurite: Azurite,
+    browser_tenants: dict[str, DemoTenant],
+    browser_graph: DemoGraphServer,
+    screenshots: Screenshots,
+) -> None:
+    page, tenant = anonymous_page, browser_tenants["contoso"]
+    api.forget(azurite, tenant.tenant_id)  # not connected yet
+    browser_graph.set_consent(tenant.tenant_id, "none")  # and the app was never consented there
+    # Not signed in: the page says so and offers App Service Authentication's sign-in.
+    page.goto(f"{dev_host.base_url}/api/ui")
+    signed_out = page.locator("#signed-out")
+    expect(signed_out).to_be_visible()
+    page.get_by_role("link", name="Sign in").first.click()
+    page.locator('button[name="identity"][value="contoso-admin"]').click()  # the dev sign-in page
+
+    # Signed in as Contoso's Global Administrator: nothing to see yet, Connect Microsoft 365.
+    expect(page.locator("#who")).to_contain_text("it.admin@contoso.com")
+    expect(page.locator("#who")).to_contain_text("administrator of your organization")
+    notice = page.locator("#no-tenant")
+    expect(notice).to_contain_text("Your organization is not connected yet")
+    expect(page.locator("#app")).to_be_hidden()
+    notice.get_by_role("button", name="Connect Microsoft 365").click()
+
+    # Entra's admin-consent page (the demo tenant's): the permissions, Accept.
+    expect(page.get_by_role("heading", name="Permissions requested")).to_be_visible()
+    assert page.url.startswith(f"{browser_graph.root_url}/{tenant.tenant_id}/adminconsent?")
+    page.get_by_role("button", name="Accept").click()
+
+    # Back on the page: connected, the tenant registered and shown, the Connection panel green.
+    expect(page.locator("#consent-result")).to_contain_text("Microsoft 365 is connected")
+    expect(page).to_have_url(f"{dev_host.base_url}/api/ui?tenant={tenant.tenant_id}")
+    expect(page.locator("#tenant-select option")).to_have_count(1)
+    expect(page.locator("#tenant-select")).to_contain_text("contoso.com")
+    expect(page.locator("#connection-view")).to_contain_text(
+        "every required permission works", timeout=RUN_TIMEOUT
+    )
+    expect(page.locator("#groups-status")).to_contain_text("groups shown")
+    expect(page.get_by_role("button", name="Connect Microsoft 365")).to_be_hidden()
+    # Changes are recorded under the admin's name and ids, and shown in the run history.
+    page.get_by_role("button", name="Refresh Users Now").click()
+    expect(page.locator("#action-status")).to_have_text(DONE, timeout=RUN_TIMEOUT)
+    by = page.locator("#run-list .run-by").first
+    expect(by).to_have_text("by it.admin@contoso.com")
+    expect(by).to_have_attribute(
+        "title", re.compile(rf"^it\.admin@contoso\.com \(tid {tenant.tenant_id}, oid ")
+    )
+    page.screenshot(path=screenshots.path("page-connected.png"), full_page=False)
+
+
+def test_the_other_tenants_admin_and_a_plain_user_see_nothing_of_it(
+    anonymous_page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant]
+) -> None:
+    page, tenant = anonymous_page, browser_tenants["flow"]
+    api.register(tenant)
+    sign_in(page, dev_host.base_url, "fabrikam-admin")
+    page.goto(f"{dev_host.base_url}/api/ui?tenant={tenant.tenant_id}")
+    notice = page.locator("#no-tenant")
+    expect(notice).to_contain_text(f"Tenant {tenant.tenant_id} is not registered, or not one you may see.")
+    expect(page.locator("#app")).to_be_hidden()
+    # Its own tenant is not connected: it is offered Connect for Fabrikam only.
+    expect(notice.get_by_role("button", name="Connect Microsoft 365")).to_be_visible()
+    sign_in(page, dev_host.base_url, "contoso-user")
+    page.goto(f"{dev_host.base_url}/api/ui")
+    expect(page.locator("#no-tenant")).to_contain_text("no administrator role")
+    expect(page.get_by_role("button", name="Connect Microsoft 365")).to_have_count(0)
+
+
+def test_a_partner_sees_the_tenants_an_operator_granted(
+    anonymous_page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant]
+) -> None:
+    page = anonymous_page
+    granted = [browser_tenants["flow"], browser_tenants["held"]]
+    for tenant in granted:
+        api.register(tenant)
+    partner = next(i for i in DEV_IDENTITIES if i.key == "partner")
+    status, body = api.call(
+        "PUT",
+        f"grants/{PARTNER_TENANT_ID}/{partner.object_id}",
+        {"kind": "user", "tenants": [t.tenant_id for t in granted], "name": partner.user_principal_name},
+    )
+    assert status == 200, body
+    try:
+        sign_in(page, dev_host.base_url, "partner")
+        page.goto(f"{dev_host.base_url}/api/ui")
+        expect(page.locator("#who")).to_contain_text("partner")
+        options = page.locator("#tenant-select option")
+        expect(options).to_have_count(2)
+        assert {o.get_attribute("value") for o in options.all()} == {t.tenant_id for t in granted}
+        expect(page.locator("#groups-status")).to_contain_text("groups shown")
+    finally:
+        api.call("DELETE", f"grants/{PARTNER_TENANT_ID}/{partner.object_id}", {})

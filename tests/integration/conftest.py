@@ -3,7 +3,7 @@ func.QueueMessage read from Azurite, all configured through the environment as i
 
 from __future__ import annotations
 
-import base64
+import inspect
 import json
 import os
 import subprocess
@@ -18,22 +18,23 @@ import pytest
 
 from devtools.azurite import Azurite
 from devtools.demo_tenant import DemoGraphServer
+from devtools.host import encode_principal
+from devtools.host.identities import DEV_HOME_TENANT_ID
 from shared.settings import Settings, get_settings, reset_settings_cache
 from shared.storage import queue_client
 
 REPO = Path(__file__).resolve().parents[2]
 
-DEV_PRINCIPAL = base64.b64encode(
-    json.dumps(
-        {
-            "auth_typ": "aad",
-            "claims": [
-                {"typ": "roles", "val": "Sync.Admin"},
-                {"typ": "preferred_username", "val": "admin@contoso.com"},
-            ],
-        }
-    ).encode()
-).decode()
+# The operator's home tenant in every integration test (app_env sets HOME_TENANT_ID to it).
+HOME_TENANT_ID = DEV_HOME_TENANT_ID
+# An operator, as App Service Authentication passes them on: Sync.Operator, signed in at home.
+DEV_PRINCIPAL = encode_principal(
+    "operator@groupsync.example",
+    ["Sync.Operator"],
+    tenant_id=HOME_TENANT_ID,
+    object_id="43e8c286-1bdf-4b6d-89de-deffd2c5861a",
+)
+APP_BASE_URL = "http://127.0.0.1:7071"
 
 
 @pytest.fixture(scope="session")
@@ -71,16 +72,19 @@ class AppUnderTest:
             all_headers["x-ms-client-principal"] = principal
         request = func.HttpRequest(
             method=method,
-            url=f"http://127.0.0.1:7071/api/{path}",
+            url=f"{APP_BASE_URL}/api/{path}",
             headers=all_headers,
             params=params or {},
             route_params=route or {},
             body=raw,
         )
         handler = self.functions[function].get_user_function()
-        response: func.HttpResponse = await handler(request)
+        response = handler(request)
+        if inspect.isawaitable(response):  # the page's static files are served by sync handlers
+            response = await response
         payload = response.get_body()
-        decoded = json.loads(payload) if payload else None
+        is_json = (response.mimetype or "").endswith("json")
+        decoded = json.loads(payload) if payload and is_json else (payload.decode() if payload else None)
         # The Functions host turns mimetype into Content-Type; do the same for assertions.
         return response.status_code, decoded, {**dict(response.headers), "Content-Type": response.mimetype}
 
@@ -127,7 +131,11 @@ def app_env(
     monkeypatch.setenv("GRAPH_AUTH", "demo")
     monkeypatch.setenv("GRAPH_BASE_URL", own_graph.base_url)
     monkeypatch.setenv("SYNC_QUEUE", unique_queue)
-    monkeypatch.delenv("WEBSITE_SITE_NAME", raising=False)
+    # The dev host's setting: believe the principal header (only ever with the demo Graph).
+    monkeypatch.setenv("DEV_TRUST_PRINCIPAL_HEADER", "true")
+    monkeypatch.setenv("HOME_TENANT_ID", HOME_TENANT_ID)
+    monkeypatch.setenv("APP_BASE_URL", APP_BASE_URL)
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED", raising=False)
     monkeypatch.chdir(azurite.location or ".")  # no local.settings.json from the repo leaks in
     reset_settings_cache()
     yield AppUnderTest(functions={}, settings=get_settings(), graph=own_graph)

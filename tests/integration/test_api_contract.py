@@ -44,7 +44,7 @@ from devtools.demo_tenant import Tenant as DemoTenant
 from shared.settings import get_settings, reset_settings_cache
 from sync.openapi import build_openapi
 from sync.validation import GUID_PATTERN, RUN_ID_PATTERN
-from tests.integration.conftest import DEV_PRINCIPAL, AppUnderTest
+from tests.integration.conftest import APP_BASE_URL, DEV_PRINCIPAL, HOME_TENANT_ID, AppUnderTest
 from tests.integration.test_auth import STATIC_MODULES, http_routes
 from tests.integration.test_fault_matrix import forget_tenants
 from tests.integration.test_sync_flow import register, select
@@ -59,7 +59,7 @@ set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "o365-groups-sync-hypo
 
 ROUTE_PREFIX = "/api/"
 MIN_REQUESTS = 1000
-EXAMPLES_PER_OPERATION = 100  # x 18 operations, plus schemathesis' coverage cases
+EXAMPLES_PER_OPERATION = 100  # x 24 operations, plus schemathesis' coverage cases
 
 
 def _documented(path: str) -> str:
@@ -186,7 +186,7 @@ class FunctionsAsgi:
             headers[name] = f"{headers[name]}, {text}" if name in headers else text
         # App Service Authentication in front of the app: it drops any principal header a client
         # sends, checks the bearer token and, when it is good, passes the caller on. Here every
-        # well-formed bearer token stands for an administrator; none means no caller.
+        # well-formed bearer token stands for an operator; none means no caller.
         headers.pop("x-ms-client-principal", None)
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
@@ -270,7 +270,10 @@ def fuzz_app(azurite: Azurite, app_functions: dict[str, Any]) -> Iterator[Functi
         env.setenv("GRAPH_AUTH", "demo")
         env.setenv("GRAPH_BASE_URL", graph.base_url)
         env.setenv("SYNC_QUEUE", f"sync-fuzz-{uuid.uuid4().hex[:8]}")
-        env.delenv("WEBSITE_SITE_NAME", raising=False)
+        env.setenv("DEV_TRUST_PRINCIPAL_HEADER", "true")
+        env.setenv("HOME_TENANT_ID", HOME_TENANT_ID)
+        env.setenv("APP_BASE_URL", APP_BASE_URL)
+        env.delenv("WEBSITE_AUTH_ENABLED", raising=False)
         env.chdir(azurite.location or ".")
         reset_settings_cache()
         app = AppUnderTest(functions=app_functions, settings=get_settings(), graph=graph)
@@ -289,7 +292,7 @@ schema = schemathesis.openapi.from_dict(build_openapi())  # the served one is th
 schema.config.generation.update(
     modes=[schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE],
     max_examples=EXAMPLES_PER_OPERATION,
-    # Every request carries the admin's token (below): the fuzzing is about what a signed-in
+    # Every request carries the operator's token (below): the fuzzing is about what a signed-in
     # caller can send. Who may call at all is tested on every route in test_auth.py.
     with_security_parameters=False,
 )
@@ -342,7 +345,7 @@ def test_the_api_conforms_to_its_document_under_fuzzing(case: Any, fuzz_app: Fun
     known_ids(case)
     case.call_and_validate(
         app=fuzz_app,
-        headers={"Authorization": "Bearer fuzz-admin-token"},
+        headers={"Authorization": "Bearer fuzz-operator-token"},
         checks=[
             not_a_server_error,
             status_code_conformance,

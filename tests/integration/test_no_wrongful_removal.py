@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools.azurite import Azurite
 from devtools.demo_tenant import DemoGraphServer
 from devtools.demo_tenant import Tenant as DemoTenant
 from devtools.demo_tenant.model import AssignedLicense, Group, User
@@ -57,19 +56,14 @@ def everyone_of(tenant: DemoTenant) -> str:
 def small(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
-    azurite: Azurite,
-    unique_queue: str,
+    app_env: AppUnderTest,
     app_functions: dict,
 ) -> Iterator[tuple[AppUnderTest, DemoTenant]]:
-    """The app against a tenant of each size, on its own demo Graph and queue."""
+    """The app (as app_env sets it up) against a tenant of each size, on its own demo Graph."""
     tenant = sized_tenant(request.param)
     with DemoGraphServer([tenant]) as server:
-        monkeypatch.setenv("SYNC_STORAGE", azurite.connection_string)
-        monkeypatch.setenv("GRAPH_AUTH", "demo")
         monkeypatch.setenv("GRAPH_BASE_URL", server.base_url)
-        monkeypatch.setenv("SYNC_QUEUE", unique_queue)
         monkeypatch.delenv("WEBSITE_SITE_NAME", raising=False)
-        monkeypatch.chdir(azurite.location or ".")
         reset_settings_cache()
         yield AppUnderTest(functions=app_functions, settings=get_settings(), graph=server), tenant
         reset_settings_cache()

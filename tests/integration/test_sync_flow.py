@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from devtools.demo_tenant import Tenant as DemoTenant
+from devtools.host import encode_principal
 from tests.integration.conftest import AppUnderTest
 from tests.oracle import expected_roster
 
@@ -342,17 +343,21 @@ async def test_unregistered_tenant_is_404_and_malformed_id_is_400(app: AppUnderT
     assert code == 400 and "GUID" in problem["detail"]
 
 
-async def test_unauthenticated_is_401_and_missing_role_is_403(
+async def test_unauthenticated_is_401_and_a_stranger_sees_nothing(
     app: AppUnderTest, own_tenant: DemoTenant
 ) -> None:
+    await register(app, own_tenant)
     code, problem, _ = await app.http("tenants_list", "GET", "tenants", principal=None)
     assert code == 401
-    import base64
-    import json
-
-    reader = base64.b64encode(json.dumps({"claims": [{"typ": "roles", "val": "Other"}]}).encode()).decode()
-    code, problem, _ = await app.http("tenants_list", "GET", "tenants", principal=reader)
-    assert code == 403 and "Sync.Admin" in problem["detail"]
+    stranger = encode_principal(
+        "eve@fabrikam.com", ["Sync.Operator"], tenant_id="8efef433-65df-437f-9283-e2a918a80821"
+    )  # the operator's app role, but not signed in from the home tenant: nobody special
+    code, listed, _ = await app.http("tenants_list", "GET", "tenants", principal=stranger)
+    assert code == 200 and listed == {"value": []}
+    code, problem, _ = await app.http(
+        "selection", "GET", "x", route={"tenantId": own_tenant.tenant_id}, principal=stranger
+    )
+    assert code == 404 and "not registered, or not one you may see" in problem["detail"]
 
 
 async def test_consent_revoked_run_says_which_permission_and_how(

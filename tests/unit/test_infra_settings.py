@@ -49,6 +49,7 @@ LOCAL_ONLY = {
     "GRAPH_AUTHORITY_HOST": "an override for the demo tenant; in Azure it follows GRAPH_CLOUD",
     "DEV_TRUST_PRINCIPAL_HEADER": "local development only; check_infra refuses it",
     "FUNCTIONS_WORKER_RUNTIME": "local.settings.json only; Flex Consumption sets the runtime itself",
+    "WEBSITE_AUTH_ENABLED": "App Service sets it itself while App Service Authentication is on",
 }
 # CONTRACT.md: routes whose handlers check something else than the sign-in.
 CONTRACT_ANONYMOUS = {"/api/notifications", "/api/consent/callback"}
@@ -64,8 +65,12 @@ CONTRACT_TABLES = {
 }
 
 
+TYPED_READERS = {"_number", "_flag", "_guid", "_role_ids", "_base_url"}
+
+
 def settings_read_by_load_settings() -> set[str]:
-    """The quoted names load_settings reads: values.get("NAME", ...) and _number(values, "NAME", ...)."""
+    """The quoted names load_settings reads: values.get("NAME", ...) and the typed readers
+    (_number, _flag, _guid, ...)(values, "NAME", ...)."""
     tree = ast.parse((ROOT / "shared" / "settings.py").read_text(encoding="utf-8"))
     (function,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "load_settings"]
     names: set[str] = set()
@@ -75,7 +80,7 @@ def settings_read_by_load_settings() -> set[str]:
         callee = node.func
         if isinstance(callee, ast.Attribute) and callee.attr == "get" and node.args:
             argument = node.args[0]
-        elif isinstance(callee, ast.Name) and callee.id == "_number" and len(node.args) > 1:
+        elif isinstance(callee, ast.Name) and callee.id in TYPED_READERS and len(node.args) > 1:
             argument = node.args[1]
         else:
             continue
@@ -182,6 +187,18 @@ def anonymous_path_problems(api_bicep: str) -> list[str]:
 
 
 # --- every setting the code reads is set -----------------------------------------------------
+
+
+def test_every_typed_reader_of_settings_is_known() -> None:
+    """A new `_reader(values, name, ...)` in shared/settings.py must join TYPED_READERS, or the
+    settings it reads would escape the Bicep checks below."""
+    tree = ast.parse((ROOT / "shared" / "settings.py").read_text(encoding="utf-8"))
+    readers = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args[:2]] == ["values", "name"]
+    }
+    assert readers == TYPED_READERS
 
 
 def test_load_settings_names_are_found() -> None:

@@ -98,6 +98,10 @@ def test_sample_settings_file_lists_every_setting() -> None:
         "AZURE_CLIENT_ID",
         "SYNC_QUEUE",
         "SYNC_SCHEDULE",
+        "HOME_TENANT_ID",
+        "ADMIN_ROLE_IDS",
+        "APP_BASE_URL",
+        "DEV_TRUST_PRINCIPAL_HEADER",
         "REMOVAL_GRACE_DAYS",
         "REMOVAL_GUARD_PERCENT",
         "REMOVAL_GUARD_MIN_USERS",
@@ -153,3 +157,59 @@ def test_retry_after_is_honoured_as_given_and_an_absurd_wait_fails_the_read() ->
     assert retry_after({}, 2) == 2.0  # no header: backoff
     with pytest.raises(GraphUnavailable, match="wait 3600 s"):
         retry_after({"Retry-After": "3600"}, 0)
+
+
+def test_the_principal_header_is_trusted_only_behind_platform_auth_or_the_dev_setting_with_demo() -> None:
+    assert not load_settings(BASE, local_settings=None).principal_header_trusted
+    demo = {**BASE, "GRAPH_AUTH": "demo"}
+    assert not load_settings(demo, local_settings=None).principal_header_trusted
+    assert load_settings(
+        {**demo, "DEV_TRUST_PRINCIPAL_HEADER": "true"}, local_settings=None
+    ).principal_header_trusted
+    assert load_settings(
+        {**BASE, "WEBSITE_AUTH_ENABLED": "True"}, local_settings=None
+    ).principal_header_trusted
+    assert not load_settings(
+        {**BASE, "WEBSITE_AUTH_ENABLED": "False"}, local_settings=None
+    ).principal_header_trusted
+    for auth in ("managed-identity", "default"):
+        with pytest.raises(
+            SettingsError, match="DEV_TRUST_PRINCIPAL_HEADER=true is allowed only with GRAPH_AUTH=demo"
+        ):
+            load_settings(
+                {**BASE, "GRAPH_AUTH": auth, "DEV_TRUST_PRINCIPAL_HEADER": "true"}, local_settings=None
+            )
+    with pytest.raises(SettingsError, match="DEV_TRUST_PRINCIPAL_HEADER must be true or false"):
+        load_settings({**demo, "DEV_TRUST_PRINCIPAL_HEADER": "yes please"}, local_settings=None)
+
+
+def test_home_tenant_admin_roles_and_base_url_are_checked() -> None:
+    settings = load_settings(
+        {
+            **BASE,
+            "HOME_TENANT_ID": "AA8843FA-9556-4492-A1CB-79B096247291",
+            "ADMIN_ROLE_IDS": " 62e90394-69f5-4237-9190-012177145e10 ,fdd7a751-b60b-444a-984c-02652fe8fa1c",
+            "APP_BASE_URL": "https://sync.example.net/",
+        },
+        local_settings=None,
+    )
+    assert settings.home_tenant_id == "aa8843fa-9556-4492-a1cb-79b096247291"
+    assert settings.admin_role_ids == {
+        "62e90394-69f5-4237-9190-012177145e10",
+        "fdd7a751-b60b-444a-984c-02652fe8fa1c",
+    }
+    assert settings.app_base_url == "https://sync.example.net"
+    defaults = load_settings(BASE, local_settings=None)
+    assert (
+        defaults.home_tenant_id is None
+        and len(defaults.admin_role_ids) == 4
+        and defaults.app_base_url is None
+    )
+    for name, value in (
+        ("HOME_TENANT_ID", "contoso.onmicrosoft.com"),
+        ("ADMIN_ROLE_IDS", "Global Administrator"),
+        ("APP_BASE_URL", "sync.example.net"),
+        ("APP_BASE_URL", "https://sync.example.net/?x=1"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            load_settings({**BASE, name: value}, local_settings=None)
