@@ -7,7 +7,9 @@
   Graph-like throttling, real Azurite: a full refresh, an unchanged full re-run and an unchanged
   incremental (delta) run, with Graph requests beside the lower bound.
 - `fleet`: the nightly timer queueing one refresh each for 1,000 tenants.
-- `all` (the default): the three in one run. The demo tenant serves from this process.
+- `notify`: 50 leavers taken out of a group in the demo tenant, each timed until its change
+  notification has taken it off the roster and into the change feed (devtools/bench_notify.py).
+- `all` (the default): the four in one run. The demo tenant serves from this process.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from typing import Any
 
 import msgspec
+
+from devtools.bench_notify import bench_notify, print_notify
 
 BIG_TENANT = "0b3e54b4-7a71-4a3b-9f2d-100000000000"
 SLICE_TENANT = "0b3e54b4-7a71-4a3b-9f2d-010000000000"
@@ -358,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     fleet = sub.add_parser("fleet", help="the nightly timer queueing refreshes for many tenants")
     fleet.add_argument("--tenants", type=int, default=1000)
     fleet.add_argument("--json", action="store_true")
+    notify = sub.add_parser("notify", help="leavers off the roster by change notifications: p50, p95")
+    notify.add_argument("--changes", type=int, default=50)
+    notify.add_argument("--users", type=int, default=10_000)
+    notify.add_argument("--debounce", type=float, default=20.0)
+    notify.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.what == "child":
         return _child(args)
@@ -369,12 +378,18 @@ def main(argv: list[str] | None = None) -> int:
         fleet_report = asyncio.run(bench_fleet(args.tenants))
         print(json.dumps(fleet_report, indent=2)) if args.json else _print_fleet(fleet_report)
         return 0
+    if args.what == "notify":
+        notify_report = asyncio.run(bench_notify(args.changes, args.users, args.debounce))
+        print(json.dumps(notify_report, indent=2)) if args.json else print_notify(notify_report)
+        return 0
     if args.what in (None, "all"):  # `make bench`: every figure the README quotes, in one run
         _print_directory(bench_directory(100_000, 2_000))
         print()
         _print_refresh(bench_refresh(100_000, 2_000, 0.05))
         print()
         _print_fleet(asyncio.run(bench_fleet(1000)))
+        print()
+        print_notify(asyncio.run(bench_notify()))
         return 0
     if args.what == "directory":
         report = bench_directory(getattr(args, "users", 100_000), getattr(args, "groups", 2_000))
