@@ -205,3 +205,5 @@ def print_notify(report: dict[str, Any]) -> None:
         f"| {report['seen']}/{report['changes']} | {report['p50_s']} s | {report['p95_s']} s | "
         f"{report['max_s']} s | {report['refreshes']} ({report['incremental_refreshes']} incremental) |"
     )
+    if report["leavers_still_active"]:
+        print(f"WARNING: {report['leavers_still_active']} leavers are still active on the roster")
