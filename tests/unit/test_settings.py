@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,31 @@ def test_environment_wins_over_local_settings_file(tmp_path: Path) -> None:
 def test_trailing_slash_is_dropped_from_graph_base_url() -> None:
     settings = load_settings({**BASE, "GRAPH_BASE_URL": "http://127.0.0.1:7081/v1.0/"}, local_settings=None)
     assert settings.graph_base_url == "http://127.0.0.1:7081/v1.0"
+
+
+# Read by shared/settings.py but not in the sample, each for a reason.
+NOT_IN_SAMPLE = {
+    "GRAPH_AUTHORITY_HOST",  # an override; empty would replace the cloud's (or the demo's) authority
+    "WEBSITE_AUTH_ENABLED",  # App Service sets it; locally the dev setting stands in
+    "SYNC_STORAGE__tableServiceUri",  # identity-based storage in Azure; locally a connection string
+    "SYNC_STORAGE__queueServiceUri",
+    "SYNC_STORAGE__blobServiceUri",
+    "SYNC_STORAGE__clientId",
+}
+
+
+def test_the_sample_names_each_setting_the_app_reads_once() -> None:
+    text = (Path(__file__).parents[2] / "local.settings.sample.json").read_text()
+    pairs = json.loads(text, object_pairs_hook=list)
+    values = next(v for k, v in pairs if k == "Values")
+    names = [k for k, _ in values]
+    assert sorted({n for n in names if names.count(n) > 1}) == []  # a second one would silently win
+    source = (Path(__file__).parents[2] / "shared" / "settings.py").read_text()
+    read = set(re.findall(r'values(?:\.get)?\(\s*"([A-Za-z_]+)"', source)) | set(
+        re.findall(r'_\w+\(\s*values,\s*"([A-Za-z_]+)"', source)
+    )
+    assert len(read) > 25
+    assert sorted(read - set(names) - NOT_IN_SAMPLE) == []
 
 
 def test_sample_settings_file_lists_every_setting() -> None:
