@@ -55,18 +55,7 @@ def plain_datetime(value: datetime) -> datetime:
 
 def plain_value(value: Any) -> Any:
     """A property value as read, Edm.DateTime as a plain datetime."""
-    if isinstance(value, datetime) and type(value) is not datetime:
-        return datetime(
-            value.year,
-            value.month,
-            value.day,
-            value.hour,
-            value.minute,
-            value.second,
-            value.microsecond,
-            value.tzinfo,
-        )
-    return value
+    return plain_datetime(value) if isinstance(value, datetime) else value
 
 
 def _identity_credential(settings: Settings):  # type: ignore[no-untyped-def]

@@ -190,15 +190,7 @@ class SyncStore:
             else:
                 entity[key] = value
         try:
-            if current is None:
-                await table.create_entity(entity)
-            else:
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            await _write_unless_changed(table, entity, current)
         except (ResourceExistsError, ResourceModifiedError):
             latest = await self.get_tenant(tenant.id)
             raise StaleTenant(latest.version if latest else 0) from None
@@ -299,15 +291,7 @@ class SyncStore:
         saved = msgspec.structs.replace(selection, version=current_version + 1)
         entity = _selection_to_entity(tenant_id, CURRENT_SELECTION, saved)
         try:
-            if current is None:
-                await table.create_entity(entity)
-            else:
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            await _write_unless_changed(table, entity, current)
         except (ResourceExistsError, ResourceModifiedError):
             latest = await self.get_selection(tenant_id)
             raise StaleSelection(latest.version) from None
@@ -378,6 +362,20 @@ _ADMIN_FIELDS = frozenset(
         "updatedAt",
     }
 )
+
+
+async def _write_unless_changed(table: TableClient, entity: dict[str, Any], current: Any) -> None:
+    """Create the entity, or replace `current` only if nobody changed it since it was read (ETag);
+    raises ResourceExistsError / ResourceModifiedError when someone did."""
+    if current is None:
+        await table.create_entity(entity)
+        return
+    await table.update_entity(
+        entity,
+        mode=UpdateMode.REPLACE,
+        etag=current.metadata["etag"],
+        match_condition=MatchConditions.IfNotModified,
+    )
 
 
 def _tenant_from_entity(entity: dict[str, Any]) -> Tenant:

@@ -188,3 +188,13 @@ def error_from_body(status: int, body: bytes, permission: str) -> DirectoryError
     except msgspec.DecodeError:
         err = _WireError()
     return classify_error(status, err.code, err.message, permission)
+
+
+def group_item_body(group_id: str, status: int, body: bytes, permission: str) -> bytes:
+    """The body of a `$batch` item that read a page of a group's members: GroupNotFound on 404,
+    the mapped error on any other failure."""
+    if status == 404:
+        raise GroupNotFound(group_id)
+    if status != 200:
+        raise error_from_body(status, body, permission)
+    return body

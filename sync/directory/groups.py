@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
-from sync.directory.errors import GroupNotFound, InvalidCursor, error_from_body
+from sync.directory.errors import InvalidCursor, error_from_body, group_item_body
 from sync.directory.transport import MAX_PAGE_SIZE, GraphTransport
 from sync.directory.wire import COUNT_ONLY, GROUP, GROUP_FIELDS, GROUP_PAGE, ID_PAGE, BatchItem
 from sync.models import Group, GroupKind, GroupPage
@@ -133,11 +133,7 @@ class GroupReads:
             gid: frozenset({gid}) for gid in group_ids if gid in microsoft365
         }
         for gid, item in items.items():
-            if item.status == 404:
-                raise GroupNotFound(gid)
-            if item.status != 200:
-                raise error_from_body(item.status, item.body, PERMISSION)
-            page = ID_PAGE.decode(item.body)
+            page = ID_PAGE.decode(group_item_body(gid, item.status, item.body, PERMISSION))
             ids = {entry.id for entry in page.value}
             if page.next_link:  # more than 999 nested groups: follow the rest outside the batch
                 request = self.transport.request_for(page.next_link, eventual=True)

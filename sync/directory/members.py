@@ -16,7 +16,13 @@ from msgraph.generated.users.item.transitive_member_of.transitive_member_of_requ
     TransitiveMemberOfRequestBuilder,
 )
 
-from sync.directory.errors import GraphRequestRejected, GroupNotFound, PageExpired, error_from_body
+from sync.directory.errors import (
+    GraphRequestRejected,
+    GroupNotFound,
+    PageExpired,
+    error_from_body,
+    group_item_body,
+)
 from sync.directory.transport import MAX_BATCH_SIZE, MAX_PAGE_SIZE, GraphTransport
 from sync.directory.users import UserReads
 from sync.directory.wire import ID_PAGE, USER_FIELDS, USER_PAGE
@@ -132,11 +138,7 @@ class MemberReads(UserReads):
             items = await self.transport.batch_get(pending, PERMISSION, eventual=True)
             pending = {}
             for gid, item in items.items():
-                if item.status == 404:
-                    raise GroupNotFound(gid)
-                if item.status != 200:
-                    raise error_from_body(item.status, item.body, PERMISSION)
-                page = ID_PAGE.decode(item.body)
+                page = ID_PAGE.decode(group_item_body(gid, item.status, item.body, PERMISSION))
                 found[gid].update(entry.id for entry in page.value)
                 if page.next_link:
                     pending[gid] = self.transport.relative(page.next_link)
