@@ -321,6 +321,7 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
         groups=classification.groups,
         guard=tenant_guard(ctx, tenant),
         approved_digest=run.approved_digest,
+        approved_removals=run.allow_removals,
         tenant_count=classification.tenant_count,
     )
     run.groups = classification.groups

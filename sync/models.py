@@ -347,7 +347,12 @@ class Run(msgspec.Struct, kw_only=True, rename="camel"):
     requested_at: datetime
     requested_by: str | None = None
     allow_removals: int | None = None  # approved removal ceiling, from a held run
-    approved_run: str | None = None  # the held run this one applies
+    approved_run: str | None = (
+        None  # the held run (or the confirmed preview) whose removals this one may make
+    )
+    # Who approved removals and when: on the run allowed to make them, and on the held run approved.
+    approved_by: str | None = None
+    approved_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_seconds: float | None = None
@@ -472,11 +477,23 @@ class TenantInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", for
     guard_min_users: GuardMinUsers | msgspec.UnsetType | None = msgspec.UNSET
 
 
+class ConfirmedPreview(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """The preview whose removals the admin confirmed ("Remove N users?"): the save's run may make
+    exactly those removals (same fingerprint) without being held a second time."""
+
+    run_id: Annotated[str, msgspec.Meta(description="The preview run (POST /preview) that was shown.")]
+    removal_digest: Annotated[
+        str, msgspec.Meta(description="Its `removalDigest`: the fingerprint of exactly who it removes.")
+    ]
+
+
 class SelectionInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """PUT /selection and POST /preview: the groups to sync (or every eligible user)."""
 
     mode: ModeChoice | msgspec.UnsetType = msgspec.UNSET
     group_ids: GroupIds | msgspec.UnsetType = msgspec.UNSET
+    # PUT /selection only: the removals the admin confirmed in the preview of this very selection.
+    confirmed_preview: ConfirmedPreview | msgspec.UnsetType = msgspec.UNSET
 
 
 class RulesInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):

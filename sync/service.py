@@ -40,6 +40,7 @@ from sync.models import (
     AuditPage,
     CallerKind,
     ChangeFeed,
+    ConfirmedPreview,
     Connection,
     ConnectionState,
     ConsentOutcome,
@@ -248,7 +249,8 @@ def parse_tenant_input(body: Mapping[str, Any]) -> TenantInput:
 
 
 def parse_selection_input(body: Mapping[str, Any]) -> SelectionInput:
-    """A selection body ({"mode", "groupIds"}) checked for shape; existence is checked against Graph later."""
+    """A selection body ({"mode", "groupIds", "confirmedPreview"?}) checked for shape; existence is
+    checked against Graph later. Every bad value is named in one 400."""
     if not body:
         raise InvalidInput(
             'send {"mode": "groups", "groupIds": [...]} or {"mode": "all"}; an empty body selects nothing'
@@ -261,30 +263,50 @@ def parse_selection_input(body: Mapping[str, Any]) -> SelectionInput:
         raise InvalidInput("groupIds must be a list of group id strings")
     if len(group_ids) > MAX_SELECTED_GROUPS:
         raise InvalidInput(f"at most {MAX_SELECTED_GROUPS} groups can be selected; got {len(group_ids)}")
-    if mode is None:
-        chosen = SelectionMode.GROUPS if group_ids else SelectionMode.ALL
-    elif mode in ("all", "groups"):
+    problems: list[str] = []
+    errors: list[dict[str, str]] = []
+    chosen = SelectionMode.GROUPS if group_ids else SelectionMode.ALL
+    if mode is not None and mode not in ("all", "groups"):
+        problems.append(f"mode must be 'all' or 'groups'; got {str(mode)[:64]!r}")
+        errors.append({"field": "mode", "problem": "not 'all' or 'groups'"})
+    elif mode is not None:
         chosen = SelectionMode(str(mode))
-    else:
-        raise InvalidInput(f"mode must be 'all' or 'groups'; got {str(mode)[:64]!r}")
-    if chosen is SelectionMode.ALL and group_ids:
-        raise InvalidInput("mode 'all' syncs every eligible user; send no groupIds with it")
-    if chosen is SelectionMode.GROUPS and not group_ids:
-        raise InvalidInput("mode 'groups' needs at least one group id (or use mode 'all')")
+        if chosen is SelectionMode.ALL and group_ids:
+            problems.append("mode 'all' syncs every eligible user; send no groupIds with it")
+        if chosen is SelectionMode.GROUPS and not group_ids:
+            problems.append("mode 'groups' needs at least one group id (or use mode 'all')")
     malformed = [g for g in group_ids if not is_object_id(g)]
     if malformed:
-        raise InvalidInput(
-            "these group ids are not GUIDs: " + ", ".join(repr(g[:64]) for g in malformed[:20]),
-            errors=[{"groupId": g[:64], "problem": "not a GUID"} for g in malformed],
-        )
+        problems.append("these group ids are not GUIDs: " + ", ".join(repr(g[:64]) for g in malformed))
+        errors.extend({"groupId": g[:64], "problem": "not a GUID"} for g in malformed)
     lowered = [g.lower() for g in group_ids]
     duplicates = sorted({g for g in lowered if lowered.count(g) > 1})
     if duplicates:
-        raise InvalidInput(
-            "these group ids are listed more than once: " + ", ".join(duplicates),
-            errors=[{"groupId": g, "problem": "duplicate"} for g in duplicates],
+        problems.append("these group ids are listed more than once: " + ", ".join(duplicates))
+        errors.extend({"groupId": g, "problem": "duplicate"} for g in duplicates)
+    confirmed: ConfirmedPreview | msgspec.UnsetType = msgspec.UNSET
+    if "confirmedPreview" in body:
+        raw = body["confirmedPreview"]
+        run_id = raw.get("runId") if isinstance(raw, dict) else None
+        digest = raw.get("removalDigest") if isinstance(raw, dict) else None
+        extra = (
+            sorted(str(k)[:64] for k in raw if k not in ("runId", "removalDigest"))
+            if isinstance(raw, dict)
+            else []
         )
-    return SelectionInput(mode=chosen, group_ids=lowered)
+        if not isinstance(run_id, str) or not is_run_id(run_id):
+            problems.append("confirmedPreview.runId must be the id of the preview run that was confirmed")
+            errors.append({"field": "confirmedPreview.runId", "problem": "not a run id"})
+        if not isinstance(digest, str) or not 1 <= len(digest) <= 64 or not digest.isalnum():
+            problems.append("confirmedPreview.removalDigest must be that preview's removalDigest")
+            errors.append({"field": "confirmedPreview.removalDigest", "problem": "not a fingerprint"})
+        if extra:
+            problems.append(f"confirmedPreview has unknown field(s): {', '.join(extra)}")
+        if isinstance(run_id, str) and isinstance(digest, str) and not problems:
+            confirmed = ConfirmedPreview(run_id=run_id, removal_digest=digest)
+    if problems:
+        raise InvalidInput("; ".join(problems), errors=errors)
+    return SelectionInput(mode=chosen, group_ids=lowered, confirmed_preview=confirmed)
 
 
 AUDIT_CSV_COLUMNS = ("at", "kind", "userId", "userPrincipalName", "runId", "reason", "by", "before", "after")
@@ -336,6 +358,17 @@ def _grant_tenants(values: list[str]) -> tuple[str, ...]:
     if len(unique) > MAX_GRANT_TENANTS:
         raise InvalidInput(f"a grant names at most {MAX_GRANT_TENANTS} tenants; got {len(unique)}")
     return unique
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Removals someone approved: exactly those of `of_run` (a held run or a confirmed preview)."""
+
+    of_run: str
+    digest: str
+    removals: int
+    by: str | None
+    shown_in: str = "heldRun"  # where the removals were shown: a held run, or "previewRun"
 
 
 @dataclass(frozen=True)
@@ -585,6 +618,7 @@ class SyncService:
         """Save a new selection version (checked against Graph) and queue the refresh that applies it."""
         tenant = await self.require_tenant(tenant_id)
         ids = list(change.group_ids or [])
+        confirmed = await self._confirmed_preview(tenant.id, change)
         groups = await self._resolve_groups(tenant.id, ids) if ids else []
         selection = Selection(
             mode=SelectionMode(change.mode or SelectionMode.ALL),
@@ -606,10 +640,53 @@ class SyncService:
             before=_selection_of(before),
             after=_selection_of(saved),
         )
+        approval = None
+        if confirmed is not None:
+            approval = Approval(
+                of_run=confirmed.id,
+                digest=confirmed.removal_digest or "",
+                removals=confirmed.counts.removed,
+                by=requested_by,
+                shown_in="previewRun",
+            )
         run = await self.request_refresh(
-            tenant.id, reason=RunReason.SELECTION_SAVED, requested_by=requested_by
+            tenant.id, reason=RunReason.SELECTION_SAVED, requested_by=requested_by, approval=approval
         )
         return saved, run
+
+    async def _confirmed_preview(self, tenant_id: str, change: SelectionInput) -> Run | None:
+        """The preview whose removals the admin confirmed, checked to be a finished preview of exactly
+        this selection with that fingerprint; None when the save confirms none. 400 naming each misfit."""
+        confirmed = change.confirmed_preview
+        if confirmed is msgspec.UNSET:
+            return None
+        preview = await self.ctx.store.get_run(tenant_id, confirmed.run_id)
+        if preview is None or not preview.dry_run or preview.reason is not RunReason.PREVIEW:
+            raise InvalidInput(
+                f"confirmedPreview.runId {confirmed.run_id} is not a preview of this tenant's selection "
+                "(POST /preview answers one)",
+                errors=[{"field": "confirmedPreview.runId", "problem": "no such preview"}],
+            )
+        problems: list[str] = []
+        if preview.status is not RunStatus.SUCCEEDED:
+            problems.append(
+                f"preview {preview.id} is {preview.status}, not succeeded: nothing was shown to confirm"
+            )
+        wanted = (SelectionMode(change.mode or SelectionMode.ALL), sorted(change.group_ids or []))
+        shown = (preview.preview_mode, sorted(preview.preview_group_ids or []))
+        if wanted != shown:
+            problems.append(
+                f"preview {preview.id} is of another selection (mode {shown[0]}, {len(shown[1])} groups) "
+                f"than the one saved (mode {wanted[0]}, {len(wanted[1])} groups): preview it again"
+            )
+        if preview.removal_digest != confirmed.removal_digest:
+            problems.append(
+                f"confirmedPreview.removalDigest {confirmed.removal_digest[:64]!r} is not the fingerprint of "
+                f"preview {preview.id}'s removals"
+            )
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        return preview
 
     # -- runs --
 
@@ -618,11 +695,19 @@ class SyncService:
             await queue.send_message(msgspec.json.encode(_message_for(run)))
 
     async def request_refresh(
-        self, tenant_id: str, *, reason: RunReason = RunReason.MANUAL, requested_by: str | None = None
+        self,
+        tenant_id: str,
+        *,
+        reason: RunReason = RunReason.MANUAL,
+        requested_by: str | None = None,
+        approval: Approval | None = None,
     ) -> Run:
-        """Record a queued run and put its message on the refresh queue."""
+        """Record a queued run and put its message on the refresh queue; with an `approval`, the run
+        may make exactly the removals approved (it is held again if they changed)."""
         tenant = await self.require_tenant(tenant_id)
         run = runs.new_run(tenant.id, reason, requested_by=requested_by)
+        if approval is not None:
+            await self._approve_into(run, approval)
         await self.ctx.store.create_run(run)
         await self._enqueue(run)
         return run
@@ -630,6 +715,8 @@ class SyncService:
     async def preview(self, tenant_id: str, change: SelectionInput, *, requested_by: str | None) -> Run:
         """Queue a dry run of a selection that is not saved: what would be added and removed."""
         tenant = await self.require_tenant(tenant_id)
+        if change.confirmed_preview is not msgspec.UNSET:
+            raise InvalidInput("confirmedPreview goes with saving the selection (PUT), not with a preview")
         ids = list(change.group_ids or [])
         if ids:
             await self._resolve_groups(tenant.id, ids)
@@ -742,27 +829,56 @@ class SyncService:
     async def approve(
         self, tenant_id: str, run_id: str, *, requested_by: str | None, in_process: bool = False
     ) -> Run:
-        """A run allowed to remove exactly what the held run planned: queued, or run here (CLI)."""
+        """A run allowed to remove exactly what the held run planned: queued, or run here (CLI).
+
+        Only the newest held run can be approved: an older one shows a plan a newer run replaced."""
         held = await self.get_run(tenant_id, run_id)
         if held.status is not RunStatus.HELD:
             raise Conflict(f"run {run_id} is {held.status}, not held; only held runs can be approved")
+        newest = await self.newest_held_run(held.tenant_id)
+        if newest is not None and newest.id != held.id:
+            raise Conflict(
+                f"run {run_id} is not the newest held run: run {newest.id} (requested "
+                f"{newest.requested_at:%Y-%m-%d %H:%M} UTC) was held after it with the current plan of "
+                f"{newest.counts.removed:,} removals; review and approve that one instead"
+            )
         run = runs.new_run(held.tenant_id, RunReason.APPROVED, requested_by=requested_by)
-        run.allow_removals = held.counts.removed
-        run.approved_digest = held.removal_digest
-        run.approved_run = held.id
-        await self._audit(
-            held.tenant_id,
-            AuditKind.APPROVED,
-            requested_by,
-            after={"heldRun": held.id, "approvedRun": run.id, "removals": held.counts.removed},
+        approval = Approval(
+            of_run=held.id, digest=held.removal_digest or "", removals=held.counts.removed, by=requested_by
         )
+        await self._approve_into(run, approval)
         await self.ctx.store.create_run(run)
-        # The held run is answered: approving it twice would allow its removals twice.
-        await runs.supersede_run(self.ctx.store, held, by=run.id)
+        await runs.approve_held(self.ctx.store, held, by_run=run.id, approved_by=requested_by)
         if in_process:
             return await self._execute_in_process(run)
         await self._enqueue(run)
         return run
+
+    async def _approve_into(self, run: Run, approval: Approval) -> None:
+        """Let `run` make exactly the approved removals; the approval goes on the audit trail first."""
+        run.allow_removals = approval.removals
+        run.approved_digest = approval.digest
+        run.approved_run = approval.of_run
+        run.approved_by = approval.by
+        run.approved_at = utc_now()
+        await self._audit(
+            run.tenant_id,
+            AuditKind.APPROVED,
+            approval.by,
+            after={approval.shown_in: approval.of_run, "approvedRun": run.id, "removals": approval.removals},
+        )
+
+    async def newest_held_run(self, tenant_id: str) -> Run | None:
+        """The newest run still held by the safety rules (the only one that may be approved)."""
+        cursor: str | None = None
+        for _ in range(50):  # 5,000 runs back at most
+            page, cursor = await self.ctx.store.list_runs(tenant_id, limit=100, after=cursor)
+            for run in page:
+                if run.status is RunStatus.HELD and not run.dry_run:
+                    return run
+            if not cursor:
+                break
+        return None
 
     async def last_run_with_removals(self, tenant_id: str) -> Run:
         """The newest applied run that removed users (what `undo` without a run id undoes)."""
