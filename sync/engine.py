@@ -100,12 +100,16 @@ async def read_full(
         tenant_count = (counted, len(users))
         groups_of_user: dict[str, tuple[str, ...]] = {}
         names: dict[str, str] = {}
+        direct = {}
     else:
         found = await reader.get_groups(group_ids)
         missing = missing_groups_detail([gid for gid, group in found.items() if group is None])
         if missing:
             raise DirectoryError(missing)
         names = {gid: group.display_name for gid, group in found.items() if group is not None}
+        direct = await reader.count_direct_members(
+            {gid: group.kind for gid, group in found.items() if group is not None}
+        )
         counts = await reader.count_group_users(group_ids)
         strategy = cheaper_member_strategy(
             [counts.get(gid, 0) for gid in group_ids], await reader.count_tenant_users()
@@ -138,7 +142,10 @@ async def read_full(
         counted=counts,
     )
     checked = frozenset(mailboxes.purposes) if mailboxes is not None else frozenset()
-    return msgspec.structs.replace(classification, purposes_checked=checked, tenant_count=tenant_count)
+    groups = [msgspec.structs.replace(g, direct=direct.get(g.id)) for g in classification.groups]
+    return msgspec.structs.replace(
+        classification, groups=groups, purposes_checked=checked, tenant_count=tenant_count
+    )
 
 
 def _known_people(roster: Mapping[str, RosterUser], now: datetime) -> frozenset[str]:
@@ -174,6 +181,7 @@ def _counts(classification: Classification, plan: Plan) -> RunCounts:
         unknown=len(classification.unknown),
         purpose_unknown=classification.purpose_unknown,
         licensed_by_sku=classification.licensed_by_sku,
+        optional_matches=classification.optional_matches,
     )
 
 
@@ -361,6 +369,10 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
         by=run.requested_by,
     )
     run.applied_changes = plan.change_count
+    if full:
+        await apply.record_excluded(
+            ctx, run.tenant_id, classification.excluded_users, run_id=run.id, now=utc_now()
+        )
     if links is not None:
         await apply.advance_delta(
             store,

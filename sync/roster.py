@@ -92,6 +92,36 @@ class PartialWrite(Exception):
         self.cause = cause
 
 
+async def submit_transactions(table: TableClient, operations: list[Any]) -> int:
+    """Run table operations of one partition in transactions of 100, a few at once; returns how many.
+
+    After the first failure no further transaction starts (those in flight finish, so the
+    count of what landed stays exact: a transaction is all or nothing). Raises PartialWrite,
+    naming how many operations landed, when any transaction failed.
+    """
+    chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
+    gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
+    landed = 0
+    failures: list[BaseException] = []
+
+    async def submit(chunk: list[Any]) -> None:
+        nonlocal landed
+        async with gate:
+            if failures:
+                return  # a sibling failed: do not start more writes
+            try:
+                await table.submit_transaction(chunk)
+            except Exception as exc:
+                failures.append(exc)
+                return
+            landed += len(chunk)
+
+    await asyncio.gather(*(submit(chunk) for chunk in chunks))
+    if failures:
+        raise PartialWrite(landed, len(operations), failures[0]) from failures[0]
+    return len(chunks)
+
+
 class RosterStore:
     """Read and write one tenant's roster rows."""
 
@@ -136,34 +166,9 @@ class RosterStore:
         return await self._submit(operations)
 
     async def _submit(self, operations: list[Any]) -> int:
-        """Run the operations in transactions of 100, a few at once.
-
-        After the first failure no further transaction starts (those in flight finish, so the
-        count of what landed stays exact: a transaction is all or nothing). Raises PartialWrite,
-        naming how many operations landed, when any transaction failed.
-        """
-        chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
-        gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
-        landed = 0
-        failures: list[BaseException] = []
-
-        async def submit(chunk: list[Any]) -> None:
-            nonlocal landed
-            async with gate:
-                if failures:
-                    return  # a sibling failed: do not start more writes
-                try:
-                    await self._table.submit_transaction(chunk)
-                except Exception as exc:
-                    failures.append(exc)
-                    return
-                landed += len(chunk)
-                self.transactions += 1
-
-        await asyncio.gather(*(submit(chunk) for chunk in chunks))
-        if failures:
-            raise PartialWrite(landed, len(operations), failures[0]) from failures[0]
-        return len(chunks)
+        chunks = await submit_transactions(self._table, operations)
+        self.transactions += chunks
+        return chunks
 
     async def get_user(self, tenant_id: str, id_or_upn: str) -> RosterUser | None:
         """One roster row by object id or by UPN (case-insensitive)."""

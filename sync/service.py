@@ -31,7 +31,13 @@ from sync.auth import ORGANIZATIONS, Caller, Need, Principal, may
 from sync.context import SyncContext
 from sync.directory import DirectoryError, GraphAccessDenied, GraphTokenRefused, InvalidCursor, PageExpired
 from sync.directory.errors import REQUIRED_PERMISSIONS
-from sync.eligibility import ExclusionRules, InvalidRules, explain_user, parse_exclusion_rules
+from sync.eligibility import (
+    ExclusionReason,
+    ExclusionRules,
+    InvalidRules,
+    explain_user,
+    parse_exclusion_rules,
+)
 from sync.engine import LeaseBusy as LeaseBusy  # re-exported for sync.jobs
 from sync.engine import NothingToUndo, execute_refresh, execute_undo
 from sync.models import (
@@ -46,6 +52,7 @@ from sync.models import (
     ConsentOutcome,
     ConsentStarted,
     ConsentStartInput,
+    ExcludedPage,
     Explanation,
     Grant,
     GrantInput,
@@ -57,6 +64,7 @@ from sync.models import (
     RosterStatus,
     RosterUser,
     RulesSaved,
+    RulesView,
     Run,
     RunReason,
     RunStatus,
@@ -87,10 +95,13 @@ from sync.validation import (
     is_object_id,
     is_run_id,
     is_upn,
+    search_text,
 )
 
 log = logging.getLogger("sync.service")
 
+FIND_LIMIT = 10  # users a name search answers ("Why is this user not synced?")
+EXCLUSION_REASONS = tuple(reason.value for reason in ExclusionReason)
 NIGHTLY_FAN_OUT = 32  # storage calls in flight while queueing the nightly refreshes
 SKIPPED_NOT_CONSENTED = "notConsented"  # TenantSkipped reason: the app's admin consent is missing
 
@@ -207,6 +218,36 @@ def require_search(value: str | None) -> str | None:
     return value
 
 
+def _search_problems(search: str | None) -> list[str]:
+    """What is wrong with search text for Graph's `$search` (nothing: an empty list)."""
+    if search is None or not search.strip():
+        return []
+    if len(search) > MAX_SEARCH_LENGTH:
+        return [f"search is longer than {MAX_SEARCH_LENGTH} characters"]
+    if has_control_characters(search):
+        return ["search contains control characters"]
+    if not search_text(search):
+        return [f"search {search[:40]!r} has no letter or digit: Microsoft Graph searches the words of names"]
+    return []
+
+
+def _roster_note(included: bool, roster_status: str, *, unknown: bool = False) -> str | None:
+    """What the platform shows now against what the rules say, when the two differ."""
+    if unknown:
+        return None
+    if roster_status == "active" and not included:
+        return (
+            "On the platform now although the rules keep this user off it (an undo put them back, or "
+            "something changed since the last refresh): the next refresh removes them again unless the "
+            "reason below is fixed."
+        )
+    if roster_status == "removed" and included:
+        return "Removed from the platform, yet eligible now: the next refresh restores them."
+    if roster_status == "absent" and included:
+        return "Eligible, not on the platform yet: the next refresh adds them."
+    return None
+
+
 def _require_text(value: object, what: str, *, max_length: int = MAX_NAME_LENGTH) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{what} is required and must be a non-empty string")
@@ -312,20 +353,34 @@ def parse_selection_input(body: Mapping[str, Any]) -> SelectionInput:
 AUDIT_CSV_COLUMNS = ("at", "kind", "userId", "userPrincipalName", "runId", "reason", "by", "before", "after")
 
 
-def audit_csv(records: Sequence[AuditRecord]) -> str:
-    """Audit records as CSV (configuration before/after as JSON in their cells)."""
+ROSTER_CSV_COLUMNS = ("id", "userPrincipalName", "displayName", "mail", "department", "jobTitle", "groups",
+                      "status", "addedAt", "updatedAt", "removedAt")  # fmt: skip
+EXCLUDED_CSV_COLUMNS = ("id", "userPrincipalName", "displayName", "mail", "department", "reason", "reasons",
+                        "rules", "groups", "runId", "seenAt")  # fmt: skip
+
+
+def records_csv(records: Sequence[msgspec.Struct], columns: Sequence[str]) -> str:
+    """Records as CSV, one column per JSON field: lists joined by "; ", objects as JSON."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(AUDIT_CSV_COLUMNS)
+    writer.writerow(columns)
     for record in records:
         data = msgspec.to_builtins(record)
-        writer.writerow(
-            [
-                json.dumps(data[col]) if col in ("before", "after") and col in data else data.get(col, "")
-                for col in AUDIT_CSV_COLUMNS
-            ]
-        )
+        row = []
+        for col in columns:
+            value = data.get(col)
+            if isinstance(value, dict) or (col in ("before", "after") and col in data):
+                value = json.dumps(value)
+            elif isinstance(value, list):
+                value = "; ".join(str(item) for item in value)
+            row.append("" if value is None else value)
+        writer.writerow(row)
     return out.getvalue()
+
+
+def audit_csv(records: Sequence[AuditRecord]) -> str:
+    """Audit records as CSV (configuration before/after as JSON in their cells)."""
+    return records_csv(records, AUDIT_CSV_COLUMNS)
 
 
 def _guard_of(tenant: Tenant) -> dict[str, float | int | None]:
@@ -501,8 +556,9 @@ class SyncService:
                 raise InvalidInput(
                     f"exclusion group {parsed.exclusion_group_id} does not exist in the tenant"
                 )
-        encoded = msgspec.json.encode(parsed).decode()
         before = parse_exclusion_rules(tenant.exclusion_rules)
+        await self._require_listed_users(tenant.id, parsed, before)
+        encoded = msgspec.json.encode(parsed).decode()
         try:
             saved = await self.ctx.store.put_tenant(
                 msgspec.structs.replace(
@@ -516,6 +572,23 @@ class SyncService:
         preview = await self._preview_now(saved, requested_by)
         run = await self.request_refresh(tenant.id, reason=RunReason.RULES_SAVED, requested_by=requested_by)
         return RulesSaved(**msgspec.structs.asdict(parsed), version=saved.version, preview=preview, run=run)
+
+    async def _require_listed_users(
+        self, tenant_id: str, rules: ExclusionRules, before: ExclusionRules
+    ) -> None:
+        """Users newly listed in excludedUsers must exist in the tenant: 400 naming each that does not."""
+        known = {entry.lower() for entry in before.excluded_users}
+        added = [entry for entry in rules.excluded_users if entry.lower() not in known]
+        if not added:
+            return
+        found = await self._graph(tenant_id, self.ctx.reader(tenant_id).get_users(added))
+        missing = [entry for entry in added if found.get(entry) is None]
+        if missing:
+            raise InvalidInput(
+                "these excludedUsers are not users of the tenant: "
+                + ", ".join(repr(m[:64]) for m in missing),
+                errors=[{"excludedUser": m[:64], "problem": "no such user in the tenant"} for m in missing],
+            )
 
     async def rules_of(self, tenant_id: str) -> tuple[ExclusionRules, int]:
         """The tenant's rules and the version to send back as If-Match."""
@@ -558,9 +631,11 @@ class SyncService:
     async def list_groups(self, tenant_id: str, *, search: str | None, cursor: str | None) -> GroupPage:
         """A page of the tenant's groups for the selection page."""
         tenant = await self.require_tenant(tenant_id)
-        require_search(search)
+        problems = _search_problems(search)
         if cursor is not None and (not cursor or len(cursor) > MAX_CURSOR_LENGTH):
-            raise InvalidInput("the cursor is not one this API issued")
+            problems.append("the cursor is not one this API issued")
+        if problems:
+            raise InvalidInput("; ".join(problems))
         try:
             page: GroupPage = await self._graph(
                 tenant.id, self.ctx.reader(tenant.id).list_groups(search=search, cursor=cursor)
@@ -1017,20 +1092,101 @@ class SyncService:
             purpose_unknown=mailboxes.unknown if mailboxes is not None else (),
         )
         row = await self.ctx.roster.get_user(tenant.id, directory_user.id)
+        status = str(row.status) if row else "absent"
         return Explanation(
             user=UserRef(
                 id=directory_user.id,
                 user_principal_name=directory_user.user_principal_name,
                 display_name=directory_user.display_name,
+                mail=directory_user.mail,
+            ),
+            note=_roster_note(
+                verdict.included, status, unknown=any(r.code == "unknown" for r in verdict.reasons)
             ),
             included=verdict.included,
             reasons=verdict.reasons,
             groups=verdict.groups,
-            roster_status=str(row.status) if row else "absent",
+            roster_status=status,
             mailbox_purpose_source=MailboxPurposeSource.MAILBOX_SETTINGS
             if mailboxes is not None and directory_user.id in mailboxes.purposes
             else MailboxPurposeSource.HEURISTIC,
         )
+
+    async def find_users(self, tenant_id: str, text: str) -> list[UserRef]:
+        """Directory users by words of their display name, mail or user principal name (Graph $search)."""
+        tenant = await self.require_tenant(tenant_id)
+        problems = (
+            _search_problems(text) if text and text.strip() else ["search is required: a name, mail or UPN"]
+        )
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        found = await self._graph(tenant.id, self.ctx.reader(tenant.id).search_users(text, top=FIND_LIMIT))
+        return [
+            UserRef(
+                id=u.id, user_principal_name=u.user_principal_name, display_name=u.display_name, mail=u.mail
+            )
+            for u in found
+        ]
+
+    async def explain_text(self, tenant_id: str, text: str) -> Explanation:
+        """`explain` for an id, a UPN, or words of a name, mail or UPN that find exactly one user."""
+        if is_object_id(text) or is_upn(text):
+            return await self.explain(tenant_id, text)
+        found = await self.find_users(tenant_id, text)
+        if len(found) == 1:
+            return await self.explain(tenant_id, found[0].id)
+        if not found:
+            raise NotFound(f"no user's display name, mail or user principal name starts with {text[:64]!r}")
+        names = "; ".join(
+            f"{u.display_name or u.user_principal_name} ({u.user_principal_name})" for u in found
+        )
+        more = "+" if len(found) >= FIND_LIMIT else ""
+        raise InvalidInput(
+            f"{len(found)}{more} users match {text[:64]!r}: {names}; name one by its user principal name"
+        )
+
+    async def excluded_users(
+        self,
+        tenant_id: str,
+        *,
+        reason: str | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> ExcludedPage:
+        """Who the last full run kept off the platform, by first reason and text, with the exact rules."""
+        tenant = await self.require_tenant(tenant_id)
+        problems = []
+        if reason is not None and reason not in EXCLUSION_REASONS:
+            problems.append(f"reason must be one of {', '.join(EXCLUSION_REASONS)}; got {reason[:40]!r}")
+        if search is not None and len(search) > MAX_SEARCH_LENGTH:
+            problems.append(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+        elif search is not None and has_control_characters(search):
+            problems.append("search contains control characters")
+        if cursor is not None and not is_object_id(cursor):
+            problems.append("the cursor is not one this API issued")
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        users, next_cursor = await self.ctx.excluded.list_users(
+            tenant.id, reason=reason, search=search or None, after=cursor, limit=max(1, min(limit, MAX_PAGE))
+        )
+        return ExcludedPage(value=users, next_cursor=next_cursor, as_of=tenant.last_full_refresh_at)
+
+    async def rules_view(self, tenant_id: str) -> tuple[RulesView, int]:
+        """The tenant's rules with how many users each optional exclusion matched in the latest full run."""
+        rules, version = await self.rules_of(tenant_id)
+        matched: Run | None = None
+        page, _ = await self.ctx.store.list_runs(require_tenant_id(tenant_id), limit=100)
+        for run in page:
+            if run.counts.optional_matches and not run.incremental:
+                matched = run
+                break
+        view = RulesView(
+            **msgspec.structs.asdict(rules),
+            optional_matches=matched.counts.optional_matches if matched else None,
+            optional_matches_run=matched.id if matched else None,
+        )
+        return view, version
 
     # -- who may call --
 
