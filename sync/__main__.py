@@ -530,13 +530,13 @@ async def cmd_explain(args: argparse.Namespace, svc: SyncService) -> int:
     name = (
         f"{user.display_name} ({user.user_principal_name})" if user.display_name else user.user_principal_name
     )
-    verdict = "eligible: the rules keep them on the platform" if result.included else "NOT eligible"
+    verdict = "is synced" if result.included else "is NOT synced (the rules keep them off the platform)"
     place = {
         "active": "on the platform",
         "removed": "removed from the platform",
         "absent": "not on the platform",
     }
-    print(f"{name}: {verdict}; {place.get(result.roster_status, result.roster_status)} now")
+    print(f"{name} {verdict}; {place.get(result.roster_status, result.roster_status)} now")
     for reason in result.reasons:
         print(f"  - {reason.code}: {reason.message}")
         if reason.rule:

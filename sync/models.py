@@ -563,6 +563,9 @@ class RulesInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forb
         Annotated[str, msgspec.Meta(description="A group whose members (nested included) are kept off.")]
         | None
     ) = None
+    include_external_members: bool | None = None  # members of other organisations (#EXT#); default false
+    exclude_service_accounts: bool | None = None  # the built-in service-account patterns; default true
+    exclude_shared_mailboxes: bool | None = None  # shared, room and equipment mailboxes; default true
 
 
 class TenantSaved(TenantView, frozen=True, kw_only=True, rename="camel"):
