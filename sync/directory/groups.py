@@ -35,7 +35,12 @@ def search_clause(text: str, properties: tuple[str, ...] = ("displayName",)) -> 
 
 # Direct member types the admin center counts, and the cast that asks for each; a Microsoft 365 group
 # holds users only, mail-enabled groups no devices ("Manage groups", "List group members").
-_DIRECT_CASTS = {"users": "user", "groups": "group", "devices": "device", "contacts": "orgContact"}
+_DIRECT_CASTS = {
+    "users": "/groups/{}/members/microsoft.graph.user?$count=true&$top=1&$select=id",
+    "groups": "/groups/{}/members/microsoft.graph.group?$count=true&$top=1&$select=id",
+    "devices": "/groups/{}/members/microsoft.graph.device?$count=true&$top=1&$select=id",
+    "contacts": "/groups/{}/members/microsoft.graph.orgContact?$count=true&$top=1&$select=id",
+}
 _HELD_BY_KIND: dict[GroupKind, frozenset[str]] = {
     GroupKind.MICROSOFT365: frozenset({"users"}),
     GroupKind.SECURITY: frozenset(_DIRECT_CASTS),
@@ -120,11 +125,10 @@ class GroupReads:
         """Direct members of each group by type (users, groups, devices, contacts), as the Microsoft
         365 admin center counts them: one cast with `$count` per type the group's kind can hold, 20
         to a `$batch`. A group any of whose counts Graph refuses maps to None (the numbers only explain)."""
-        url = "/groups/{}/members/microsoft.graph.{}?$count=true&$top=1&$select=id"
         asks = {
-            f"{gid}|{field}": url.format(gid, cast)
+            f"{gid}|{field}": url.format(gid)
             for gid, kind in kinds.items()
-            for field, cast in _DIRECT_CASTS.items()
+            for field, url in _DIRECT_CASTS.items()
             if field in _HELD_BY_KIND[kind]
         }
         items = await self.transport.batch_get(asks, PERMISSION, eventual=True)
