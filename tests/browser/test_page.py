@@ -15,7 +15,7 @@ from devtools.demo_tenant import DemoGraphServer
 from devtools.demo_tenant import Tenant as DemoTenant
 from devtools.host import DevHost
 from devtools.host.identities import DEV_IDENTITIES, PARTNER_TENANT_ID
-from tests.browser.conftest import APP_CLIENT_ID, Api, Screenshots, sign_in
+from tests.browser.conftest import APP_CLIENT_ID, Api, Screenshots, assert_accessible, sign_in
 from tests.oracle import expected_roster
 
 RUN_TIMEOUT = 30_000  # ms: a preview plus a refresh of a 300-user tenant take a few seconds
@@ -80,9 +80,12 @@ def test_an_unregistered_tenant_gets_the_command_that_adds_it(page: Page, dev_ho
     notice = page.locator("#no-tenant")
     expect(notice).to_contain_text(f"Tenant {missing} is not registered.")
     expect(notice.locator("pre")).to_have_text(
-        f'.venv/bin/python -m sync tenant add {missing} --name "Contoso"'
+        f'.venv/bin/python -m sync tenant add {missing} --name "ORGANIZATION NAME"'
     )
     expect(page.locator("#app")).to_be_hidden()
+    expect(page.locator("#tenant-picker")).to_be_hidden()  # no empty picker
+    expect(page.locator("body")).not_to_contain_text("Contoso")  # no name of anybody else's
+    assert_accessible(page)
 
 
 def test_select_save_refresh_then_remove_a_group(
@@ -226,7 +229,7 @@ def test_cancel_stale_save_keyboard_and_narrow_window(
     page.screenshot(path=screenshots.path("page-narrow.png"))
 
 
-def test_a_held_run_is_approved_from_the_page(
+def test_one_confirmation_applies_a_big_removal_and_approve_asks_before_it_removes(
     page: Page, dev_host: DevHost, api: Api, browser_tenants: dict[str, DemoTenant], screenshots: Screenshots
 ) -> None:
     tenant = browser_tenants["held"]
@@ -239,7 +242,8 @@ def test_a_held_run_is_approved_from_the_page(
     assert count_of(page, "Added") == len(everyone)
     expect(page.locator("#roster-summary")).to_have_text(FIRST_PAGE)
 
-    # One small group: nearly everyone would go, so the run is held after the confirmation.
+    # One small group: nearly everyone would go. The dialog lists them; confirming applies exactly
+    # those removals (the removal guard does not ask a second time).
     small = tenant.landmarks.nested_chain[-1]
     search_groups(page, tenant.groups[small].display_name)
     page.get_by_role("checkbox", name=tenant.groups[small].display_name, exact=True).check()
@@ -253,22 +257,54 @@ def test_a_held_run_is_approved_from_the_page(
     expect(dialog.locator("#confirm-list li")).to_have_count(min(removing, 200))
     if removing > 200:
         expect(dialog).to_contain_text(f"…and {removing - 200} more not listed.")
+    assert_accessible(page, "#confirm-dialog")
     dialog.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#action-status")).to_have_text(DONE, timeout=RUN_TIMEOUT)
+    assert count_of(page, "Removed") == removing
+    expect(page.locator("#run-view .approved")).to_contain_text("Removals approved by operator@")
+    assert roster_ids(page, len(kept)) == set(kept)
 
+    # Back to everyone, then two held runs made elsewhere (the API, no confirmation): only the newer
+    # one can be approved, and Approve asks first, naming the count.
+    status, _ = api.call("PUT", f"tenants/{tenant.tenant_id}/selection", {"mode": "all"})
+    assert status == 200
+    dev_host.wait_idle_sync()
+    status, _ = api.call(
+        "PUT", f"tenants/{tenant.tenant_id}/selection", {"mode": "groups", "groupIds": [small]}
+    )
+    assert status == 200
+    dev_host.wait_idle_sync()
+    status, _ = api.call("POST", f"tenants/{tenant.tenant_id}/refresh", {})
+    dev_host.wait_idle_sync()
+    page.reload()
+    runs = page.locator("#run-list .run-item.run-held")
+    expect(runs).to_have_count(2)
+    expect(runs.nth(0).get_by_role("button", name=re.compile("^Approve removals"))).to_have_count(1)
+    expect(runs.nth(1).get_by_role("button", name=re.compile("^Approve removals"))).to_have_count(0)
+    expect(runs.nth(1)).to_contain_text("Replaced by a newer held run")
     held = page.locator("#run-view .run-held")
-    expect(held).to_be_visible(timeout=RUN_TIMEOUT)
-    expect(page.locator("#run-view .badge").first).to_have_text("Held: needs approval")
+    expect(held).to_be_visible()
     expect(held.locator(".guard-text")).to_contain_text("approve")
-    expect(page.locator("#run-list .run-held .guard-text")).to_contain_text("approve")
     expect(page.locator("#roster-summary")).to_have_text(FIRST_PAGE)  # untouched
     scroll_to(page, "#run-heading")
     page.screenshot(path=screenshots.path("page-held-run.png"))
+    assert_accessible(page)
 
-    held.get_by_role("button", name="Approve removals").click()
+    held.get_by_role("button", name=re.compile("^Approve removals")).click()
+    expect(dialog.locator("#confirm-title")).to_have_text(f"Approve removing {removing} users?")
+    page.keyboard.press("Escape")
+    expect(page.locator("#action-status")).to_contain_text("Not approved: cancelled")
+    held.get_by_role("button", name=re.compile("^Approve removals")).click()
+    dialog.get_by_role("button", name="Confirm").click()
     expect(page.locator("#action-status")).to_have_text(DONE, timeout=RUN_TIMEOUT)
     expect(page.locator("#run-view")).to_contain_text("Approved removals")
     assert count_of(page, "Removed") == removing
     assert roster_ids(page, len(kept)) == set(kept)
+    approved = page.locator("#run-list .run-item").filter(
+        has=page.locator(".badge", has_text=re.compile("^Approved$"))
+    )
+    expect(approved).to_have_count(1)  # the held run approved: who and when, not just "Superseded"
+    expect(approved.locator(".approved")).to_contain_text(re.compile(r"^Approved by operator@\S+ at \S"))
 
 
 def test_removals_are_undone_from_the_run_history(
@@ -377,10 +413,10 @@ def test_two_thousand_groups_page_with_load_more(
     api.register(tenant)
     open_page(page, dev_host, tenant)
     status = page.locator("#groups-status")
-    expect(status).to_have_text("100 groups shown; more to load below.")
+    expect(status).to_have_text("100 of 2,000 groups shown; more to load below.")
     more = page.get_by_role("button", name="Load more groups")
     more.click()
-    expect(status).to_have_text("200 groups shown; more to load below.")
+    expect(status).to_have_text("200 of 2,000 groups shown; more to load below.")
     boxes = page.locator("#group-list input[type=checkbox]")
     expect(boxes).to_have_count(200)
     picked = boxes.nth(150)
@@ -388,12 +424,12 @@ def test_two_thousand_groups_page_with_load_more(
     picked.check()
     expect(page.locator("#selected-list li")).to_have_text([re.compile(re.escape(name))])
     more.click()
-    expect(status).to_have_text("300 groups shown; more to load below.")
+    expect(status).to_have_text("300 of 2,000 groups shown; more to load below.")
     expect(page.get_by_role("checkbox", name=name, exact=True)).to_be_checked()  # kept across pages
     page.get_by_label("Search groups").fill(name)
     expect(page.get_by_role("checkbox", name=name, exact=True)).to_be_checked()  # and across searches
     page.get_by_label("Search groups").fill("")
-    expect(status).to_have_text("100 groups shown; more to load below.")
+    expect(status).to_have_text("100 of 2,000 groups shown; more to load below.")
     expect(page.locator("#selected-list li")).to_have_text([re.compile(re.escape(name))])
 
 
