@@ -1018,6 +1018,7 @@ function afterRun(run) {
   if (!run.dryRun) {
     resetRoster();
     resetExcluded();
+    loadChoices();
   }
   if (run.status === "failed") {
     showError({ title: `${runTitle(run)} failed`, detail: run.error || "No error text was recorded." }, "");
@@ -1292,7 +1293,8 @@ async function explain(who) {
       absent: "Not on the platform.",
     }[data.rosterStatus] || `Roster status: ${data.rosterStatus}`;
     const groups = data.groups || [];
-    result.replaceChildren(
+    // replaceChildren would write a null as the text "null": leave out what is not there.
+    result.replaceChildren(...[
       h("h3", {}, user.displayName ? `${user.displayName} (${user.userPrincipalName})` : (user.userPrincipalName || who)),
       h("p", { class: data.included ? "verdict yes" : "verdict no" },
         data.included ? "Included: this user is synced." : "Not included: this user is not synced."),
@@ -1305,7 +1307,7 @@ async function explain(who) {
         : (state.saved?.mode === "all" ? "Every user of the tenant is considered (no group is selected)." : "In none of the selected groups.")),
       h("p", {}, rosterText),
       data.note ? h("p", { class: "note" }, data.note) : null,
-    );
+    ].filter(Boolean));
     result.focus();
   } catch (error) {
     result.replaceChildren(h("p", { class: "error-text" }, error.detail || String(error)));

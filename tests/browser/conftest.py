@@ -38,7 +38,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 # Fake, but shaped like the multi-tenant app id: the failed run's error then carries the consent link.
 APP_CLIENT_ID = "0d5b7a4e-6a3c-4c07-9f3e-5b1f0c0de001"
 # One tenant per test, built once for the module; the demo Graph serves them all (token per tenant).
-TENANT_NAMES = ("unconsented", "flow", "held", "failure", "narrow", "undo")
+TENANT_NAMES = ("unconsented", "flow", "held", "failure", "narrow", "undo", "choices")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
