@@ -361,6 +361,7 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def _validated(rules: ExclusionRules) -> ExclusionRules:
+    problems: list[str] = []
     patterns = [p.strip() for p in rules.upn_patterns]
     if len(patterns) > MAX_UPN_PATTERNS:
         raise InvalidRules(
@@ -368,14 +369,14 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
         )
     for i, p in enumerate(patterns):
         if not p:
-            raise InvalidRules(f"upnPatterns[{i}] is empty.")
-        if len(p) > MAX_PATTERN_LENGTH:
-            raise InvalidRules(
-                f"upnPatterns[{i}] is {len(p)} characters long; at most {MAX_PATTERN_LENGTH} are allowed."
+            problems.append(f"upnPatterns[{i}] is empty")
+        elif len(p) > MAX_PATTERN_LENGTH:
+            problems.append(
+                f"upnPatterns[{i}] is {len(p)} characters long; at most {MAX_PATTERN_LENGTH} are allowed"
             )
-        if matches_every_upn(p):
+        elif matches_every_upn(p):
             # Would exclude every user of the tenant: certainly a mistake.
-            raise InvalidRules(f"upnPatterns[{i}] ({p!r}) would exclude every user.")
+            problems.append(f"upnPatterns[{i}] ({p!r}) would exclude every user")
     users = [u.strip() for u in rules.excluded_users]
     if len(users) > MAX_EXCLUDED_USERS:
         raise InvalidRules(
@@ -383,11 +384,13 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
         )
     for i, u in enumerate(users):
         if not u:
-            raise InvalidRules(f"excludedUsers[{i}] is empty.")
-        if len(u) > MAX_PATTERN_LENGTH:
-            raise InvalidRules(
-                f"excludedUsers[{i}] is {len(u)} characters long; at most {MAX_PATTERN_LENGTH} are allowed."
+            problems.append(f"excludedUsers[{i}] is empty")
+        elif len(u) > MAX_PATTERN_LENGTH:
+            problems.append(
+                f"excludedUsers[{i}] is {len(u)} characters long; at most {MAX_PATTERN_LENGTH} are allowed"
             )
+    if problems:
+        raise InvalidRules("; ".join(problems) + ".")
     group = rules.exclusion_group_id
     if group is not None:
         group = group.strip()
