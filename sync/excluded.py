@@ -18,7 +18,7 @@ from azure.data.tables import TransactionOperation, UpdateMode
 
 from shared.storage import EXCLUDED_TABLE, SingleTableStore
 from sync.models import ExcludedUser
-from sync.roster import _moment, submit_transactions
+from sync.roster import _moment, submit_transactions, text_page
 
 _FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "reason", "reasons", "rules", "groups",
            "runId", "seenAt", "sig"]  # fmt: skip
@@ -130,19 +130,5 @@ class ExcludedStore(SingleTableStore):
         if after:
             clauses.append("RowKey gt @after")
             params["after"] = after
-        needle = search.lower() if search else None
-        page: list[ExcludedUser] = []
         query = self._table.query_entities(" and ".join(clauses), parameters=params, select=_FIELDS)
-        async for entity in query:
-            user = _from_entity(entity)
-            if needle and not any(
-                needle in (value or "").lower()
-                for value in (user.user_principal_name, user.display_name, user.mail)
-            ):
-                continue
-            page.append(user)
-            if len(page) > limit:
-                break
-        more = len(page) > limit
-        page = page[:limit]
-        return page, (page[-1].id if more and page else None)
+        return await text_page((_from_entity(entity) async for entity in query), search, limit)

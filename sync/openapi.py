@@ -147,6 +147,13 @@ ETAG = {
 }
 
 
+USER_LIST_QUERY = (
+    _query("search", {"type": "string", "maxLength": MAX_SEARCH_LENGTH}, "Text in the UPN, name or mail."),
+    _query("cursor", {"type": "string", "pattern": GUID_PATTERN}, "nextCursor."),
+    _query("format", {"enum": ["json", "csv"]}, "csv: every matching user, as a spreadsheet."),
+)
+
+
 def _hand_written_schemas() -> dict[str, Any]:
     """The few shapes that are not records: problems, health, this document."""
     return {
@@ -481,15 +488,7 @@ def _paths() -> dict[str, Any]:
                     *tenant,
                     _query("status", {"enum": ["active", "removed", "all"]}, "Default: active."),
                     _query("group", {"type": "string", "pattern": GUID_PATTERN}, "A selected group's id."),
-                    _query(
-                        "search",
-                        {"type": "string", "maxLength": MAX_SEARCH_LENGTH},
-                        "Text in the UPN, name or mail.",
-                    ),
-                    _query("cursor", {"type": "string", "pattern": GUID_PATTERN}, "nextCursor."),
-                    _query(
-                        "format", {"enum": ["json", "csv"]}, "csv: every matching user, as a spreadsheet."
-                    ),
+                    *USER_LIST_QUERY,
                     LIMIT,
                 ],
                 content_types=("application/json", "text/csv"),
@@ -509,15 +508,7 @@ def _paths() -> dict[str, Any]:
                         {"enum": [reason.value for reason in ExclusionReason]},
                         "Only users whose first reason is this.",
                     ),
-                    _query(
-                        "search",
-                        {"type": "string", "maxLength": MAX_SEARCH_LENGTH},
-                        "Text in the UPN, name or mail.",
-                    ),
-                    _query("cursor", {"type": "string", "pattern": GUID_PATTERN}, "nextCursor."),
-                    _query(
-                        "format", {"enum": ["json", "csv"]}, "csv: every matching user, as a spreadsheet."
-                    ),
+                    *USER_LIST_QUERY,
                     LIMIT,
                 ],
                 content_types=("application/json", "text/csv"),

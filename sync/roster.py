@@ -7,9 +7,9 @@ partition per transaction), a few in flight at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TransactionOperation, UpdateMode
@@ -122,6 +122,44 @@ async def submit_transactions(table: TableClient, operations: list[Any]) -> int:
     return len(chunks)
 
 
+class Person(Protocol):
+    """A row about one user: an id, a UPN, a name and a mail (roster and excluded rows)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user_principal_name(self) -> str: ...
+    @property
+    def display_name(self) -> str | None: ...
+    @property
+    def mail(self) -> str | None: ...
+
+
+P = TypeVar("P", bound=Person)
+
+
+async def text_page(
+    rows: AsyncIterator[P], search: str | None, limit: int, keep: Callable[[P], bool] = lambda row: True
+) -> tuple[list[P], str | None]:
+    """Up to `limit` rows (in id order) that `keep` keeps and whose UPN, name or mail holds `search`
+    (any case); the cursor is the last id when more follow."""
+    needle = search.lower() if search else None
+    page: list[P] = []
+    async for row in rows:
+        if not keep(row):
+            continue
+        if needle and not any(
+            needle in (value or "").lower() for value in (row.user_principal_name, row.display_name, row.mail)
+        ):
+            continue
+        page.append(row)
+        if len(page) > limit:
+            break
+    more = len(page) > limit
+    page = page[:limit]
+    return page, (page[-1].id if more and page else None)
+
+
 class RosterStore:
     """Read and write one tenant's roster rows."""
 
@@ -205,21 +243,6 @@ class RosterStore:
         if after:
             clauses.append("RowKey gt @after")
             params["after"] = after
-        needle = search.lower() if search else None
-        page: list[RosterUser] = []
         query = self._table.query_entities(" and ".join(clauses), parameters=params, select=_FIELDS)
-        async for entity in query:
-            user = _from_entity(entity)
-            if group and group not in user.groups:
-                continue
-            if needle and not any(
-                needle in (value or "").lower()
-                for value in (user.user_principal_name, user.display_name, user.mail)
-            ):
-                continue
-            page.append(user)
-            if len(page) > limit:
-                break
-        more = len(page) > limit
-        page = page[:limit]
-        return page, (page[-1].id if more and page else None)
+        users = (_from_entity(entity) async for entity in query)
+        return await text_page(users, search, limit, keep=lambda user: not group or group in user.groups)
