@@ -45,8 +45,10 @@ chromium:
 shellcheck:
 	@command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null)
 
+# `make run USERS=100000 GROUPS=2000` serves a big Contoso (Load more, a 2,000-group list, big runs).
+STACK_ARGS := $(if $(USERS),--users $(USERS)) $(if $(GROUPS),--groups $(GROUPS))
 run: setup
-	$(PY) -m devtools.stack
+	$(PY) -m devtools.stack $(STACK_ARGS) $(ARGS)
 
 # On every core (pytest-xdist); tests that share state carry an xdist_group and stay together.
 # One test at a time: `$(PY) -m pytest -p no:xdist`.

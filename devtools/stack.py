@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from devtools.azurite import REPO_ROOT, Azurite, AzuriteError
@@ -37,6 +38,17 @@ def add_new_settings(settings_file: Path, sample_file: Path) -> list[str]:
     return added
 
 
+def _size(text: str) -> int:
+    """A tenant size: a whole number from 1 to 200,000 (the demo tenant keeps it in memory)."""
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 200_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1 to 200,000")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the local stack and print where each part listens."""
     parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__)
@@ -44,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-port", type=int, default=APP_PORT)
     parser.add_argument(
         "--data", type=Path, default=REPO_ROOT / ".azurite", help="Azurite's data folder (kept between runs)"
+    )
+    parser.add_argument(
+        "--users",
+        type=_size,
+        default=None,
+        help="users in Contoso (default 2,000; e.g. 100000 for the big one)",
+    )
+    parser.add_argument(
+        "--groups",
+        type=_size,
+        default=None,
+        help="groups in Contoso (default 60; e.g. 2000 to try Load more)",
     )
     args = parser.parse_args(argv)
 
@@ -63,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         print("hint: another Azurite may already use ports 10000-10002; stop it first", file=sys.stderr)
         return 1
-    tenants = build_demo_tenants()
+    started = time.monotonic()
+    if args.users or args.groups:
+        print(
+            f"building the demo tenants (Contoso: {args.users or 'default'} users, "
+            f"{args.groups or 'default'} groups)…"
+        )
+        sys.stdout.flush()
+    tenants = build_demo_tenants(users=args.users, groups=args.groups)
+    built = time.monotonic() - started
     graph = DemoGraphServer(tenants, port=args.graph_port)
     try:
         graph.start()
@@ -86,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    table  http://127.0.0.1:{azurite.table_port}   queue  http://127.0.0.1:{azurite.queue_port}")
     print(f"  Demo tenant (Graph v1.0): {graph.base_url}")
     for tenant in tenants:
-        size = f"{len(tenant.users)} users, {len(tenant.groups)} groups"
+        size = f"{len(tenant.users):,} users, {len(tenant.groups):,} groups"
         print(f"    {tenant.display_name:<10} {tenant.tenant_id}  ({size})")
+    print(f"    (built in {built:.1f} s)")
     first = tenants[0].tenant_id
     print(f"  App (Functions dev host):  {app_host.base_url}/api/health")
     print(f"  The page:                  {app_host.base_url}/api/ui")

@@ -190,6 +190,7 @@ var syncTables = [
   'grants'
   'consentStates'
   'subscriptions'
+  'excluded'
 ]
 var smokeQueue = 'sync-smoke'
 var syncQueues = [

@@ -24,6 +24,7 @@ RUNS_TABLE = "runs"
 SUBSCRIPTIONS_TABLE = "subscriptions"  # Graph change-notification subscriptions and their debounce windows
 GRANTS_TABLE = "grants"  # partners' access to tenants, given by an operator
 CONSENT_STATES_TABLE = "consentStates"  # one-time `state` values of admin-consent requests
+EXCLUDED_TABLE = "excluded"  # who the last full run kept off the platform, and why
 ALL_TABLES = (
     TENANTS_TABLE,
     SELECTIONS_TABLE,
@@ -32,6 +33,7 @@ ALL_TABLES = (
     SUBSCRIPTIONS_TABLE,
     GRANTS_TABLE,
     CONSENT_STATES_TABLE,
+    EXCLUDED_TABLE,
 )
 LOCKS_CONTAINER = "locks"  # one blob per tenant; its lease is the tenant's lock
 ALL_CONTAINERS = (LOCKS_CONTAINER,)

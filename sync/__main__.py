@@ -22,10 +22,15 @@ from azure.core.exceptions import AzureError
 from shared.settings import SettingsError
 from sync.eligibility import sku_name
 from sync.models import (
+    DirectMembers,
+    ExcludedCounts,
+    ExcludedPage,
+    ExcludedUser,
     ExclusionRules,
     GrantKind,
     GrantList,
     RosterUser,
+    RulesView,
     Run,
     RunPage,
     RunStatus,
@@ -35,6 +40,7 @@ from sync.models import (
     UserPage,
 )
 from sync.service import (
+    EXCLUDED_CSV_COLUMNS,
     InvalidInput,
     ServiceError,
     SyncService,
@@ -43,6 +49,7 @@ from sync.service import (
     open_service,
     parse_selection_input,
     parse_tenant_input,
+    records_csv,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
@@ -123,9 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="why a user is or is not synced")
     explain.add_argument("tenant_id")
-    explain.add_argument("user", help="object id or user principal name")
+    explain.add_argument(
+        "user",
+        help="object id, user principal name, or words of a display name, mail or UPN (e.g. 'Ben Lopez')",
+    )
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(handler=cmd_explain)
+
+    excluded = sub.add_parser("excluded", help="who the last full run kept off the platform, and why")
+    excluded.add_argument("tenant_id")
+    excluded.add_argument(
+        "--reason", help="only this first reason (guest, disabled, unlicensed, sharedMailbox, ...)"
+    )
+    excluded.add_argument("--search", help="words of a name, UPN or mail")
+    excluded.add_argument("--csv", action="store_true", help="CSV on standard output")
+    excluded.add_argument("--json", action="store_true")
+    excluded.set_defaults(handler=cmd_excluded)
 
     approve = sub.add_parser("approve", help="apply a run held by the removal guard")
     approve.add_argument("tenant_id")
@@ -171,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rules.add_argument(
         "--external-members", choices=["include", "exclude"], help="members from other organisations (#EXT#)"
+    )
+    rules.add_argument(
+        "--service-accounts",
+        choices=["exclude", "include"],
+        help="the built-in service-account patterns (default exclude)",
+    )
+    rules.add_argument(
+        "--shared-mailboxes",
+        choices=["exclude", "include"],
+        help="shared, room and equipment mailboxes (default exclude)",
     )
     rules.add_argument("--clear", action="store_true", help="remove every rule")
     rules.add_argument("--json", action="store_true")
@@ -244,23 +274,38 @@ def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
 
 def _print_run(run: Run) -> None:
     c = run.counts
-    ex = c.excluded
     print(f"run {run.id}: {run.status}{' (dry run)' if run.dry_run else ''}")
-    print(
-        f"  members {c.members}  eligible {c.eligible}  added {c.added}  updated {c.updated}  "
-        f"removed {c.removed}  restored {c.restored}  unchanged {c.unchanged}"
-    )
-    print(
-        f"  excluded: guest {ex.guest}  disabled {ex.disabled}  unlicensed {ex.unlicensed}  "
-        f"sharedMailbox {ex.shared_mailbox}  serviceAccount {ex.service_account}  rule {ex.rule}"
-    )
+    if run.undo_of:
+        print(f"  undid the removals of run {run.undo_of}: {c.restored} users restored")
+    else:
+        print(
+            f"  members {c.members}  eligible {c.eligible}  added {c.added}  updated {c.updated}  "
+            f"removed {c.removed}  restored {c.restored}  unchanged {c.unchanged}"
+        )
+        excluded = msgspec.to_builtins(c.excluded)
+        print("  excluded: " + ("  ".join(f"{k} {v}" for k, v in excluded.items() if v) or "nobody"))
     if run.groups:
         _table(
-            [(g.display_name, g.id, g.members, g.eligible) for g in run.groups],
-            ["group", "id", "members", "eligible"],
+            [
+                (
+                    g.display_name,
+                    g.id,
+                    _direct_text(g.direct),
+                    g.members,
+                    g.eligible,
+                    _excluded_text(g.excluded),
+                )
+                for g in run.groups
+            ],
+            ["group", "id", "direct members", "users (nested)", "eligible", "excluded"],
         )
     if run.mailbox_purpose_source:
         print(f"  shared mailboxes recognised by: {run.mailbox_purpose_source}")
+    if run.approved_by and run.approved_run:
+        print(
+            f"  removals approved by {run.approved_by} at {_when(run.approved_at)} "
+            f"(as shown in run {run.approved_run})"
+        )
     if run.guard and run.status is RunStatus.HELD:
         print(f"  held: {run.guard}")
         print(f"  approve with: python -m sync approve {run.tenant_id} {run.id}")
@@ -268,11 +313,23 @@ def _print_run(run: Run) -> None:
         print(f"  a real run would be held: {run.guard}")
     if run.error:
         print(f"  error: {run.error}")
-    if run.undo_of:
-        print(f"  undid the removals of run {run.undo_of}; restored {c.restored} users")
     if run.note:
         print(f"  note: {run.note}")
-    print(f"  Graph requests {run.graph_requests}  duration {run.duration_seconds}s")
+    duration = f"  duration {run.duration_seconds:.1f}s" if run.duration_seconds is not None else ""
+    print(f"  Graph requests {run.graph_requests}{duration}")
+
+
+def _direct_text(direct: DirectMembers | None) -> str:
+    """Direct members as the admin center counts them: "8 (5 users, 3 groups)"."""
+    if direct is None:
+        return "-"
+    parts = [f"{n} {name}" for name, n in msgspec.to_builtins(direct).items() if n]
+    return f"{direct.total} ({', '.join(parts)})" if parts else "0"
+
+
+def _excluded_text(excluded: ExcludedCounts | None) -> str:
+    counted = {k: v for k, v in msgspec.to_builtins(excluded).items() if v} if excluded else {}
+    return ", ".join(f"{k} {v}" for k, v in counted.items()) or "-"
 
 
 def _run_exit(run: Run) -> int:
@@ -394,7 +451,10 @@ async def cmd_select(args: argparse.Namespace, svc: SyncService) -> int:
         return EXIT_OK
     names = ", ".join(g.display_name for g in saved.groups) or "all eligible users"
     print(f"selection v{saved.version} saved: {names}")
-    print(f"refresh {run.id} queued; run it now with: python -m sync refresh {args.tenant_id}")
+    print(
+        f"refresh {run.id} queued: the worker applies the selection "
+        f"(see it with: python -m sync runs {args.tenant_id})"
+    )
     return EXIT_OK
 
 
@@ -411,12 +471,31 @@ async def cmd_list_runs(args: argparse.Namespace, svc: SyncService) -> int:
         return EXIT_OK
     _table(
         [
-            (r.id, r.status, r.reason, _when(r.requested_at), r.counts.added, r.counts.removed, r.error or "")
+            (
+                r.id,
+                f"{r.status}{' (dry run)' if r.dry_run else ''}",
+                r.reason,
+                _when(r.requested_at),
+                r.counts.added,
+                r.counts.removed,
+                r.counts.restored,
+                _run_remark(r),
+            )
             for r in found
         ],
-        ["run", "status", "reason", "requested", "added", "removed", "error"],
+        ["run", "status", "reason", "requested", "added", "removed", "restored", "note"],
     )
     return EXIT_OK
+
+
+def _run_remark(run: Run) -> str:
+    if run.error:
+        return run.error
+    if run.approved_by and run.status is RunStatus.SUPERSEDED:
+        return f"approved by {run.approved_by} at {_when(run.approved_at)}"
+    if run.undo_of:
+        return f"undo of {run.undo_of}"
+    return "removals undone" if run.undone_by else ""
 
 
 async def cmd_users(args: argparse.Namespace, svc: SyncService) -> int:
@@ -443,16 +522,54 @@ async def cmd_users(args: argparse.Namespace, svc: SyncService) -> int:
 
 async def cmd_explain(args: argparse.Namespace, svc: SyncService) -> int:
     """`explain`: why a user is or is not synced."""
-    result = await svc.explain(args.tenant_id, args.user)
+    result = await svc.explain_text(args.tenant_id, args.user)
     if args.json:
         _print_json(result)
         return EXIT_OK
-    verdict = "is synced" if result.included else "is NOT synced"
-    print(f"{result.user.user_principal_name} {verdict} (roster: {result.roster_status})")
+    user = result.user
+    name = (
+        f"{user.display_name} ({user.user_principal_name})" if user.display_name else user.user_principal_name
+    )
+    verdict = "is synced" if result.included else "is NOT synced (the rules keep them off the platform)"
+    place = {
+        "active": "on the platform",
+        "removed": "removed from the platform",
+        "absent": "not on the platform",
+    }
+    print(f"{name} {verdict}; {place.get(result.roster_status, result.roster_status)} now")
     for reason in result.reasons:
         print(f"  - {reason.code}: {reason.message}")
+        if reason.rule:
+            print(f"    rule: {reason.rule}")
     for group in result.groups:
         print(f"  via group {group.display_name} ({group.id})")
+    if result.note:
+        print(f"  note: {result.note}")
+    return EXIT_OK
+
+
+async def cmd_excluded(args: argparse.Namespace, svc: SyncService) -> int:
+    """`excluded`: who the last full run kept off the platform, why, and the rule that matched."""
+    users: list[ExcludedUser] = []
+    cursor: str | None = None
+    while True:
+        page = await svc.excluded_users(
+            args.tenant_id, reason=args.reason, search=args.search, cursor=cursor, limit=500
+        )
+        users.extend(page.value)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    if args.csv:
+        sys.stdout.write(records_csv(users, EXCLUDED_CSV_COLUMNS))
+    elif args.json:
+        _print_json(ExcludedPage(value=users, as_of=page.as_of))
+    else:
+        _table(
+            [(u.user_principal_name, u.display_name or "", u.reason, "; ".join(u.rules)) for u in users],
+            ["user", "name", "reason", "rule"],
+        )
+        print(f"{len(users)} users excluded (as of the full refresh of {_when(page.as_of)})")
     return EXIT_OK
 
 
@@ -470,9 +587,18 @@ async def cmd_undo(args: argparse.Namespace, svc: SyncService) -> int:
 
 async def cmd_rules(args: argparse.Namespace, svc: SyncService) -> int:
     """`rules`: show or change the tenant's exclusion rules (If-Match: the version read first)."""
-    current, version = await svc.rules_of(args.tenant_id)
+    current, version = await svc.rules_view(args.tenant_id)
     changing = args.clear or any(
-        value is not None for value in (args.pattern, args.user, args.group, args.sku, args.external_members)
+        value is not None
+        for value in (
+            args.pattern,
+            args.user,
+            args.group,
+            args.sku,
+            args.external_members,
+            args.service_accounts,
+            args.shared_mailboxes,
+        )
     )
     if not changing:
         if args.json:
@@ -492,6 +618,16 @@ async def cmd_rules(args: argparse.Namespace, svc: SyncService) -> int:
                 args.external_members == "include"
                 if args.external_members is not None
                 else current.include_external_members
+            ),
+            "excludeServiceAccounts": (
+                args.service_accounts == "exclude"
+                if args.service_accounts is not None
+                else current.exclude_service_accounts
+            ),
+            "excludeSharedMailboxes": (
+                args.shared_mailboxes == "exclude"
+                if args.shared_mailboxes is not None
+                else current.exclude_shared_mailboxes
             ),
         }
     )
@@ -562,6 +698,13 @@ async def cmd_audit(args: argparse.Namespace, svc: SyncService) -> int:
 
 def _print_rules(rules: ExclusionRules, version: int) -> None:
     print(f"exclusion rules (version {version}):")
+    matches = rules.optional_matches if isinstance(rules, RulesView) else None
+
+    def optional(on: bool, key: str) -> str:
+        caught = (matches or {}).get(key)
+        seen = f" ({caught} users in the latest full run)" if caught is not None else ""
+        return ("excluded" if on else "included") + seen
+
     _table(
         [
             ("UPN patterns", ", ".join(rules.upn_patterns) or "-"),
@@ -569,6 +712,8 @@ def _print_rules(rules: ExclusionRules, version: int) -> None:
             ("exclusion group", rules.exclusion_group_id or "-"),
             ("required licences", ", ".join(sku_name(s) for s in rules.required_skus) or "any"),
             ("external members", "included" if rules.include_external_members else "excluded"),
+            ("service accounts", optional(rules.exclude_service_accounts, "serviceAccount")),
+            ("shared mailboxes", optional(rules.exclude_shared_mailboxes, "sharedMailbox")),
         ],
         ["rule", "value"],
     )

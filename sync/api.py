@@ -22,6 +22,7 @@ from shared.settings import SettingsError, get_settings
 from sync.auth import PRINCIPAL_HEADER, Caller, Need, cross_site_refusal, read_principal
 from sync.models import (
     ConsentStartInput,
+    ExcludedPage,
     GrantInput,
     GrantList,
     Run,
@@ -33,9 +34,12 @@ from sync.models import (
     TenantList,
     TenantView,
     UserPage,
+    UserRefList,
 )
 from sync.openapi import build_openapi
 from sync.service import (
+    EXCLUDED_CSV_COLUMNS,
+    ROSTER_CSV_COLUMNS,
     InvalidInput,
     ServiceError,
     SyncService,
@@ -43,6 +47,7 @@ from sync.service import (
     open_service,
     parse_selection_input,
     parse_tenant_input,
+    records_csv,
     require_principal_id,
     require_run_id,
     require_tenant_id,
@@ -294,7 +299,8 @@ async def tenant_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("tenant_rules")
 @bp.route(route="tenants/{tenantId}/rules", methods=["GET", "PUT"], auth_level=func.AuthLevel.ANONYMOUS)
 async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
-    """The tenant's exclusion rules: UPN patterns, listed users, an exclusion group."""
+    """The tenant's exclusion rules: UPN patterns, listed users, an exclusion group, required licences and
+    the optional exclusions (service accounts, shared mailboxes), with what each optional one matches."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
         tid = req.route_params["tenantId"]
@@ -308,8 +314,8 @@ async def tenant_rules(req: func.HttpRequest) -> func.HttpResponse:
                 requested_by=who.by,
             )
             return json_response(saved, 200, _etag(saved.version))
-        rules, version = await svc.rules_of(tid)
-        return json_response(rules, 200, _etag(version))
+        view, version = await svc.rules_view(tid)
+        return json_response(view, 200, _etag(version))
 
     return await guarded(req, handle, need=Need.TENANT)
 
@@ -437,18 +443,109 @@ async def run_undo(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("users_list")
 @bp.route(route="tenants/{tenantId}/users", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def users_list(req: func.HttpRequest) -> func.HttpResponse:
-    """The roster: filter by status, group and text."""
+    """The roster: filter by status, group and text; `format=csv` downloads every matching user."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
-        users, cursor = await svc.list_users(
-            req.route_params["tenantId"],
-            status=req.params.get("status"),
-            group=req.params.get("group"),
-            search=req.params.get("search"),
-            cursor=req.params.get("cursor"),
-            limit=_limit(req, 100),
-        )
+        fmt = _format(req)
+
+        async def page(cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
+            users, next_cursor = await svc.list_users(
+                req.route_params["tenantId"],
+                status=req.params.get("status"),
+                group=req.params.get("group"),
+                search=req.params.get("search"),
+                cursor=cursor,
+                limit=limit,
+            )
+            return users, next_cursor
+
+        if fmt == "csv":
+            first = await page(req.params.get("cursor"), 500)
+
+            async def more(cursor: str | None) -> tuple[list[Any], str | None]:
+                return first if cursor is None else await page(cursor, 500)
+
+            return csv_response(records_csv(await every_page(more), ROSTER_CSV_COLUMNS), "users.csv")
+        users, cursor = await page(req.params.get("cursor"), _limit(req, 100))
         return json_response(UserPage(value=users, next_cursor=cursor))
+
+    return await guarded(req, handle, need=Need.TENANT)
+
+
+CSV_PAGES = 200  # a CSV download reads at most this many pages of 500 rows
+
+
+def _format(req: func.HttpRequest) -> str:
+    fmt = str(req.params.get("format", "json"))
+    if fmt not in ("json", "csv"):
+        raise InvalidInput(f"format must be json or csv; got {fmt[:20]!r}")
+    return fmt
+
+
+def csv_response(text: str, filename: str, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    """A CSV download (a spreadsheet opens it)."""
+    return func.HttpResponse(
+        text,
+        status_code=200,
+        mimetype="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', **(headers or {})},
+    )
+
+
+async def every_page(fetch: Callable[[str | None], Awaitable[tuple[list[Any], str | None]]]) -> list[Any]:
+    """Every row a paged read gives, for a CSV download (at most CSV_PAGES pages)."""
+    rows: list[Any] = []
+    cursor: str | None = None
+    for _ in range(CSV_PAGES):
+        page, cursor = await fetch(cursor)
+        rows.extend(page)
+        if not cursor:
+            break
+    return rows
+
+
+@bp.function_name("excluded_list")
+@bp.route(route="tenants/{tenantId}/excluded", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def excluded_list(req: func.HttpRequest) -> func.HttpResponse:
+    """Who the last full run kept off the platform: by first reason and text, each reason's exact rule;
+    `format=csv` downloads every matching user."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        fmt = _format(req)
+        tid = req.route_params["tenantId"]
+
+        async def page(cursor: str | None, limit: int) -> ExcludedPage:
+            return await svc.excluded_users(
+                tid,
+                reason=req.params.get("reason") or None,
+                search=req.params.get("search"),
+                cursor=cursor,
+                limit=limit,
+            )
+
+        if fmt == "csv":
+            first = await page(req.params.get("cursor"), 500)
+
+            async def more(cursor: str | None) -> tuple[list[Any], str | None]:
+                found = first if cursor is None else await page(cursor, 500)
+                return found.value, found.next_cursor
+
+            return csv_response(records_csv(await every_page(more), EXCLUDED_CSV_COLUMNS), "excluded.csv")
+        return json_response(await page(req.params.get("cursor"), _limit(req, 100)))
+
+    return await guarded(req, handle, need=Need.TENANT)
+
+
+@bp.function_name("directory_users")
+@bp.route(route="tenants/{tenantId}/directory/users", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def directory_users(req: func.HttpRequest) -> func.HttpResponse:
+    """Users of the tenant's directory whose display name, mail or user principal name starts with the
+    words of `search` (live from Microsoft Graph, at most 10): "Why is this user not synced?" by name."""
+
+    async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
+        found = await svc.find_users(req.route_params["tenantId"], req.params.get("search") or "")
+        return json_response(UserRefList(value=found))
 
     return await guarded(req, handle, need=Need.TENANT)
 
@@ -473,9 +570,7 @@ async def audit_list(req: func.HttpRequest) -> func.HttpResponse:
     `format=csv` for a spreadsheet."""
 
     async def handle(req: func.HttpRequest, svc: SyncService, who: Caller) -> func.HttpResponse:
-        fmt = req.params.get("format", "json")
-        if fmt not in ("json", "csv"):
-            raise InvalidInput(f"format must be json or csv; got {fmt[:20]!r}")
+        fmt = _format(req)
         page = await svc.audit_trail(
             req.route_params["tenantId"],
             user=req.params.get("user"),
@@ -484,12 +579,10 @@ async def audit_list(req: func.HttpRequest) -> func.HttpResponse:
             limit=_limit(req, 100),
         )
         if fmt == "csv":
-            headers = {"Content-Disposition": 'attachment; filename="audit.csv"'}
-            if page.next_cursor:
-                headers["Link"] = f'<?format=csv&cursor={page.next_cursor}>; rel="next"'
-            return func.HttpResponse(
-                audit_csv(page.value), status_code=200, mimetype="text/csv", charset="utf-8", headers=headers
+            link = (
+                {"Link": f'<?format=csv&cursor={page.next_cursor}>; rel="next"'} if page.next_cursor else {}
             )
+            return csv_response(audit_csv(page.value), "audit.csv", link)
         return json_response(page)
 
     return await guarded(req, handle, need=Need.TENANT)

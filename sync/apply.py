@@ -9,16 +9,23 @@ failed run is retried from the same point.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
 
 from sync.audit import AuditKind, AuditRecord
 from sync.context import SyncContext
-from sync.models import RosterStatus, RosterUser, Selection, Tenant
+from sync.models import ExcludedUser, RosterStatus, RosterUser, Selection, Tenant
 from sync.planner import Plan, changed_rows, purge_due
 from sync.store import SyncStore
+
+
+async def record_excluded(
+    ctx: SyncContext, tenant_id: str, users: Sequence[ExcludedUser], *, run_id: str, now: datetime
+) -> int:
+    """After a full run applied: the excluded users are exactly those it found (changed rows only)."""
+    return await ctx.excluded.replace(tenant_id, users, run_id=run_id, now=now)
 
 
 def plan_size(plan: Plan) -> int:

@@ -9,6 +9,7 @@ from shared.settings import Settings
 from sync.audit import AuditLog
 from sync.directory import DirectoryReader
 from sync.events import EventPublisher
+from sync.excluded import ExcludedStore
 from sync.grants import GrantStore
 from sync.onboarding import ConsentStateStore
 from sync.roster import RosterStore
@@ -27,6 +28,7 @@ class SyncContext:
     events: EventPublisher
     grants: GrantStore
     consents: ConsentStateStore
+    excluded: ExcludedStore
 
     @classmethod
     def create(cls, settings: Settings, graph: GraphClients | None = None) -> SyncContext:
@@ -40,6 +42,7 @@ class SyncContext:
             EventPublisher(settings),
             GrantStore(settings),
             ConsentStateStore(settings),
+            ExcludedStore(settings),
         )
 
     def reader(self, tenant_id: str) -> DirectoryReader:
@@ -53,3 +56,4 @@ class SyncContext:
         await self.audit.aclose()
         await self.grants.aclose()
         await self.consents.aclose()
+        await self.excluded.aclose()

@@ -51,6 +51,7 @@ from sync.models import (
     DirectoryUser,
     EligibleUser,
     ExcludedCounts,
+    ExcludedUser,
     ExclusionRules,
     MailboxPurposeSource,
     ReasonText,
@@ -360,6 +361,7 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def _validated(rules: ExclusionRules) -> ExclusionRules:
+    problems: list[str] = []
     patterns = [p.strip() for p in rules.upn_patterns]
     if len(patterns) > MAX_UPN_PATTERNS:
         raise InvalidRules(
@@ -367,14 +369,14 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
         )
     for i, p in enumerate(patterns):
         if not p:
-            raise InvalidRules(f"upnPatterns[{i}] is empty.")
-        if len(p) > MAX_PATTERN_LENGTH:
-            raise InvalidRules(
-                f"upnPatterns[{i}] is {len(p)} characters long; at most {MAX_PATTERN_LENGTH} are allowed."
+            problems.append(f"upnPatterns[{i}] is empty")
+        elif len(p) > MAX_PATTERN_LENGTH:
+            problems.append(
+                f"upnPatterns[{i}] is {len(p)} characters long; at most {MAX_PATTERN_LENGTH} are allowed"
             )
-        if matches_every_upn(p):
+        elif matches_every_upn(p):
             # Would exclude every user of the tenant: certainly a mistake.
-            raise InvalidRules(f"upnPatterns[{i}] ({p!r}) would exclude every user.")
+            problems.append(f"upnPatterns[{i}] ({p!r}) would exclude every user")
     users = [u.strip() for u in rules.excluded_users]
     if len(users) > MAX_EXCLUDED_USERS:
         raise InvalidRules(
@@ -382,11 +384,13 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
         )
     for i, u in enumerate(users):
         if not u:
-            raise InvalidRules(f"excludedUsers[{i}] is empty.")
-        if len(u) > MAX_PATTERN_LENGTH:
-            raise InvalidRules(
-                f"excludedUsers[{i}] is {len(u)} characters long; at most {MAX_PATTERN_LENGTH} are allowed."
+            problems.append(f"excludedUsers[{i}] is empty")
+        elif len(u) > MAX_PATTERN_LENGTH:
+            problems.append(
+                f"excludedUsers[{i}] is {len(u)} characters long; at most {MAX_PATTERN_LENGTH} are allowed"
             )
+    if problems:
+        raise InvalidRules("; ".join(problems) + ".")
     group = rules.exclusion_group_id
     if group is not None:
         group = group.strip()
@@ -405,10 +409,21 @@ def _validated(rules: ExclusionRules) -> ExclusionRules:
         exclusion_group_id=group,
         include_external_members=rules.include_external_members,
         required_skus=_dedupe(_sku_id(sku, i) for i, sku in enumerate(rules.required_skus)),
+        exclude_service_accounts=rules.exclude_service_accounts,
+        exclude_shared_mailboxes=rules.exclude_shared_mailboxes,
     )
 
 
-_RULE_FIELDS = {"upnPatterns", "excludedUsers", "exclusionGroupId", "includeExternalMembers", "requiredSkus"}
+_RULE_FIELDS = {
+    "upnPatterns",
+    "excludedUsers",
+    "exclusionGroupId",
+    "includeExternalMembers",
+    "requiredSkus",
+    "excludeServiceAccounts",
+    "excludeSharedMailboxes",
+}
+_SWITCHES = ("includeExternalMembers", "excludeServiceAccounts", "excludeSharedMailboxes")
 
 
 def parse_exclusion_rules(obj: object) -> ExclusionRules:
@@ -440,16 +455,18 @@ def parse_exclusion_rules(obj: object) -> ExclusionRules:
     group = obj.get("exclusionGroupId")
     if group is not None and not isinstance(group, str):
         raise InvalidRules("exclusionGroupId must be a string or null.")
-    external = obj.get("includeExternalMembers")
-    if external is not None and not isinstance(external, bool):
-        raise InvalidRules("includeExternalMembers must be true or false.")
+    wrong = [name for name in _SWITCHES if obj.get(name) is not None and not isinstance(obj.get(name), bool)]
+    if wrong:
+        raise InvalidRules(f"{' and '.join(wrong)} must be true or false.")
     return _validated(
         ExclusionRules(
             upn_patterns=tuple(_string_list(obj.get("upnPatterns"), "upnPatterns")),
             excluded_users=tuple(_string_list(obj.get("excludedUsers"), "excludedUsers")),
             exclusion_group_id=group,
-            include_external_members=bool(external),
+            include_external_members=bool(obj.get("includeExternalMembers")),
             required_skus=tuple(_string_list(obj.get("requiredSkus"), "requiredSkus")),
+            exclude_service_accounts=obj.get("excludeServiceAccounts") is not False,
+            exclude_shared_mailboxes=obj.get("excludeSharedMailboxes") is not False,
         )
     )
 
@@ -529,15 +546,75 @@ def classify_user(
         reasons.append(ExclusionReason.DISABLED)
     if _is_unlicensed(user, rules):
         reasons.append(ExclusionReason.UNLICENSED)
-    if _is_shared_mailbox(user, mailbox_purpose, purpose_source):
+    if rules.exclude_shared_mailboxes and _is_shared_mailbox(user, mailbox_purpose, purpose_source):
         reasons.append(ExclusionReason.SHARED_MAILBOX)
-    if is_service_account(user.user_principal_name):
+    if rules.exclude_service_accounts and is_service_account(user.user_principal_name):
         reasons.append(ExclusionReason.SERVICE_ACCOUNT)
     if excluded_by_group or matches_tenant_rules(user, rules):
         reasons.append(ExclusionReason.RULE)
     if not reasons:
         return _INCLUDED
     return Verdict(included=False, reasons=tuple(reasons))
+
+
+@functools.lru_cache(maxsize=64)
+def _each_pattern(patterns: tuple[str, ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((p, re.compile(fnmatch.translate(p.lower()), re.DOTALL)) for p in patterns)
+
+
+def _pattern_of(upn: str, patterns: tuple[str, ...]) -> str | None:
+    """The first pattern matching the whole UPN or its local part (case-insensitive)."""
+    lowered = upn.lower()
+    for pattern, regex in _each_pattern(patterns):
+        if regex.match(lowered) or regex.match(_local_part(lowered)):
+            return pattern
+    return None
+
+
+def _resource_word(user: DirectoryUser) -> str | None:
+    words = _words(_local_part(user.user_principal_name)) + _words(user.display_name or "")
+    return next((w for w in words if w in SHARED_MAILBOX_WORDS), None)
+
+
+def matched_rule(
+    user: DirectoryUser,
+    reason: ExclusionReason,
+    *,
+    rules: ExclusionRules,
+    mailbox_purpose: str | None,
+    purpose_source: MailboxPurposeSource,
+    excluded_by_group: bool = False,
+) -> str:
+    """The exact rule behind `reason` for this user: which pattern, which list entry, which value."""
+    if reason is ExclusionReason.GUEST:
+        return f"userType is {user.user_type}"
+    if reason is ExclusionReason.EXTERNAL_MEMBER:
+        return "userType Member with #EXT# in the user principal name; includeExternalMembers is off"
+    if reason is ExclusionReason.DISABLED:
+        return "accountEnabled is false"
+    if reason is ExclusionReason.UNLICENSED:
+        if user.licensed is False:
+            return "no assigned service plan is Enabled or Warning (no licence, or its subscription lapsed)"
+        return "requiredSkus: none of " + ", ".join(sku_name(sku) for sku in rules.required_skus)
+    if reason is ExclusionReason.SHARED_MAILBOX:
+        if purpose_source is MailboxPurposeSource.MAILBOX_SETTINGS:
+            return f"mailboxSettings.userPurpose is {mailbox_purpose}"
+        return f"name heuristic: no given name or surname, and the word '{_resource_word(user)}'"
+    if reason is ExclusionReason.SERVICE_ACCOUNT:
+        local = _local_part(user.user_principal_name).lower()
+        pattern = next((p for p, rx in _each_pattern(SERVICE_ACCOUNT_PATTERNS) if rx.match(local)), "?")
+        return f"built-in service-account pattern '{pattern}'"
+    matched: list[str] = []
+    if excluded_by_group:
+        matched.append(f"member of the exclusion group {rules.exclusion_group_id}")
+    listed = {entry.lower(): entry for entry in rules.excluded_users}
+    entry = listed.get(user.id.lower()) or listed.get(user.user_principal_name.lower())
+    if entry is not None:
+        matched.append(f"listed in excludedUsers as '{entry}'")
+    upn_pattern = _pattern_of(user.user_principal_name, rules.upn_patterns)
+    if upn_pattern is not None:
+        matched.append(f"UPN pattern '{upn_pattern}'")
+    return "; ".join(matched) or "a tenant rule"
 
 
 def count_exclusions(verdicts: Iterable[Verdict]) -> dict[str, int]:
@@ -584,6 +661,8 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
     purpose_unknown: int = 0  # users whose mailbox Graph would not show (judged by the heuristic)
     licensed_by_sku: dict[str, int] = msgspec.field(default_factory=dict)  # eligible users per SKU id
     tenant_count: tuple[int, int] | None = None  # mode all: (Graph's /users/$count, users read)
+    excluded_users: list[ExcludedUser] = msgspec.field(default_factory=list)  # with the rule of each reason
+    optional_matches: dict[str, int] = msgspec.field(default_factory=dict)  # see RunCounts.optional_matches
 
     @property
     def unknown(self) -> list[str]:
@@ -616,23 +695,60 @@ def classify_members(
     source = MailboxPurposeSource.HEURISTIC if purposes is None else MailboxPurposeSource.MAILBOX_SETTINGS
     verdicts: dict[str, Verdict] = {}
     eligible: list[EligibleUser] = []
-    per_group = {gid: [0, 0] for gid in group_names}
+    excluded_users: list[ExcludedUser] = []
+    per_group = {gid: [0, 0, 0] for gid in group_names}  # members, eligible, unknown
+    excluded_per_group: dict[str, dict[str, int]] = {gid: {} for gid in group_names}
     by_sku: dict[str, int] = {}
+    matches = {ExclusionReason.SERVICE_ACCOUNT.value: 0}
+    if rules.exclude_shared_mailboxes:
+        matches[ExclusionReason.SHARED_MAILBOX.value] = 0
     for uid, user in users.items():
+        purpose = purposes.get(uid) if purposes is not None else None
+        user_source = MailboxPurposeSource.HEURISTIC if uid in purpose_unknown else source
+        by_group = uid in excluded_ids
         verdict = classify_user(
-            user,
-            rules=rules,
-            mailbox_purpose=purposes.get(uid) if purposes is not None else None,
-            purpose_source=MailboxPurposeSource.HEURISTIC if uid in purpose_unknown else source,
-            excluded_by_group=uid in excluded_ids,
+            user, rules=rules, mailbox_purpose=purpose, purpose_source=user_source, excluded_by_group=by_group
         )
         verdicts[uid] = verdict
+        if is_service_account(user.user_principal_name) and not verdict.unknown:
+            matches[ExclusionReason.SERVICE_ACCOUNT.value] += 1
+        if ExclusionReason.SHARED_MAILBOX in verdict.reasons:
+            matches[ExclusionReason.SHARED_MAILBOX.value] += 1
         member_of = groups_of_user.get(uid, ())
+        primary = verdict.primary
         for gid in member_of:
             tally = per_group.get(gid)  # incremental runs count only the groups they re-read
             if tally is not None:
                 tally[0] += 1
                 tally[1] += verdict.included
+                tally[2] += bool(verdict.unknown)
+                if primary is not None:
+                    counted = excluded_per_group[gid]
+                    counted[primary.value] = counted.get(primary.value, 0) + 1
+        if primary is not None:
+            excluded_users.append(
+                ExcludedUser(
+                    id=uid,
+                    user_principal_name=user.user_principal_name,
+                    display_name=user.display_name,
+                    mail=user.mail,
+                    department=user.department,
+                    reason=primary.value,
+                    reasons=tuple(r.value for r in verdict.reasons),
+                    rules=tuple(
+                        matched_rule(
+                            user,
+                            r,
+                            rules=rules,
+                            mailbox_purpose=purpose,
+                            purpose_source=user_source,
+                            excluded_by_group=by_group,
+                        )
+                        for r in verdict.reasons
+                    ),
+                    groups=tuple(gid for gid in member_of if gid in group_names),
+                )
+            )
         if verdict.included:
             for sku in user.sku_ids:
                 by_sku[sku] = by_sku.get(sku, 0) + 1
@@ -654,6 +770,8 @@ def classify_members(
             members=per_group[gid][0],
             eligible=per_group[gid][1],
             counted=(counted or {}).get(gid),
+            excluded=msgspec.convert(excluded_per_group[gid], ExcludedCounts),
+            unknown=per_group[gid][2],
         )
         for gid, name in group_names.items()
     ]
@@ -664,11 +782,16 @@ def classify_members(
         purpose_source=source,
         purpose_unknown=sum(1 for uid in purpose_unknown if uid in users),
         licensed_by_sku=dict(sorted(by_sku.items())),
+        excluded_users=excluded_users,
+        optional_matches=matches,
     )
 
 
 def purpose_candidates(users: Mapping[str, DirectoryUser], rules: ExclusionRules) -> list[str]:
-    """Users whose mailbox purpose could still change the verdict (every other rule lets them in)."""
+    """Users whose mailbox purpose could still change the verdict (every other rule lets them in);
+    none when the tenant does not exclude shared mailboxes."""
+    if not rules.exclude_shared_mailboxes:
+        return []
     return [
         uid
         for uid, user in users.items()
@@ -704,7 +827,7 @@ def explain_user(
     purpose_unknown: Collection[str] = (),
 ) -> UserVerdict:
     """The same rules a run applies, for one user, with a sentence per reason."""
-    verdict = classify_members(
+    classified = classify_members(
         {user.id: user},
         {},
         group_names={},
@@ -712,9 +835,15 @@ def explain_user(
         purposes=purposes,
         excluded_ids={user.id} if rules.exclusion_group_id in member_of else set(),
         purpose_unknown=purpose_unknown,
-    ).verdicts[user.id]
+    )
+    verdict = classified.verdicts[user.id]
+    exact = (
+        dict(zip(verdict.reasons, classified.excluded_users[0].rules, strict=True)) if verdict.reasons else {}
+    )
     groups = [group for group in selected if group.id in member_of]
-    reasons = [ReasonText(code=str(r), message=explain_reason(r, rules)) for r in verdict.reasons]
+    reasons = [
+        ReasonText(code=str(r), message=explain_reason(r, rules), rule=exact.get(r)) for r in verdict.reasons
+    ]
     if verdict.unknown:
         reasons.append(
             ReasonText(code="unknown", message=UNKNOWN_VERDICT.format(missing=", ".join(verdict.unknown)))

@@ -100,12 +100,16 @@ async def read_full(
         tenant_count = (counted, len(users))
         groups_of_user: dict[str, tuple[str, ...]] = {}
         names: dict[str, str] = {}
+        direct = {}
     else:
         found = await reader.get_groups(group_ids)
         missing = missing_groups_detail([gid for gid, group in found.items() if group is None])
         if missing:
             raise DirectoryError(missing)
         names = {gid: group.display_name for gid, group in found.items() if group is not None}
+        direct = await reader.count_direct_members(
+            {gid: group.kind for gid, group in found.items() if group is not None}
+        )
         counts = await reader.count_group_users(group_ids)
         strategy = cheaper_member_strategy(
             [counts.get(gid, 0) for gid in group_ids], await reader.count_tenant_users()
@@ -121,6 +125,11 @@ async def read_full(
         excluded_ids = frozenset((await reader.read_group_users([rules.exclusion_group_id])).users)
     candidates = purpose_candidates(users, rules)
     to_check = [uid for uid in candidates if uid not in known_people]
+    probe = next((uid for uid in candidates if uid in known_people), None)
+    if to_check and probe is not None:
+        # One mailbox read fine within the week goes along: if only the others are refused, those
+        # are access policies hiding them, not a permission the tenant took back.
+        to_check.append(probe)
     mailboxes = await reader.read_mailbox_purposes(to_check)
     purposes: dict[str, str | None] | None = None
     unknown: frozenset[str] = frozenset()
@@ -138,7 +147,10 @@ async def read_full(
         counted=counts,
     )
     checked = frozenset(mailboxes.purposes) if mailboxes is not None else frozenset()
-    return msgspec.structs.replace(classification, purposes_checked=checked, tenant_count=tenant_count)
+    groups = [msgspec.structs.replace(g, direct=direct.get(g.id)) for g in classification.groups]
+    return msgspec.structs.replace(
+        classification, groups=groups, purposes_checked=checked, tenant_count=tenant_count
+    )
 
 
 def _known_people(roster: Mapping[str, RosterUser], now: datetime) -> frozenset[str]:
@@ -174,6 +186,7 @@ def _counts(classification: Classification, plan: Plan) -> RunCounts:
         unknown=len(classification.unknown),
         purpose_unknown=classification.purpose_unknown,
         licensed_by_sku=classification.licensed_by_sku,
+        optional_matches=classification.optional_matches,
     )
 
 
@@ -321,6 +334,7 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
         groups=classification.groups,
         guard=tenant_guard(ctx, tenant),
         approved_digest=run.approved_digest,
+        approved_removals=run.allow_removals,
         tenant_count=classification.tenant_count,
     )
     run.groups = classification.groups
@@ -360,6 +374,10 @@ async def _refresh(ctx: SyncContext, run: Run, lease: TenantLease | None) -> Run
         by=run.requested_by,
     )
     run.applied_changes = plan.change_count
+    if full:
+        await apply.record_excluded(
+            ctx, run.tenant_id, classification.excluded_users, run_id=run.id, now=utc_now()
+        )
     if links is not None:
         await apply.advance_delta(
             store,

@@ -54,6 +54,7 @@ class GroupPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     value: list[Group]
     next_cursor: str | None = None
+    total: int | None = None  # every group matching (Graph's @odata.count), when Graph gave it
 
 
 class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -173,6 +174,9 @@ class ExclusionRules(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     exclusion_group_id: str | None = None  # the caller resolves its transitive user ids
     include_external_members: bool = False  # members from other organisations (#EXT#, userType Member)
     required_skus: tuple[str, ...] = ()  # SKU ids (lower case); empty: any licence will do
+    # The product page's "may be excluded": each on by default, a tenant may turn it off.
+    exclude_service_accounts: bool = True
+    exclude_shared_mailboxes: bool = True  # shared, room and equipment mailboxes
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -315,6 +319,23 @@ class RunCounts(msgspec.Struct, kw_only=True, rename="camel"):
     # Users whose mailbox purpose Graph would not give (403 or 404): judged by the name heuristic.
     purpose_unknown: int = 0
     licensed_by_sku: dict[str, int] = msgspec.field(default_factory=dict)  # eligible users per SKU id
+    # Users of the run each optional exclusion matches (on or off): "serviceAccount", and
+    # "sharedMailbox" while that exclusion is on (mailboxes are read only then).
+    optional_matches: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class DirectMembers(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A group's direct members by type, as the Microsoft 365 admin center counts them."""
+
+    users: int = 0
+    groups: int = 0
+    devices: int = 0
+    contacts: int = 0  # organizational contacts
+
+    @property
+    def total(self) -> int:
+        """Every direct member: the admin center's member count."""
+        return self.users + self.groups + self.devices + self.contacts
 
 
 class RunGroup(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -325,6 +346,25 @@ class RunGroup(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     members: int  # users read (nested groups expanded)
     eligible: int
     counted: int | None = None  # Graph's own count of the group's users ($count), when asked
+    direct: DirectMembers | None = None  # direct members by type (full reads; None when not counted)
+    excluded: ExcludedCounts | None = None  # of `members`, those excluded, by their first reason
+    unknown: int = 0  # of `members`, those Graph answered without an attribute the rules need
+
+
+class ExcludedUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A user of the selected groups kept off the platform, with every reason and the exact rule of each."""
+
+    id: str
+    user_principal_name: str
+    display_name: str | None = None
+    mail: str | None = None
+    department: str | None = None
+    reason: str  # the first reason: the one the run counts them under
+    reasons: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()  # the rule that matched, one per reason, in the same order
+    groups: tuple[str, ...] = ()  # the selected groups they are in
+    run_id: str | None = None  # the full run that found them excluded
+    seen_at: datetime | None = None
 
 
 class PlanSample(msgspec.Struct, kw_only=True, rename="camel"):
@@ -347,7 +387,12 @@ class Run(msgspec.Struct, kw_only=True, rename="camel"):
     requested_at: datetime
     requested_by: str | None = None
     allow_removals: int | None = None  # approved removal ceiling, from a held run
-    approved_run: str | None = None  # the held run this one applies
+    approved_run: str | None = (
+        None  # the held run (or the confirmed preview) whose removals this one may make
+    )
+    # Who approved removals and when: on the run allowed to make them, and on the held run approved.
+    approved_by: str | None = None
+    approved_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_seconds: float | None = None
@@ -472,11 +517,23 @@ class TenantInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", for
     guard_min_users: GuardMinUsers | msgspec.UnsetType | None = msgspec.UNSET
 
 
+class ConfirmedPreview(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """The preview whose removals the admin confirmed ("Remove N users?"): the save's run may make
+    exactly those removals (same fingerprint) without being held a second time."""
+
+    run_id: Annotated[str, msgspec.Meta(description="The preview run (POST /preview) that was shown.")]
+    removal_digest: Annotated[
+        str, msgspec.Meta(description="Its `removalDigest`: the fingerprint of exactly who it removes.")
+    ]
+
+
 class SelectionInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """PUT /selection and POST /preview: the groups to sync (or every eligible user)."""
 
     mode: ModeChoice | msgspec.UnsetType = msgspec.UNSET
     group_ids: GroupIds | msgspec.UnsetType = msgspec.UNSET
+    # PUT /selection only: the removals the admin confirmed in the preview of this very selection.
+    confirmed_preview: ConfirmedPreview | msgspec.UnsetType = msgspec.UNSET
 
 
 class RulesInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -506,6 +563,9 @@ class RulesInput(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forb
         Annotated[str, msgspec.Meta(description="A group whose members (nested included) are kept off.")]
         | None
     ) = None
+    include_external_members: bool | None = None  # members of other organisations (#EXT#); default false
+    exclude_service_accounts: bool | None = None  # the built-in service-account patterns; default true
+    exclude_shared_mailboxes: bool | None = None  # shared, room and equipment mailboxes; default true
 
 
 class TenantSaved(TenantView, frozen=True, kw_only=True, rename="camel"):
@@ -578,13 +638,21 @@ class UserRef(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     id: str
     user_principal_name: str
     display_name: str | None
+    mail: str | None = None
+
+
+class UserRefList(msgspec.Struct, frozen=True, kw_only=True):
+    """Directory users found by a search ("Why is this user not synced?" with a name)."""
+
+    value: list[UserRef]
 
 
 class ReasonText(msgspec.Struct, frozen=True, kw_only=True):
-    """A reason code with one sentence the admin can act on."""
+    """A reason code with one sentence the admin can act on, and the exact rule that matched."""
 
     code: str
     message: str
+    rule: str | None = None  # e.g. "UPN pattern 'svc-*'", "listed in excludedUsers as 'x@y'"
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -596,6 +664,9 @@ class Explanation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     groups: list[SelectedGroup]
     roster_status: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["active", "removed", "absent"]})]
     mailbox_purpose_source: MailboxPurposeSource
+    # When the roster and the rules disagree (e.g. an undo put back a user the rules exclude): why,
+    # and what the next refresh does.
+    note: str | None = None
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -614,6 +685,21 @@ class UserPage(Page, frozen=True, kw_only=True, rename="camel"):
     """Roster rows in id order."""
 
     value: list[RosterUser]
+
+
+class ExcludedPage(Page, frozen=True, kw_only=True, rename="camel"):
+    """Users the last full run kept off the platform, in id order, with the exact rule of each reason."""
+
+    value: list[ExcludedUser]
+    as_of: datetime | None = None  # when that run read the directory (the tenant's last full refresh)
+
+
+class RulesView(ExclusionRules, frozen=True, kw_only=True, rename="camel"):
+    """A tenant's rules as GET shows them, with how many users of the latest full run each optional
+    exclusion matches (`optionalMatches`, from run `optionalMatchesRun`). PUT takes the rules alone."""
+
+    optional_matches: dict[str, int] | None = None
+    optional_matches_run: str | None = None
 
 
 class AuditPage(Page, frozen=True, kw_only=True, rename="camel"):

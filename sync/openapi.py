@@ -15,13 +15,14 @@ from typing import Any
 
 import msgspec
 
-from sync.eligibility import ExclusionRules
+from sync.eligibility import ExclusionReason, ExclusionRules
 from sync.models import (
     AuditPage,
     ChangeFeed,
     Connection,
     ConsentStarted,
     ConsentStartInput,
+    ExcludedPage,
     Explanation,
     Grant,
     GrantInput,
@@ -29,6 +30,7 @@ from sync.models import (
     GroupPage,
     RulesInput,
     RulesSaved,
+    RulesView,
     RunPage,
     Selection,
     SelectionInput,
@@ -37,6 +39,7 @@ from sync.models import (
     TenantList,
     TenantSaved,
     UserPage,
+    UserRefList,
     WhoAmI,
 )
 from sync.validation import (
@@ -142,6 +145,13 @@ ETAG = {
         "schema": {"type": "string"},
     }
 }
+
+
+USER_LIST_QUERY = (
+    _query("search", {"type": "string", "maxLength": MAX_SEARCH_LENGTH}, "Text in the UPN, name or mail."),
+    _query("cursor", {"type": "string", "pattern": GUID_PATTERN}, "nextCursor."),
+    _query("format", {"enum": ["json", "csv"]}, "csv: every matching user, as a spreadsheet."),
+)
 
 
 def _hand_written_schemas() -> dict[str, Any]:
@@ -290,9 +300,9 @@ def _paths() -> dict[str, Any]:
         "/api/tenants/{tenantId}/rules": {
             "get": _operation(
                 "tenant_rules_get",
-                "The tenant's exclusion rules.",
+                "The tenant's exclusion rules, with how many users each optional exclusion matched.",
                 "200",
-                "ExclusionRules",
+                "RulesView",
                 params=tenant,
                 headers=TENANT_ETAG,
             ),
@@ -478,14 +488,50 @@ def _paths() -> dict[str, Any]:
                     *tenant,
                     _query("status", {"enum": ["active", "removed", "all"]}, "Default: active."),
                     _query("group", {"type": "string", "pattern": GUID_PATTERN}, "A selected group's id."),
-                    _query(
-                        "search",
-                        {"type": "string", "maxLength": MAX_SEARCH_LENGTH},
-                        "Text in the UPN, name or mail.",
-                    ),
-                    _query("cursor", {"type": "string", "pattern": GUID_PATTERN}, "nextCursor."),
+                    *USER_LIST_QUERY,
                     LIMIT,
                 ],
+                content_types=("application/json", "text/csv"),
+            )
+        },
+        "/api/tenants/{tenantId}/excluded": {
+            "get": _operation(
+                "excluded_list",
+                "Who the last full run kept off the platform: each user's reasons (the first is the one "
+                "the run counts) and the exact rule behind each.",
+                "200",
+                "ExcludedPage",
+                params=[
+                    *tenant,
+                    _query(
+                        "reason",
+                        {"enum": [reason.value for reason in ExclusionReason]},
+                        "Only users whose first reason is this.",
+                    ),
+                    *USER_LIST_QUERY,
+                    LIMIT,
+                ],
+                content_types=("application/json", "text/csv"),
+            )
+        },
+        "/api/tenants/{tenantId}/directory/users": {
+            "get": _operation(
+                "directory_users",
+                "Users of the tenant's directory whose display name, mail or user principal name has words "
+                "starting with the words of `search` (live from Graph, at most 10).",
+                "200",
+                "UserRefList",
+                params=[
+                    *tenant,
+                    {
+                        "name": "search",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_SEARCH_LENGTH},
+                        "description": "A name, mail or UPN, or the start of one (e.g. 'Ben Lo').",
+                    },
+                ],
+                errors=graph_errors,
             )
         },
         "/api/tenants/{tenantId}/users/{user}/explain": {
@@ -590,8 +636,11 @@ RECORDS: tuple[type, ...] = (
     ChangeFeed,
     Connection,
     ExclusionRules,
+    RulesView,
     RulesInput,
     GroupPage,
+    ExcludedPage,
+    UserRefList,
     Selection,
     SelectionInput,
     SelectionSaved,

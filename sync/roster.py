@@ -7,9 +7,9 @@ partition per transaction), a few in flight at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TransactionOperation, UpdateMode
@@ -92,6 +92,74 @@ class PartialWrite(Exception):
         self.cause = cause
 
 
+async def submit_transactions(table: TableClient, operations: list[Any]) -> int:
+    """Run table operations of one partition in transactions of 100, a few at once; returns how many.
+
+    After the first failure no further transaction starts (those in flight finish, so the
+    count of what landed stays exact: a transaction is all or nothing). Raises PartialWrite,
+    naming how many operations landed, when any transaction failed.
+    """
+    chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
+    gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
+    landed = 0
+    failures: list[BaseException] = []
+
+    async def submit(chunk: list[Any]) -> None:
+        nonlocal landed
+        async with gate:
+            if failures:
+                return  # a sibling failed: do not start more writes
+            try:
+                await table.submit_transaction(chunk)
+            except Exception as exc:
+                failures.append(exc)
+                return
+            landed += len(chunk)
+
+    await asyncio.gather(*(submit(chunk) for chunk in chunks))
+    if failures:
+        raise PartialWrite(landed, len(operations), failures[0]) from failures[0]
+    return len(chunks)
+
+
+class Person(Protocol):
+    """A row about one user: an id, a UPN, a name and a mail (roster and excluded rows)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user_principal_name(self) -> str: ...
+    @property
+    def display_name(self) -> str | None: ...
+    @property
+    def mail(self) -> str | None: ...
+
+
+P = TypeVar("P", bound=Person)
+
+
+async def text_page(
+    rows: AsyncIterator[P], search: str | None, limit: int, keep: Callable[[P], bool] = lambda row: True
+) -> tuple[list[P], str | None]:
+    """Up to `limit` rows (in id order) that `keep` keeps and whose UPN, name or mail holds `search`
+    (any case); the cursor is the last id when more follow."""
+    needle = search.lower() if search else None
+    page: list[P] = []
+    async for row in rows:
+        if not keep(row):
+            continue
+        if needle and not any(
+            needle in (value or "").lower() for value in (row.user_principal_name, row.display_name, row.mail)
+        ):
+            continue
+        page.append(row)
+        if len(page) > limit:
+            break
+    more = len(page) > limit
+    page = page[:limit]
+    return page, (page[-1].id if more and page else None)
+
+
 class RosterStore:
     """Read and write one tenant's roster rows."""
 
@@ -136,34 +204,9 @@ class RosterStore:
         return await self._submit(operations)
 
     async def _submit(self, operations: list[Any]) -> int:
-        """Run the operations in transactions of 100, a few at once.
-
-        After the first failure no further transaction starts (those in flight finish, so the
-        count of what landed stays exact: a transaction is all or nothing). Raises PartialWrite,
-        naming how many operations landed, when any transaction failed.
-        """
-        chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
-        gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
-        landed = 0
-        failures: list[BaseException] = []
-
-        async def submit(chunk: list[Any]) -> None:
-            nonlocal landed
-            async with gate:
-                if failures:
-                    return  # a sibling failed: do not start more writes
-                try:
-                    await self._table.submit_transaction(chunk)
-                except Exception as exc:
-                    failures.append(exc)
-                    return
-                landed += len(chunk)
-                self.transactions += 1
-
-        await asyncio.gather(*(submit(chunk) for chunk in chunks))
-        if failures:
-            raise PartialWrite(landed, len(operations), failures[0]) from failures[0]
-        return len(chunks)
+        chunks = await submit_transactions(self._table, operations)
+        self.transactions += chunks
+        return chunks
 
     async def get_user(self, tenant_id: str, id_or_upn: str) -> RosterUser | None:
         """One roster row by object id or by UPN (case-insensitive)."""
@@ -200,21 +243,6 @@ class RosterStore:
         if after:
             clauses.append("RowKey gt @after")
             params["after"] = after
-        needle = search.lower() if search else None
-        page: list[RosterUser] = []
         query = self._table.query_entities(" and ".join(clauses), parameters=params, select=_FIELDS)
-        async for entity in query:
-            user = _from_entity(entity)
-            if group and group not in user.groups:
-                continue
-            if needle and not any(
-                needle in (value or "").lower()
-                for value in (user.user_principal_name, user.display_name, user.mail)
-            ):
-                continue
-            page.append(user)
-            if len(page) > limit:
-                break
-        more = len(page) > limit
-        page = page[:limit]
-        return page, (page[-1].id if more and page else None)
+        users = (_from_entity(entity) async for entity in query)
+        return await text_page(users, search, limit, keep=lambda user: not group or group in user.groups)

@@ -103,6 +103,15 @@ async def supersede_run(store: SyncStore, run: Run, *, by: str) -> None:
     await store.save_run(run)
 
 
+async def approve_held(store: SyncStore, held: Run, *, by_run: str, approved_by: str | None) -> Run:
+    """A held run someone approved: answered by the run that applies its removals (`by_run`),
+    with who approved it and when (approving it twice would allow its removals twice)."""
+    held.approved_by = approved_by
+    held.approved_at = utc_now()
+    await supersede_run(store, held, by=by_run)
+    return held
+
+
 async def mark_applying(store: SyncStore, run: Run, planned_changes: int) -> None:
     """Record that the run starts writing the roster (a failure from now on may leave it partial)."""
     run.apply_started_at = utc_now()

@@ -176,13 +176,15 @@ def check_plan(
     groups: Sequence[RunGroup],
     guard: RemovalGuard,
     approved_digest: str | None = None,
+    approved_removals: int | None = None,
     tenant_count: tuple[int, int] | None = None,
 ) -> SafetyDecision:
     """Decide whether `plan` may be applied, must wait for an approval, or must never be applied.
 
     `roster` is the roster the plan was made from; `groups` the run's per-group numbers (with
     Graph's own count of each group's users, when it was asked); `tenant_count` is (Graph's count,
-    users read) for mode `all`; `approved_digest` the fingerprint of the removals an approval covers.
+    users read) for mode `all`; `approved_digest` the fingerprint of the removals an approval covers
+    (`approved_removals` of them): an approval of other removals holds the run and says so.
     """
     short = [
         f"'{g.display_name}' ({g.id}): {g.members:,} users read, Graph counts {g.counted:,}"
@@ -248,6 +250,12 @@ def check_plan(
     if approved:
         return SafetyDecision(
             verdict=SafetyVerdict.APPLY, detail=" ".join(reasons) + " The removals were approved.", **decided
+        )
+    if approved_digest is not None:
+        shown = f" ({_number(approved_removals)} users)" if approved_removals is not None else ""
+        reasons.append(
+            f"The removals that were confirmed{shown} are not exactly the ones this run would make: the "
+            "directory or the settings changed after they were shown, so nothing was applied."
         )
     return SafetyDecision(
         verdict=SafetyVerdict.HOLD,

@@ -31,7 +31,13 @@ from sync.auth import ORGANIZATIONS, Caller, Need, Principal, may
 from sync.context import SyncContext
 from sync.directory import DirectoryError, GraphAccessDenied, GraphTokenRefused, InvalidCursor, PageExpired
 from sync.directory.errors import REQUIRED_PERMISSIONS
-from sync.eligibility import ExclusionRules, InvalidRules, explain_user, parse_exclusion_rules
+from sync.eligibility import (
+    ExclusionReason,
+    ExclusionRules,
+    InvalidRules,
+    explain_user,
+    parse_exclusion_rules,
+)
 from sync.engine import LeaseBusy as LeaseBusy  # re-exported for sync.jobs
 from sync.engine import NothingToUndo, execute_refresh, execute_undo
 from sync.models import (
@@ -40,11 +46,13 @@ from sync.models import (
     AuditPage,
     CallerKind,
     ChangeFeed,
+    ConfirmedPreview,
     Connection,
     ConnectionState,
     ConsentOutcome,
     ConsentStarted,
     ConsentStartInput,
+    ExcludedPage,
     Explanation,
     Grant,
     GrantInput,
@@ -56,6 +64,7 @@ from sync.models import (
     RosterStatus,
     RosterUser,
     RulesSaved,
+    RulesView,
     Run,
     RunReason,
     RunStatus,
@@ -86,10 +95,13 @@ from sync.validation import (
     is_object_id,
     is_run_id,
     is_upn,
+    search_text,
 )
 
 log = logging.getLogger("sync.service")
 
+FIND_LIMIT = 10  # users a name search answers ("Why is this user not synced?")
+EXCLUSION_REASONS = tuple(reason.value for reason in ExclusionReason)
 NIGHTLY_FAN_OUT = 32  # storage calls in flight while queueing the nightly refreshes
 SKIPPED_NOT_CONSENTED = "notConsented"  # TenantSkipped reason: the app's admin consent is missing
 
@@ -206,6 +218,36 @@ def require_search(value: str | None) -> str | None:
     return value
 
 
+def _search_problems(search: str | None) -> list[str]:
+    """What is wrong with search text for Graph's `$search` (nothing: an empty list)."""
+    if search is None or not search.strip():
+        return []
+    if len(search) > MAX_SEARCH_LENGTH:
+        return [f"search is longer than {MAX_SEARCH_LENGTH} characters"]
+    if has_control_characters(search):
+        return ["search contains control characters"]
+    if not search_text(search):
+        return [f"search {search[:40]!r} has no letter or digit: Microsoft Graph searches the words of names"]
+    return []
+
+
+def _roster_note(included: bool, roster_status: str, *, unknown: bool = False) -> str | None:
+    """What the platform shows now against what the rules say, when the two differ."""
+    if unknown:
+        return None
+    if roster_status == "active" and not included:
+        return (
+            "On the platform now although the rules keep this user off it (an undo put them back, or "
+            "something changed since the last refresh): the next refresh removes them again unless the "
+            "reason below is fixed."
+        )
+    if roster_status == "removed" and included:
+        return "Removed from the platform, yet eligible now: the next refresh restores them."
+    if roster_status == "absent" and included:
+        return "Eligible, not on the platform yet: the next refresh adds them."
+    return None
+
+
 def _require_text(value: object, what: str, *, max_length: int = MAX_NAME_LENGTH) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{what} is required and must be a non-empty string")
@@ -248,7 +290,8 @@ def parse_tenant_input(body: Mapping[str, Any]) -> TenantInput:
 
 
 def parse_selection_input(body: Mapping[str, Any]) -> SelectionInput:
-    """A selection body ({"mode", "groupIds"}) checked for shape; existence is checked against Graph later."""
+    """A selection body ({"mode", "groupIds", "confirmedPreview"?}) checked for shape; existence is
+    checked against Graph later. Every bad value is named in one 400."""
     if not body:
         raise InvalidInput(
             'send {"mode": "groups", "groupIds": [...]} or {"mode": "all"}; an empty body selects nothing'
@@ -261,49 +304,83 @@ def parse_selection_input(body: Mapping[str, Any]) -> SelectionInput:
         raise InvalidInput("groupIds must be a list of group id strings")
     if len(group_ids) > MAX_SELECTED_GROUPS:
         raise InvalidInput(f"at most {MAX_SELECTED_GROUPS} groups can be selected; got {len(group_ids)}")
-    if mode is None:
-        chosen = SelectionMode.GROUPS if group_ids else SelectionMode.ALL
-    elif mode in ("all", "groups"):
+    problems: list[str] = []
+    errors: list[dict[str, str]] = []
+    chosen = SelectionMode.GROUPS if group_ids else SelectionMode.ALL
+    if mode is not None and mode not in ("all", "groups"):
+        problems.append(f"mode must be 'all' or 'groups'; got {str(mode)[:64]!r}")
+        errors.append({"field": "mode", "problem": "not 'all' or 'groups'"})
+    elif mode is not None:
         chosen = SelectionMode(str(mode))
-    else:
-        raise InvalidInput(f"mode must be 'all' or 'groups'; got {str(mode)[:64]!r}")
-    if chosen is SelectionMode.ALL and group_ids:
-        raise InvalidInput("mode 'all' syncs every eligible user; send no groupIds with it")
-    if chosen is SelectionMode.GROUPS and not group_ids:
-        raise InvalidInput("mode 'groups' needs at least one group id (or use mode 'all')")
+        if chosen is SelectionMode.ALL and group_ids:
+            problems.append("mode 'all' syncs every eligible user; send no groupIds with it")
+        if chosen is SelectionMode.GROUPS and not group_ids:
+            problems.append("mode 'groups' needs at least one group id (or use mode 'all')")
     malformed = [g for g in group_ids if not is_object_id(g)]
     if malformed:
-        raise InvalidInput(
-            "these group ids are not GUIDs: " + ", ".join(repr(g[:64]) for g in malformed[:20]),
-            errors=[{"groupId": g[:64], "problem": "not a GUID"} for g in malformed],
-        )
+        problems.append("these group ids are not GUIDs: " + ", ".join(repr(g[:64]) for g in malformed))
+        errors.extend({"groupId": g[:64], "problem": "not a GUID"} for g in malformed)
     lowered = [g.lower() for g in group_ids]
     duplicates = sorted({g for g in lowered if lowered.count(g) > 1})
     if duplicates:
-        raise InvalidInput(
-            "these group ids are listed more than once: " + ", ".join(duplicates),
-            errors=[{"groupId": g, "problem": "duplicate"} for g in duplicates],
+        problems.append("these group ids are listed more than once: " + ", ".join(duplicates))
+        errors.extend({"groupId": g, "problem": "duplicate"} for g in duplicates)
+    confirmed: ConfirmedPreview | msgspec.UnsetType = msgspec.UNSET
+    if "confirmedPreview" in body:
+        raw = body["confirmedPreview"]
+        run_id = raw.get("runId") if isinstance(raw, dict) else None
+        digest = raw.get("removalDigest") if isinstance(raw, dict) else None
+        extra = (
+            sorted(str(k)[:64] for k in raw if k not in ("runId", "removalDigest"))
+            if isinstance(raw, dict)
+            else []
         )
-    return SelectionInput(mode=chosen, group_ids=lowered)
+        if not isinstance(run_id, str) or not is_run_id(run_id):
+            problems.append("confirmedPreview.runId must be the id of the preview run that was confirmed")
+            errors.append({"field": "confirmedPreview.runId", "problem": "not a run id"})
+        if not isinstance(digest, str) or not 1 <= len(digest) <= 64 or not digest.isalnum():
+            problems.append("confirmedPreview.removalDigest must be that preview's removalDigest")
+            errors.append({"field": "confirmedPreview.removalDigest", "problem": "not a fingerprint"})
+        if extra:
+            problems.append(f"confirmedPreview has unknown field(s): {', '.join(extra)}")
+        if isinstance(run_id, str) and isinstance(digest, str) and not problems:
+            confirmed = ConfirmedPreview(run_id=run_id, removal_digest=digest)
+    if problems:
+        raise InvalidInput("; ".join(problems), errors=errors)
+    return SelectionInput(mode=chosen, group_ids=lowered, confirmed_preview=confirmed)
 
 
 AUDIT_CSV_COLUMNS = ("at", "kind", "userId", "userPrincipalName", "runId", "reason", "by", "before", "after")
 
 
-def audit_csv(records: Sequence[AuditRecord]) -> str:
-    """Audit records as CSV (configuration before/after as JSON in their cells)."""
+ROSTER_CSV_COLUMNS = ("id", "userPrincipalName", "displayName", "mail", "department", "jobTitle", "groups",
+                      "status", "addedAt", "updatedAt", "removedAt")  # fmt: skip
+EXCLUDED_CSV_COLUMNS = ("id", "userPrincipalName", "displayName", "mail", "department", "reason", "reasons",
+                        "rules", "groups", "runId", "seenAt")  # fmt: skip
+
+
+def records_csv(records: Sequence[msgspec.Struct], columns: Sequence[str]) -> str:
+    """Records as CSV, one column per JSON field: lists joined by "; ", objects as JSON."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(AUDIT_CSV_COLUMNS)
+    writer.writerow(columns)
     for record in records:
         data = msgspec.to_builtins(record)
-        writer.writerow(
-            [
-                json.dumps(data[col]) if col in ("before", "after") and col in data else data.get(col, "")
-                for col in AUDIT_CSV_COLUMNS
-            ]
-        )
+        row = []
+        for col in columns:
+            value = data.get(col)
+            if isinstance(value, dict) or (col in ("before", "after") and col in data):
+                value = json.dumps(value)
+            elif isinstance(value, list):
+                value = "; ".join(str(item) for item in value)
+            row.append("" if value is None else value)
+        writer.writerow(row)
     return out.getvalue()
+
+
+def audit_csv(records: Sequence[AuditRecord]) -> str:
+    """Audit records as CSV (configuration before/after as JSON in their cells)."""
+    return records_csv(records, AUDIT_CSV_COLUMNS)
 
 
 def _guard_of(tenant: Tenant) -> dict[str, float | int | None]:
@@ -336,6 +413,17 @@ def _grant_tenants(values: list[str]) -> tuple[str, ...]:
     if len(unique) > MAX_GRANT_TENANTS:
         raise InvalidInput(f"a grant names at most {MAX_GRANT_TENANTS} tenants; got {len(unique)}")
     return unique
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Removals someone approved: exactly those of `of_run` (a held run or a confirmed preview)."""
+
+    of_run: str
+    digest: str
+    removals: int
+    by: str | None
+    shown_in: str = "heldRun"  # where the removals were shown: a held run, or "previewRun"
 
 
 @dataclass(frozen=True)
@@ -468,8 +556,9 @@ class SyncService:
                 raise InvalidInput(
                     f"exclusion group {parsed.exclusion_group_id} does not exist in the tenant"
                 )
-        encoded = msgspec.json.encode(parsed).decode()
         before = parse_exclusion_rules(tenant.exclusion_rules)
+        await self._require_listed_users(tenant.id, parsed, before)
+        encoded = msgspec.json.encode(parsed).decode()
         try:
             saved = await self.ctx.store.put_tenant(
                 msgspec.structs.replace(
@@ -483,6 +572,23 @@ class SyncService:
         preview = await self._preview_now(saved, requested_by)
         run = await self.request_refresh(tenant.id, reason=RunReason.RULES_SAVED, requested_by=requested_by)
         return RulesSaved(**msgspec.structs.asdict(parsed), version=saved.version, preview=preview, run=run)
+
+    async def _require_listed_users(
+        self, tenant_id: str, rules: ExclusionRules, before: ExclusionRules
+    ) -> None:
+        """Users newly listed in excludedUsers must exist in the tenant: 400 naming each that does not."""
+        known = {entry.lower() for entry in before.excluded_users}
+        added = [entry for entry in rules.excluded_users if entry.lower() not in known]
+        if not added:
+            return
+        found = await self._graph(tenant_id, self.ctx.reader(tenant_id).get_users(added))
+        missing = [entry for entry in added if found.get(entry) is None]
+        if missing:
+            raise InvalidInput(
+                "these excludedUsers are not users of the tenant: "
+                + ", ".join(repr(m[:64]) for m in missing),
+                errors=[{"excludedUser": m[:64], "problem": "no such user in the tenant"} for m in missing],
+            )
 
     async def rules_of(self, tenant_id: str) -> tuple[ExclusionRules, int]:
         """The tenant's rules and the version to send back as If-Match."""
@@ -525,9 +631,11 @@ class SyncService:
     async def list_groups(self, tenant_id: str, *, search: str | None, cursor: str | None) -> GroupPage:
         """A page of the tenant's groups for the selection page."""
         tenant = await self.require_tenant(tenant_id)
-        require_search(search)
+        problems = _search_problems(search)
         if cursor is not None and (not cursor or len(cursor) > MAX_CURSOR_LENGTH):
-            raise InvalidInput("the cursor is not one this API issued")
+            problems.append("the cursor is not one this API issued")
+        if problems:
+            raise InvalidInput("; ".join(problems))
         try:
             page: GroupPage = await self._graph(
                 tenant.id, self.ctx.reader(tenant.id).list_groups(search=search, cursor=cursor)
@@ -585,6 +693,7 @@ class SyncService:
         """Save a new selection version (checked against Graph) and queue the refresh that applies it."""
         tenant = await self.require_tenant(tenant_id)
         ids = list(change.group_ids or [])
+        confirmed = await self._confirmed_preview(tenant.id, change)
         groups = await self._resolve_groups(tenant.id, ids) if ids else []
         selection = Selection(
             mode=SelectionMode(change.mode or SelectionMode.ALL),
@@ -606,10 +715,53 @@ class SyncService:
             before=_selection_of(before),
             after=_selection_of(saved),
         )
+        approval = None
+        if confirmed is not None:
+            approval = Approval(
+                of_run=confirmed.id,
+                digest=confirmed.removal_digest or "",
+                removals=confirmed.counts.removed,
+                by=requested_by,
+                shown_in="previewRun",
+            )
         run = await self.request_refresh(
-            tenant.id, reason=RunReason.SELECTION_SAVED, requested_by=requested_by
+            tenant.id, reason=RunReason.SELECTION_SAVED, requested_by=requested_by, approval=approval
         )
         return saved, run
+
+    async def _confirmed_preview(self, tenant_id: str, change: SelectionInput) -> Run | None:
+        """The preview whose removals the admin confirmed, checked to be a finished preview of exactly
+        this selection with that fingerprint; None when the save confirms none. 400 naming each misfit."""
+        confirmed = change.confirmed_preview
+        if confirmed is msgspec.UNSET:
+            return None
+        preview = await self.ctx.store.get_run(tenant_id, confirmed.run_id)
+        if preview is None or not preview.dry_run or preview.reason is not RunReason.PREVIEW:
+            raise InvalidInput(
+                f"confirmedPreview.runId {confirmed.run_id} is not a preview of this tenant's selection "
+                "(POST /preview answers one)",
+                errors=[{"field": "confirmedPreview.runId", "problem": "no such preview"}],
+            )
+        problems: list[str] = []
+        if preview.status is not RunStatus.SUCCEEDED:
+            problems.append(
+                f"preview {preview.id} is {preview.status}, not succeeded: nothing was shown to confirm"
+            )
+        wanted = (SelectionMode(change.mode or SelectionMode.ALL), sorted(change.group_ids or []))
+        shown = (preview.preview_mode, sorted(preview.preview_group_ids or []))
+        if wanted != shown:
+            problems.append(
+                f"preview {preview.id} is of another selection (mode {shown[0]}, {len(shown[1])} groups) "
+                f"than the one saved (mode {wanted[0]}, {len(wanted[1])} groups): preview it again"
+            )
+        if preview.removal_digest != confirmed.removal_digest:
+            problems.append(
+                f"confirmedPreview.removalDigest {confirmed.removal_digest[:64]!r} is not the fingerprint of "
+                f"preview {preview.id}'s removals"
+            )
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        return preview
 
     # -- runs --
 
@@ -618,11 +770,19 @@ class SyncService:
             await queue.send_message(msgspec.json.encode(_message_for(run)))
 
     async def request_refresh(
-        self, tenant_id: str, *, reason: RunReason = RunReason.MANUAL, requested_by: str | None = None
+        self,
+        tenant_id: str,
+        *,
+        reason: RunReason = RunReason.MANUAL,
+        requested_by: str | None = None,
+        approval: Approval | None = None,
     ) -> Run:
-        """Record a queued run and put its message on the refresh queue."""
+        """Record a queued run and put its message on the refresh queue; with an `approval`, the run
+        may make exactly the removals approved (it is held again if they changed)."""
         tenant = await self.require_tenant(tenant_id)
         run = runs.new_run(tenant.id, reason, requested_by=requested_by)
+        if approval is not None:
+            await self._approve_into(run, approval)
         await self.ctx.store.create_run(run)
         await self._enqueue(run)
         return run
@@ -630,6 +790,8 @@ class SyncService:
     async def preview(self, tenant_id: str, change: SelectionInput, *, requested_by: str | None) -> Run:
         """Queue a dry run of a selection that is not saved: what would be added and removed."""
         tenant = await self.require_tenant(tenant_id)
+        if change.confirmed_preview is not msgspec.UNSET:
+            raise InvalidInput("confirmedPreview goes with saving the selection (PUT), not with a preview")
         ids = list(change.group_ids or [])
         if ids:
             await self._resolve_groups(tenant.id, ids)
@@ -742,27 +904,56 @@ class SyncService:
     async def approve(
         self, tenant_id: str, run_id: str, *, requested_by: str | None, in_process: bool = False
     ) -> Run:
-        """A run allowed to remove exactly what the held run planned: queued, or run here (CLI)."""
+        """A run allowed to remove exactly what the held run planned: queued, or run here (CLI).
+
+        Only the newest held run can be approved: an older one shows a plan a newer run replaced."""
         held = await self.get_run(tenant_id, run_id)
         if held.status is not RunStatus.HELD:
             raise Conflict(f"run {run_id} is {held.status}, not held; only held runs can be approved")
+        newest = await self.newest_held_run(held.tenant_id)
+        if newest is not None and newest.id != held.id:
+            raise Conflict(
+                f"run {run_id} is not the newest held run: run {newest.id} (requested "
+                f"{newest.requested_at:%Y-%m-%d %H:%M} UTC) was held after it with the current plan of "
+                f"{newest.counts.removed:,} removals; review and approve that one instead"
+            )
         run = runs.new_run(held.tenant_id, RunReason.APPROVED, requested_by=requested_by)
-        run.allow_removals = held.counts.removed
-        run.approved_digest = held.removal_digest
-        run.approved_run = held.id
-        await self._audit(
-            held.tenant_id,
-            AuditKind.APPROVED,
-            requested_by,
-            after={"heldRun": held.id, "approvedRun": run.id, "removals": held.counts.removed},
+        approval = Approval(
+            of_run=held.id, digest=held.removal_digest or "", removals=held.counts.removed, by=requested_by
         )
+        await self._approve_into(run, approval)
         await self.ctx.store.create_run(run)
-        # The held run is answered: approving it twice would allow its removals twice.
-        await runs.supersede_run(self.ctx.store, held, by=run.id)
+        await runs.approve_held(self.ctx.store, held, by_run=run.id, approved_by=requested_by)
         if in_process:
             return await self._execute_in_process(run)
         await self._enqueue(run)
         return run
+
+    async def _approve_into(self, run: Run, approval: Approval) -> None:
+        """Let `run` make exactly the approved removals; the approval goes on the audit trail first."""
+        run.allow_removals = approval.removals
+        run.approved_digest = approval.digest
+        run.approved_run = approval.of_run
+        run.approved_by = approval.by
+        run.approved_at = utc_now()
+        await self._audit(
+            run.tenant_id,
+            AuditKind.APPROVED,
+            approval.by,
+            after={approval.shown_in: approval.of_run, "approvedRun": run.id, "removals": approval.removals},
+        )
+
+    async def newest_held_run(self, tenant_id: str) -> Run | None:
+        """The newest run still held by the safety rules (the only one that may be approved)."""
+        cursor: str | None = None
+        for _ in range(50):  # 5,000 runs back at most
+            page, cursor = await self.ctx.store.list_runs(tenant_id, limit=100, after=cursor)
+            for run in page:
+                if run.status is RunStatus.HELD and not run.dry_run:
+                    return run
+            if not cursor:
+                break
+        return None
 
     async def last_run_with_removals(self, tenant_id: str) -> Run:
         """The newest applied run that removed users (what `undo` without a run id undoes)."""
@@ -901,20 +1092,101 @@ class SyncService:
             purpose_unknown=mailboxes.unknown if mailboxes is not None else (),
         )
         row = await self.ctx.roster.get_user(tenant.id, directory_user.id)
+        status = str(row.status) if row else "absent"
         return Explanation(
             user=UserRef(
                 id=directory_user.id,
                 user_principal_name=directory_user.user_principal_name,
                 display_name=directory_user.display_name,
+                mail=directory_user.mail,
+            ),
+            note=_roster_note(
+                verdict.included, status, unknown=any(r.code == "unknown" for r in verdict.reasons)
             ),
             included=verdict.included,
             reasons=verdict.reasons,
             groups=verdict.groups,
-            roster_status=str(row.status) if row else "absent",
+            roster_status=status,
             mailbox_purpose_source=MailboxPurposeSource.MAILBOX_SETTINGS
             if mailboxes is not None and directory_user.id in mailboxes.purposes
             else MailboxPurposeSource.HEURISTIC,
         )
+
+    async def find_users(self, tenant_id: str, text: str) -> list[UserRef]:
+        """Directory users by words of their display name, mail or user principal name (Graph $search)."""
+        tenant = await self.require_tenant(tenant_id)
+        problems = (
+            _search_problems(text) if text and text.strip() else ["search is required: a name, mail or UPN"]
+        )
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        found = await self._graph(tenant.id, self.ctx.reader(tenant.id).search_users(text, top=FIND_LIMIT))
+        return [
+            UserRef(
+                id=u.id, user_principal_name=u.user_principal_name, display_name=u.display_name, mail=u.mail
+            )
+            for u in found
+        ]
+
+    async def explain_text(self, tenant_id: str, text: str) -> Explanation:
+        """`explain` for an id, a UPN, or words of a name, mail or UPN that find exactly one user."""
+        if is_object_id(text) or is_upn(text):
+            return await self.explain(tenant_id, text)
+        found = await self.find_users(tenant_id, text)
+        if len(found) == 1:
+            return await self.explain(tenant_id, found[0].id)
+        if not found:
+            raise NotFound(f"no user's display name, mail or user principal name starts with {text[:64]!r}")
+        names = "; ".join(
+            f"{u.display_name or u.user_principal_name} ({u.user_principal_name})" for u in found
+        )
+        more = "+" if len(found) >= FIND_LIMIT else ""
+        raise InvalidInput(
+            f"{len(found)}{more} users match {text[:64]!r}: {names}; name one by its user principal name"
+        )
+
+    async def excluded_users(
+        self,
+        tenant_id: str,
+        *,
+        reason: str | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> ExcludedPage:
+        """Who the last full run kept off the platform, by first reason and text, with the exact rules."""
+        tenant = await self.require_tenant(tenant_id)
+        problems = []
+        if reason is not None and reason not in EXCLUSION_REASONS:
+            problems.append(f"reason must be one of {', '.join(EXCLUSION_REASONS)}; got {reason[:40]!r}")
+        if search is not None and len(search) > MAX_SEARCH_LENGTH:
+            problems.append(f"search is longer than {MAX_SEARCH_LENGTH} characters")
+        elif search is not None and has_control_characters(search):
+            problems.append("search contains control characters")
+        if cursor is not None and not is_object_id(cursor):
+            problems.append("the cursor is not one this API issued")
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        users, next_cursor = await self.ctx.excluded.list_users(
+            tenant.id, reason=reason, search=search or None, after=cursor, limit=max(1, min(limit, MAX_PAGE))
+        )
+        return ExcludedPage(value=users, next_cursor=next_cursor, as_of=tenant.last_full_refresh_at)
+
+    async def rules_view(self, tenant_id: str) -> tuple[RulesView, int]:
+        """The tenant's rules with how many users each optional exclusion matched in the latest full run."""
+        rules, version = await self.rules_of(tenant_id)
+        matched: Run | None = None
+        page, _ = await self.ctx.store.list_runs(require_tenant_id(tenant_id), limit=100)
+        for run in page:
+            if run.counts.optional_matches and not run.incremental:
+                matched = run
+                break
+        view = RulesView(
+            **msgspec.structs.asdict(rules),
+            optional_matches=matched.counts.optional_matches if matched else None,
+            optional_matches_run=matched.id if matched else None,
+        )
+        return view, version
 
     # -- who may call --
 

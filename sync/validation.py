@@ -51,3 +51,17 @@ def is_upn(value: object) -> bool:
 def has_control_characters(text: str) -> bool:
     """Whether `text` holds a C0 control character or DEL."""
     return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
+# Characters a Graph `$search` clause cannot carry as text: its quotes and the escape character.
+# The directory index splits names into words at punctuation anyway, so dropping them loses nothing.
+_SEARCH_DROPPED = str.maketrans({'"': " ", "\\": " "})
+
+
+def search_text(text: str) -> str:
+    """Search words as Graph's directory index sees them: quotes and backslashes dropped, spaces folded.
+
+    An empty answer means the text held no word to search for.
+    """
+    cleaned = " ".join(text.translate(_SEARCH_DROPPED).split())
+    return cleaned if any(ch.isalnum() for ch in cleaned) else ""

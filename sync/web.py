@@ -23,7 +23,9 @@ PAGE = "index.html"
 ASSETS: dict[str, str] = {
     "app.js": "text/javascript",
     "styles.css": "text/css",
+    "favicon.ico": "image/x-icon",  # the page names it (<link rel="icon">), so no browser asks /favicon.ico
 }
+TEXT_TYPES = frozenset({"text/html", "text/javascript", "text/css"})
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; font-src 'self'; form-action 'self'; base-uri 'none'; "
@@ -58,7 +60,8 @@ def serve_file(req: func.HttpRequest, name: str, mimetype: str) -> func.HttpResp
     headers = {**SECURITY_HEADERS, "ETag": etag}
     if etag in {tag.strip() for tag in (req.headers.get("if-none-match") or "").split(",")}:
         return func.HttpResponse(status_code=304, headers=headers)
-    return func.HttpResponse(content, status_code=200, mimetype=mimetype, charset="utf-8", headers=headers)
+    charset = "utf-8" if mimetype in TEXT_TYPES else None
+    return func.HttpResponse(content, status_code=200, mimetype=mimetype, charset=charset, headers=headers)
 
 
 @bp.function_name("web_page")
@@ -76,7 +79,7 @@ def web_page(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("web_asset")
 @bp.route(route="ui/{asset}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def web_asset(req: func.HttpRequest) -> func.HttpResponse:
-    """The page's script and stylesheet, by whitelisted name only."""
+    """The page's script, stylesheet and icon, by whitelisted name only."""
     name = req.route_params.get("asset", "")
     mimetype = ASSETS.get(name)
     if mimetype is None:

@@ -18,6 +18,7 @@ const STATUS_LABELS = {
   failed: "Failed",
   held: "Held: needs approval",
   superseded: "Superseded",
+  approved: "Approved",
 };
 const REASON_LABELS = {
   manual: "Refresh Users Now",
@@ -27,9 +28,17 @@ const REASON_LABELS = {
   approved: "Approved removals",
   cli: "Refresh from the CLI",
   undo: "Undo of removals",
+  "rules-saved": "Refresh after saving the rules",
+  notification: "Refresh after changes in Microsoft 365",
+};
+const NOTIFY_TEXTS = {
+  realtime: "Changes in Microsoft 365 reach the platform within a minute (change notifications).",
+  usersOnly: "User changes reach the platform within a minute; group membership changes at the nightly sync.",
+  nightly: "Changes reach the platform at the nightly sync, or when you click Refresh Users Now.",
 };
 const EXCLUDED_LABELS = [
   ["guest", "Guest users"],
+  ["externalMember", "External members (other organizations)"],
   ["disabled", "Disabled or blocked"],
   ["unlicensed", "Unlicensed"],
   ["sharedMailbox", "Shared, room or equipment mailboxes"],
@@ -202,7 +211,7 @@ function actionStatus(text) {
 
 function setBusy(busy) {
   state.busy = busy;
-  for (const button of document.querySelectorAll("#save, #refresh, .approve, .undo")) button.disabled = busy;
+  for (const button of document.querySelectorAll("#save, #refresh, #choices-save, .approve, .undo")) button.disabled = busy;
   $("selected-panel").setAttribute("aria-busy", busy ? "true" : "false");
 }
 
@@ -302,9 +311,9 @@ function noTenant(message, tenantId) {
     parts.push(
       h("p", {}, "Connect a customer with Connect Microsoft 365 (the administrator who accepts picks the organization), "
         + "or register the tenant with the operator CLI, from the repository root:"),
-      h("pre", {}, h("code", {}, `.venv/bin/python -m sync tenant add ${id} --name "Contoso"`)),
+      h("pre", {}, h("code", {}, `.venv/bin/python -m sync tenant add ${id} --name "ORGANIZATION NAME"`)),
       h("p", {}, "or through the API: ", h("code", {}, `PUT ${API}/tenants/${id}`), " with ",
-        h("code", {}, '{"displayName": "Contoso"}'), ". Then reload this page."));
+        h("code", {}, '{"displayName": "ORGANIZATION NAME"}'), ". Then reload this page."));
   } else if (me.note) {
     parts.push(h("p", {}, me.note));
   } else {
@@ -353,12 +362,26 @@ async function init() {
   select.addEventListener("change", () => {
     location.search = `?tenant=${encodeURIComponent(select.value)}`;
   });
-  $("tenant-picker").hidden = false;
+  $("tenant-picker").hidden = tenants.length === 0;
+  renderNotifyMode(tenant);
   document.title = `Sync by O365 Groups: ${tenant.displayName}`;
   $("app").hidden = false;
   wire();
-  await Promise.all([loadSelection(), loadGroups(), loadRuns({ showLatest: true }), loadConnection()]);
+  await Promise.all([loadSelection(), loadGroups(), loadRuns({ showLatest: true }), loadConnection(), loadChoices()]);
   resetRoster();
+  resetExcluded();
+}
+
+/** How soon changes in Microsoft 365 arrive for this tenant (GET /tenants: notifyMode, notifyDetail). */
+function renderNotifyMode(tenant) {
+  const box = $("notify-mode");
+  const mode = tenant.notifyMode;
+  const text = NOTIFY_TEXTS[mode]
+    || "Change notifications are set up after the first full refresh; until then changes arrive at the nightly sync or with Refresh Users Now.";
+  box.replaceChildren(h("strong", {}, mode ? `Sync mode: ${mode}. ` : "Sync mode: not set up yet. "), text,
+    tenant.notifyDetail && mode !== "realtime" ? ` Why not within a minute: ${tenant.notifyDetail}` : "");
+  box.className = `notify-mode small mode-${mode || "none"}`;
+  box.hidden = false;
 }
 
 // -- selection ----------------------------------------------------------------------------------
@@ -427,7 +450,7 @@ function syncCheckboxes() {
 
 // -- groups -------------------------------------------------------------------------------------
 
-const groupsState = { search: "", next: null, shown: 0, seq: 0, controller: null };
+const groupsState = { search: "", next: null, shown: 0, total: null, seq: 0, controller: null };
 
 async function loadGroups({ more = false } = {}) {
   const seq = ++groupsState.seq;
@@ -445,7 +468,9 @@ async function loadGroups({ more = false } = {}) {
     const list = $("group-list");
     if (!more) {
       list.replaceChildren();
+      list.scrollTop = 0; // a new search starts at the top of its results
       groupsState.shown = 0;
+      groupsState.total = typeof data.total === "number" ? data.total : null;
     }
     for (const group of data.value) {
       state.names.set(group.id, group.displayName);
@@ -461,7 +486,9 @@ async function loadGroups({ more = false } = {}) {
         : "No groups found in this tenant. See “Groups not appearing?” below.";
       if (!groupsState.search) $("trouble-groups").open = true;
     } else {
-      status.textContent = `${plural(groupsState.shown, "group")} shown${groupsState.next ? "; more to load below" : ""}.`;
+      const total = groupsState.total;
+      const of = total !== null && total > groupsState.shown ? ` of ${total.toLocaleString("en-US")}` : "";
+      status.textContent = `${groupsState.shown.toLocaleString("en-US")}${of} ${groupsState.shown === 1 && !of ? "group" : "groups"} shown${groupsState.next ? "; more to load below" : ""}.`;
     }
   } catch (error) {
     if (error.name === "AbortError") return;
@@ -541,9 +568,10 @@ function runTitle(run) {
   return REASON_LABELS[run.reason] || `Refresh (${run.reason})`;
 }
 
-function badge(status) {
+function badge(status, run = null) {
+  const shown = run && status === "superseded" && run.approvedBy ? "approved" : status;
   return h("span", { class: `badge status-${FINISHED.has(status) || status === "queued" || status === "running" ? status : "other"}` },
-    STATUS_LABELS[status] || status);
+    STATUS_LABELS[shown] || shown);
 }
 
 function announce(run) {
@@ -572,6 +600,7 @@ const STEPS = [
 ];
 
 function renderRun(run, { live = false } = {}) {
+  state.viewing = run;
   if (live) announce(run);
   const view = $("run-view");
   const finished = FINISHED.has(run.status);
@@ -582,7 +611,7 @@ function renderRun(run, { live = false } = {}) {
       "aria-current": i === at ? "step" : null }, text);
   }));
   const parts = [
-    h("div", { class: "run-title" }, h("h3", {}, runTitle(run)), badge(run.status), run.dryRun ? h("span", { class: "badge preview" }, "preview") : null),
+    h("div", { class: "run-title" }, h("h3", {}, runTitle(run)), badge(run.status, run), run.dryRun ? h("span", { class: "badge preview" }, "preview") : null),
     steps,
   ];
   if (!finished) parts.push(h("progress", { "aria-label": `${runTitle(run)} in progress` }));
@@ -598,8 +627,12 @@ function renderRun(run, { live = false } = {}) {
       h("p", { class: "small" }, "If a permission is missing, grant it (admin consent) and refresh again. The ",
         h("a", { href: "#connection-heading" }, "Connection"), " panel shows which permissions work.")));
   }
-  if (run.status === "superseded") {
+  if (run.status === "superseded" && run.approvedBy) {
+    parts.push(h("p", { class: "approved" }, `${approvedText(run)}: run ${run.supersededBy} applied its removals.`));
+  } else if (run.status === "superseded") {
     parts.push(h("p", {}, run.supersededBy ? `A newer run (${run.supersededBy}) did this work.` : "A newer run did this work."));
+  } else if (run.approvedBy) {
+    parts.push(h("p", { class: "approved" }, `${approvedText(run)} (as shown in ${run.approvedRun}).`));
   }
   if (run.note) parts.push(h("p", { class: "note" }, linkify(run.note)));
   if (run.status === "held") parts.push(heldBlock(run));
@@ -620,9 +653,36 @@ function heldBlock(run) {
       more > 0 ? h("p", { class: "small" }, `…and ${more} more not listed.`) : null));
     fillNames(list, ids);
   }
-  block.append(h("button", { type: "button", class: "approve danger", onclick: () => approve(run) }, "Approve removals"));
-  if (state.busy) block.querySelector(".approve").disabled = true;
+  if (isNewestHeld(run)) {
+    block.append(approveButton(run));
+  } else {
+    block.append(h("p", { class: "small older-held" }, "A newer run was held after this one with the current plan: "
+      + "review and approve that one (only the newest held run can be approved)."));
+  }
   return block;
+}
+
+/** Only the newest held run can be approved: an older one shows a plan that a newer run replaced. */
+function isNewestHeld(run) {
+  const newest = state.newestHeld;
+  return !newest || newest.id === run.id || run.requestedAt > newest.requestedAt;
+}
+
+function approveButton(run) {
+  const button = h("button", {
+    type: "button", class: "approve danger",
+    "aria-label": `Approve removals: ${plural(run.counts.removed, "user")} of the run of ${when(run.requestedAt)}`,
+    onclick: () => approve(run),
+  }, "Approve removals");
+  button.disabled = state.busy;
+  return button;
+}
+
+/** "Approved by X at T" for a run whose removals someone approved (held run, or a save's run). */
+function approvedText(run) {
+  if (!run.approvedBy) return null;
+  const what = run.status === "superseded" ? "Approved" : "Removals approved";
+  return `${what} by ${shortBy(run.approvedBy)} at ${when(run.approvedAt)}`;
 }
 
 /** A finished, applied run that removed users and whose removals were not undone yet. */
@@ -680,10 +740,17 @@ function resultBlock(run) {
     EXCLUDED_LABELS.map(([key, label]) => h("li", { class: excluded[key] ? "" : "zero" },
       h("span", {}, label), h("span", { class: "num" }, String(excluded[key] || 0))))));
   if (run.groups && run.groups.length) {
+    const cols = ["Group", "Direct members (admin center)", "Users through nesting", "Eligible", "Excluded"];
     block.append(h("div", { class: "table-wrap" }, h("table", { class: "per-group" },
       h("caption", {}, "Per selected group"),
-      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Group"), h("th", { scope: "col" }, "Members"), h("th", { scope: "col" }, "Eligible"))),
-      h("tbody", {}, run.groups.map((g) => h("tr", {}, h("th", { scope: "row" }, g.displayName), h("td", {}, String(g.members)), h("td", {}, String(g.eligible))))))));
+      h("thead", {}, h("tr", {}, cols.map((c, i) => h("th", { scope: "col", class: i ? "num" : null }, c)))),
+      h("tbody", {}, run.groups.map((g) => h("tr", {},
+        h("th", { scope: "row" }, g.displayName),
+        h("td", { class: "num", "data-label": cols[1] }, directText(g.direct)),
+        h("td", { class: "num", "data-label": cols[2] }, String(g.members)),
+        h("td", { class: "num", "data-label": cols[3] }, String(g.eligible)),
+        h("td", { class: "num", "data-label": cols[4] }, excludedText(g.excluded, g.unknown))))))));
+    if (!run.dryRun) explainMismatch(run);
   } else if (!run.dryRun || run.previewMode === "all") {
     block.append(h("p", { class: "small" }, "Mode “all”: every user of the tenant was considered."));
   }
@@ -702,6 +769,53 @@ function resultBlock(run) {
   if (run.undoneBy) block.append(h("p", { class: "undone" }, `Its removals were undone by run ${run.undoneBy}.`));
   if (canUndo(run)) block.append(undoButton(run));
   return block;
+}
+
+const fmt = (n) => Number(n || 0).toLocaleString("en-US");
+const DIRECT_WORDS = [["users", "user"], ["groups", "group"], ["devices", "device"], ["contacts", "contact"]];
+
+/** "8 (5 users, 3 groups)": a group's direct members as the Microsoft 365 admin center counts them. */
+function directText(direct) {
+  if (!direct) return "not counted";
+  const parts = DIRECT_WORDS.filter(([key]) => direct[key]).map(([key, one]) => plural(direct[key], one));
+  const total = DIRECT_WORDS.reduce((sum, [key]) => sum + (direct[key] || 0), 0);
+  return parts.length ? `${fmt(total)} (${parts.join(", ")})` : "0";
+}
+
+function excludedText(excluded, unknown = 0) {
+  const parts = EXCLUDED_LABELS.filter(([key]) => excluded?.[key]).map(([key, label]) => `${fmt(excluded[key])} ${label.toLowerCase()}`);
+  if (unknown) parts.push(`${fmt(unknown)} unknown (Graph left out an attribute)`);
+  const total = EXCLUDED_LABELS.reduce((sum, [key]) => sum + (excluded?.[key] || 0), 0) + (unknown || 0);
+  return parts.length ? `${fmt(total)}: ${parts.join(", ")}` : "0";
+}
+
+/** "User count mismatch?": each difference from the admin center, with this tenant's own numbers. */
+function explainMismatch(run) {
+  const box = $("mismatch-explain");
+  const parts = [h("h4", {}, `Your numbers (the run of ${when(run.requestedAt)})`)];
+  for (const g of run.groups) {
+    const d = g.direct;
+    const said = [];
+    if (d) {
+      said.push(`The Microsoft 365 admin center counts the direct members of “${g.displayName}”: ${directText(d)}.`);
+      const others = (d.groups || 0) + (d.devices || 0) + (d.contacts || 0);
+      if (others) {
+        said.push(` The sync counts people only: devices and contacts are never synced, and ${d.groups ? `the ${plural(d.groups, "nested group")} count${d.groups === 1 ? "s" : ""} as the users in ${d.groups === 1 ? "it" : "them"}` : "no group is nested"}.`);
+      }
+    }
+    said.push(` Through nesting the group has ${plural(g.members, "user")}; ${fmt(g.eligible)} of them are synced`);
+    const ex = excludedText(g.excluded, g.unknown);
+    said.push(ex === "0" ? "." : `, and ${ex} are not.`);
+    parts.push(h("p", { class: "mismatch-group" }, ...said));
+  }
+  const c = run.counts;
+  if (run.groups.length > 1) {
+    parts.push(h("p", {}, `A user in several selected groups counts once: ${fmt(c.members)} different users in all, `
+      + `${fmt(c.eligible)} synced.`));
+  }
+  parts.push(h("p", { class: "small" }, "Who was left out, and by which rule: see “Users not synced” below. "
+    + "Users added in Microsoft 365 since this run appear at the next refresh."));
+  box.replaceChildren(...parts);
 }
 
 /** Put "Name (upn)" for each user id in the list; ids the roster does not know stay as ids. */
@@ -743,11 +857,18 @@ async function loadRuns({ more = false, showLatest = false } = {}) {
   try {
     const { data } = await api("GET", `${T()}/runs?${query}`);
     const list = $("run-list");
-    if (!more) list.replaceChildren();
+    if (!more) {
+      list.replaceChildren();
+      const held = data.value.find((r) => r.status === "held" && !r.dryRun);
+      state.newestHeld = held ? { id: held.id, requestedAt: held.requestedAt } : null;
+      if (state.viewing?.status === "held") renderRun(state.viewing);
+    }
     for (const run of data.value) list.append(runItem(run));
     if (!more && !data.value.length) list.append(h("li", { class: "muted" }, "No runs yet."));
     runsState.next = data.nextCursor || null;
     $("runs-more").hidden = !runsState.next;
+    const counted = data.value.find((r) => !r.dryRun && r.groups?.some((g) => g.direct));
+    if (!more && counted) explainMismatch(counted);
     if (showLatest && state.follow === 0) {
       const latest = data.value.find((r) => !r.dryRun);
       if (latest && !FINISHED.has(latest.status)) {
@@ -779,7 +900,7 @@ function runItem(run) {
   }
   const item = h("li", { class: `run-item run-${run.status}` },
     h("div", { class: "run-line" },
-      badge(run.status),
+      badge(run.status, run),
       run.dryRun ? h("span", { class: "badge preview" }, "preview") : null,
       h("span", { class: "run-reason" }, runTitle(run)),
       h("span", { class: "muted small" }, when(run.requestedAt)),
@@ -787,10 +908,10 @@ function runItem(run) {
     summary ? h("p", { class: "run-summary" }, summary) : null);
   if (run.status === "held") {
     item.append(h("p", { class: "guard-text" }, run.guard || ""));
-    const approveButton = h("button", { type: "button", class: "approve danger", onclick: () => approve(run) }, "Approve removals");
-    approveButton.disabled = state.busy;
-    item.append(approveButton);
+    if (isNewestHeld(run)) item.append(approveButton(run));
+    else item.append(h("p", { class: "small older-held" }, "Replaced by a newer held run: approve that one."));
   }
+  if (run.approvedBy) item.append(h("p", { class: "approved small" }, approvedText(run)));
   if (run.undoneBy) item.append(h("p", { class: "undone small" }, "Removals undone."));
   if (canUndo(run)) item.append(undoButton(run));
   item.append(h("button", {
@@ -806,6 +927,22 @@ function runItem(run) {
 
 async function approve(run) {
   if (state.busy) return;
+  const n = run.counts.removed;
+  const ids = run.plan?.remove || [];
+  const confirmed = await confirmDialog({
+    title: `Approve removing ${plural(n, "user")}?`,
+    summary: `Approving lets a new run remove exactly the ${plural(n, "user")} this run (of ${when(run.requestedAt)}) `
+      + "would remove. If the directory changed since, that run is held again and says why. These users would be removed:",
+    listLabel: "Users who would be removed",
+    hint: "Removed users stay restorable for a grace period (Undo removals in the run history).",
+    more: n - ids.length,
+    fill: (list) => fillNames(list, ids),
+    danger: true,
+  });
+  if (!confirmed) {
+    actionStatus("Not approved: cancelled. Nothing was removed.");
+    return;
+  }
   setBusy(true);
   clearErrors();
   actionStatus("Approving the removals…");
@@ -878,12 +1015,18 @@ async function removedBy(runId) {
 function afterRun(run) {
   loadRuns();
   if (!run) return;
-  if (!run.dryRun) resetRoster();
+  if (!run.dryRun) {
+    resetRoster();
+    resetExcluded();
+    loadChoices();
+  }
   if (run.status === "failed") {
     showError({ title: `${runTitle(run)} failed`, detail: run.error || "No error text was recorded." }, "");
     actionStatus("The run failed; see the error.");
   } else if (run.status === "held") {
-    actionStatus("The run is held by the removal guard: review it below and approve the removals, or change the selection.");
+    actionStatus(run.approvedBy
+      ? "The run is held: the removals you confirmed are no longer exactly the ones it would make (the directory or the settings changed). Review who would be removed below and approve again, or change the selection."
+      : "The run is held by the removal guard: review it below and approve the removals, or change the selection.");
   } else if (run.status === "succeeded" && !run.dryRun) {
     actionStatus("Done: the users are up to date.");
   }
@@ -915,7 +1058,9 @@ async function onSave() {
       }
     }
     actionStatus("Saving…");
-    const { data, headers } = await api("PUT", `${T()}/selection`, { body, headers: { "If-Match": state.etag } });
+    // The removals just confirmed (or none) are the ones this save may make: same fingerprint.
+    const confirmed = { ...body, confirmedPreview: { runId: preview.id, removalDigest: preview.removalDigest } };
+    const { data, headers } = await api("PUT", `${T()}/selection`, { body: preview.removalDigest ? confirmed : body, headers: { "If-Match": state.etag } });
     const { run, ...selection } = data;
     applySaved(selection, headers.get("ETag"));
     renderSelected();
@@ -1047,6 +1192,11 @@ async function loadRoster({ cursor = null } = {}) {
   if (group) query.set("group", group);
   if (search) query.set("search", search);
   if (cursor) query.set("cursor", cursor);
+  const csv = new URLSearchParams(query);
+  csv.delete("limit");
+  csv.delete("cursor");
+  csv.set("format", "csv");
+  $("roster-csv").href = `${API}${T()}/users?${csv}`;
   const summary = $("roster-summary");
   summary.textContent = "Loading users…";
   try {
@@ -1099,6 +1249,38 @@ function rosterRow(user) {
 
 // -- explain ------------------------------------------------------------------------------------
 
+const GUID_OR_UPN = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[^@\s]+@[^@\s]+)$/i;
+
+/** "Why is this user not synced?": an id or UPN is explained at once; other text finds users by name. */
+async function whyUser(text) {
+  const matches = $("explain-matches");
+  matches.replaceChildren();
+  if (GUID_OR_UPN.test(text)) return explain(text);
+  const result = $("explain-result");
+  result.replaceChildren(h("p", { class: "muted" }, `Looking for “${text}”…`));
+  try {
+    const { data } = await api("GET", `${T()}/directory/users?${new URLSearchParams({ search: text })}`);
+    const found = data.value || [];
+    if (found.length === 1) return explain(found[0].id);
+    if (!found.length) {
+      result.replaceChildren(h("p", {}, `No user’s name, mail or user principal name starts with “${text}”.`));
+      return null;
+    }
+    result.replaceChildren();
+    matches.replaceChildren(
+      h("p", {}, `${found.length}${found.length >= 10 ? " or more" : ""} users match “${text}”: pick one.`),
+      h("ul", { "aria-label": "Matching users" }, found.map((u) => h("li", {}, h("button", {
+        type: "button", class: "link-button pick",
+        onclick: () => { matches.replaceChildren(); $("explain-input").value = u.userPrincipalName; explain(u.id); },
+      }, `${u.displayName || u.userPrincipalName} (${u.userPrincipalName})`)))));
+    matches.querySelector("button")?.focus();
+  } catch (error) {
+    result.replaceChildren(h("p", { class: "error-text" }, error.detail || String(error)));
+    showError(error, "Finding the user");
+  }
+  return null;
+}
+
 async function explain(who) {
   const result = $("explain-result");
   result.replaceChildren(h("p", { class: "muted" }, `Checking ${who}…`));
@@ -1106,26 +1288,152 @@ async function explain(who) {
     const { data } = await api("GET", `${T()}/users/${encodeURIComponent(who)}/explain`);
     const user = data.user || {};
     const rosterText = {
-      active: "On the platform (active).",
+      active: "On the platform now (active).",
       removed: "Removed from the platform (restorable during the grace period).",
       absent: "Not on the platform.",
     }[data.rosterStatus] || `Roster status: ${data.rosterStatus}`;
-    result.replaceChildren(
+    const groups = data.groups || [];
+    // replaceChildren would write a null as the text "null": leave out what is not there.
+    result.replaceChildren(...[
       h("h3", {}, user.displayName ? `${user.displayName} (${user.userPrincipalName})` : (user.userPrincipalName || who)),
       h("p", { class: data.included ? "verdict yes" : "verdict no" },
         data.included ? "Included: this user is synced." : "Not included: this user is not synced."),
       data.reasons?.length
-        ? h("ul", { class: "reasons", "aria-label": "Reasons" }, data.reasons.map((r) => h("li", {}, h("code", {}, r.code), " ", r.message)))
+        ? h("ul", { class: "reasons", "aria-label": "Reasons" }, data.reasons.map((r) => h("li", {},
+          h("code", {}, r.code), " ", r.message, r.rule ? h("span", { class: "rule" }, `Rule that matched: ${r.rule}`) : null)))
         : null,
-      h("p", {}, data.groups?.length
-        ? `In the selected groups: ${data.groups.map((g) => g.displayName).join(", ")}.`
-        : "In none of the selected groups."),
+      h("p", {}, groups.length
+        ? `In the selected groups: ${groups.map((g) => g.displayName).join(", ")}.`
+        : (state.saved?.mode === "all" ? "Every user of the tenant is considered (no group is selected)." : "In none of the selected groups.")),
       h("p", {}, rosterText),
-    );
+      data.note ? h("p", { class: "note" }, data.note) : null,
+    ].filter(Boolean));
     result.focus();
   } catch (error) {
     result.replaceChildren(h("p", { class: "error-text" }, error.detail || String(error)));
     showError(error, "Explaining the user");
+  }
+  return null;
+}
+
+// -- users not synced ---------------------------------------------------------------------------
+
+const excludedState = { cursor: null, stack: [], next: null, seq: 0, size: 50 };
+
+function excludedQuery(extra = {}) {
+  const query = new URLSearchParams(extra);
+  const reason = $("excluded-reason").value;
+  const search = $("excluded-search").value.trim();
+  if (reason) query.set("reason", reason);
+  if (search) query.set("search", search);
+  return query;
+}
+
+async function loadExcluded({ cursor = null } = {}) {
+  const seq = ++excludedState.seq;
+  const query = excludedQuery({ limit: String(excludedState.size) });
+  if (cursor) query.set("cursor", cursor);
+  $("excluded-csv").href = `${API}${T()}/excluded?${excludedQuery({ format: "csv" })}`;
+  const summary = $("excluded-summary");
+  summary.textContent = "Loading…";
+  try {
+    const { data } = await api("GET", `${T()}/excluded?${query}`);
+    if (seq !== excludedState.seq) return;
+    excludedState.cursor = cursor;
+    excludedState.next = data.nextCursor || null;
+    $("excluded-asof").textContent = data.asOf
+      ? `As the last full refresh found them (${when(data.asOf)}).`
+      : "No full refresh yet: run one (Save or Refresh Users Now) to see who is left out.";
+    const labels = Object.fromEntries(EXCLUDED_LABELS);
+    $("excluded-body").replaceChildren(...data.value.map((u) => h("tr", { "data-user-id": u.id },
+      h("td", {}, u.displayName || "—"),
+      h("td", { class: "upn" }, u.userPrincipalName),
+      h("td", { "data-label": "Reason" }, (u.reasons || [u.reason]).map((r) => labels[r] || r).join("; ")),
+      h("td", { "data-label": "Rule" }, (u.rules || []).join("; ")))));
+    const first = excludedState.stack.length * excludedState.size;
+    const n = data.value.length;
+    summary.textContent = n === 0
+      ? (first ? "No more users." : "Nobody matches.")
+      : `Users ${first + 1}–${first + n}${excludedState.next ? ", more on the next page" : ""}.`;
+    $("excluded-prev").disabled = excludedState.stack.length === 0;
+    $("excluded-next").disabled = !excludedState.next;
+  } catch (error) {
+    if (seq !== excludedState.seq) return;
+    summary.textContent = "The excluded users could not be loaded.";
+    showError(error, "Loading the users not synced");
+  }
+}
+
+function resetExcluded() {
+  excludedState.stack = [];
+  loadExcluded();
+}
+
+// -- optional exclusions ------------------------------------------------------------------------
+
+const choicesState = { rules: null, etag: null };
+
+async function loadChoices() {
+  try {
+    const { data, headers } = await api("GET", `${T()}/rules`);
+    choicesState.rules = data;
+    choicesState.etag = headers.get("ETag");
+    $("choice-service").checked = data.excludeServiceAccounts !== false;
+    $("choice-shared").checked = data.excludeSharedMailboxes !== false;
+    const seen = data.optionalMatches || {};
+    const caught = (key, on) => {
+      if (typeof seen[key] !== "number") return on ? "Counted at the next full refresh." : "Off: nobody is left out for this.";
+      return on ? `Currently catches ${plural(seen[key], "user")}.` : `Off: ${plural(seen[key], "user")} would be caught, and are synced.`;
+    };
+    $("choice-service-count").textContent = caught("serviceAccount", data.excludeServiceAccounts !== false);
+    $("choice-shared-count").textContent = data.excludeSharedMailboxes !== false || typeof seen.sharedMailbox === "number"
+      ? caught("sharedMailbox", data.excludeSharedMailboxes !== false)
+      : "Off: shared mailboxes are synced (they are not looked up while this is off).";
+  } catch (error) {
+    showError(error, "Loading the optional exclusions");
+  }
+}
+
+async function saveChoices() {
+  if (state.busy || !choicesState.rules) return;
+  const rules = choicesState.rules;
+  const service = $("choice-service").checked;
+  const shared = $("choice-shared").checked;
+  const seen = rules.optionalMatches || {};
+  const turningOn = [];
+  if (service && rules.excludeServiceAccounts === false) turningOn.push(["service accounts", seen.serviceAccount]);
+  if (shared && rules.excludeSharedMailboxes === false) turningOn.push(["shared mailboxes", seen.sharedMailbox]);
+  if (turningOn.length) {
+    const ok = await confirmDialog({
+      title: `Exclude ${turningOn.map(([what]) => what).join(" and ")}?`,
+      summary: `Saving removes ${turningOn.map(([what, n]) => (typeof n === "number" ? `${plural(n, "user")} (${what})` : `every ${what.slice(0, -1)}`)).join(" and ")} `
+        + "from the platform at the refresh that follows (the removal guard may hold it for an approval).",
+      listLabel: "", hint: "Removed users stay restorable for a grace period.", more: 0,
+      fill: (list) => list.replaceChildren(), danger: true,
+    });
+    if (!ok) {
+      $("choices-status").textContent = "Not saved: cancelled.";
+      return;
+    }
+  }
+  setBusy(true);
+  $("choices-status").textContent = "Saving…";
+  const { optionalMatches, optionalMatchesRun, ...body } = rules;
+  try {
+    const { data } = await api("PUT", `${T()}/rules`, {
+      body: { ...body, excludeServiceAccounts: service, excludeSharedMailboxes: shared },
+      headers: { "If-Match": choicesState.etag || "*" },
+    });
+    $("choices-status").textContent = "Saved. Refreshing the users…";
+    const done = await followRun(data.run);
+    afterRun(done);
+    $("choices-status").textContent = done?.status === "succeeded" ? "Saved and applied." : "Saved; see the run above.";
+  } catch (error) {
+    $("choices-status").textContent = "Not saved.";
+    showError(error, "Saving the optional exclusions");
+  } finally {
+    setBusy(false);
+    loadChoices();
   }
 }
 
@@ -1219,7 +1527,28 @@ function wire() {
   $("explain-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const who = $("explain-input").value.trim();
-    if (who) explain(who);
+    if (who) whyUser(who);
+  });
+  const reasons = $("excluded-reason");
+  reasons.append(...EXCLUDED_LABELS.map(([key, label]) => h("option", { value: key }, label)));
+  $("excluded-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    resetExcluded();
+  });
+  reasons.addEventListener("change", resetExcluded);
+  $("excluded-search").addEventListener("input", debounce(resetExcluded, 300));
+  $("excluded-next").addEventListener("click", () => {
+    if (!excludedState.next) return;
+    excludedState.stack.push(excludedState.cursor);
+    loadExcluded({ cursor: excludedState.next });
+  });
+  $("excluded-prev").addEventListener("click", () => {
+    if (!excludedState.stack.length) return;
+    loadExcluded({ cursor: excludedState.stack.pop() });
+  });
+  $("choices-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveChoices();
   });
 }
 

@@ -278,7 +278,16 @@ class DevHost:
         )
         admin.add_routes(server.router)
         easy_auth.add_routes(server.router)
-        add_function_routes(server.router, route_prefix(self.host_json), self.functions.http, self._invoker)
+        prefix = route_prefix(self.host_json)
+        add_function_routes(server.router, prefix, self.functions.http, self._invoker)
+        icon = f"/{prefix}/ui/favicon.ico" if prefix else "/ui/favicon.ico"
+
+        async def favicon(request: web.Request) -> web.StreamResponse:
+            # A browser that opens a JSON route directly still asks the site root for its icon.
+            raise web.HTTPMovedPermanently(icon)
+
+        if icon != "/favicon.ico":
+            server.router.add_get("/favicon.ico", favicon)
         self._runner = web.AppRunner(
             server, access_log=None, handle_signals=False, shutdown_timeout=self._grace
         )

@@ -71,6 +71,7 @@ param anonymousPaths array = [
   '/api/ui'
   '/api/ui/app.js'
   '/api/ui/styles.css'
+  '/api/ui/favicon.ico'
   '/api/notifications'
   '/api/consent/callback'
 ]

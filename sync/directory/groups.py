@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -13,19 +13,40 @@ from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 from sync.directory.errors import InvalidCursor, error_from_body, group_item_body
 from sync.directory.transport import MAX_PAGE_SIZE, GraphTransport
 from sync.directory.wire import COUNT_ONLY, GROUP, GROUP_FIELDS, GROUP_PAGE, ID_PAGE, BatchItem
-from sync.models import Group, GroupKind, GroupPage
-from sync.validation import MAX_SEARCH_LENGTH, is_object_id
+from sync.models import DirectMembers, Group, GroupKind, GroupPage
+from sync.validation import MAX_SEARCH_LENGTH, is_object_id, search_text
 
 PERMISSION = "GroupMember.Read.All"
 
 
-def search_clause(text: str) -> str:
-    """`$search` for a display name: quoted "property:value", quotes and backslashes escaped."""
-    cleaned = " ".join(text.split())
-    if len(cleaned) > MAX_SEARCH_LENGTH:
+def search_clause(text: str, properties: tuple[str, ...] = ("displayName",)) -> str:
+    """`$search` for words of some properties: one quoted "property:words" clause per property, ORed.
+
+    Quotes and backslashes are dropped (`sync.validation.search_text`), so no clause can be broken
+    out of; text with no word in it is refused (ValueError), never sent.
+    """
+    if len(text) > MAX_SEARCH_LENGTH:
         raise ValueError(f"search text is longer than {MAX_SEARCH_LENGTH} characters")
-    escaped = cleaned.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"displayName:{escaped}"'
+    words = search_text(text)
+    if not words:
+        raise ValueError("search text has no letter or digit to search for")
+    return " OR ".join(f'"{name}:{words}"' for name in properties)
+
+
+# Direct member types the admin center counts, and the cast that asks for each; a Microsoft 365 group
+# holds users only, mail-enabled groups no devices ("Manage groups", "List group members").
+_DIRECT_CASTS = {
+    "users": "/groups/{}/members/microsoft.graph.user?$count=true&$top=1&$select=id",
+    "groups": "/groups/{}/members/microsoft.graph.group?$count=true&$top=1&$select=id",
+    "devices": "/groups/{}/members/microsoft.graph.device?$count=true&$top=1&$select=id",
+    "contacts": "/groups/{}/members/microsoft.graph.orgContact?$count=true&$top=1&$select=id",
+}
+_HELD_BY_KIND: dict[GroupKind, frozenset[str]] = {
+    GroupKind.MICROSOFT365: frozenset({"users"}),
+    GroupKind.SECURITY: frozenset(_DIRECT_CASTS),
+    GroupKind.MAIL_ENABLED_SECURITY: frozenset({"users", "groups", "contacts"}),
+    GroupKind.DISTRIBUTION: frozenset({"users", "groups", "contacts"}),
+}
 
 
 class GroupReads:
@@ -57,6 +78,7 @@ class GroupReads:
         return GroupPage(
             value=[g.to_group(counts.get(g.id)) for g in page.value],
             next_cursor=self._url_to_cursor(page.next_link) if page.next_link else None,
+            total=page.count,
         )
 
     def _url_to_cursor(self, next_link: str) -> str:
@@ -98,6 +120,28 @@ class GroupReads:
                 if count is not None:
                     counts[gid] = count
         return counts
+
+    async def count_direct_members(self, kinds: Mapping[str, GroupKind]) -> dict[str, DirectMembers | None]:
+        """Direct members of each group by type (users, groups, devices, contacts), as the Microsoft
+        365 admin center counts them: one cast with `$count` per type the group's kind can hold, 20
+        to a `$batch`. A group any of whose counts Graph refuses maps to None (the numbers only explain)."""
+        asks = {
+            f"{gid}|{field}": url.format(gid)
+            for gid, kind in kinds.items()
+            for field, url in _DIRECT_CASTS.items()
+            if field in _HELD_BY_KIND[kind]
+        }
+        items = await self.transport.batch_get(asks, PERMISSION, eventual=True)
+        numbers: dict[str, dict[str, int]] = {gid: {} for gid in kinds}
+        failed: set[str] = set()
+        for key, item in items.items():
+            gid, field = key.split("|")
+            count = COUNT_ONLY.decode(item.body).count if item.status == 200 else None
+            if count is None:
+                failed.add(gid)
+            else:
+                numbers[gid][field] = count
+        return {gid: None if gid in failed else DirectMembers(**numbers[gid]) for gid in kinds}
 
     async def get_groups(self, group_ids: Iterable[str]) -> dict[str, Group | None]:
         """Look groups up by id, 20 per $batch; a missing (or malformed) id maps to None."""

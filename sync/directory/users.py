@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -11,11 +12,13 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
 from sync.directory.errors import GraphRequestRejected, GraphUnavailable, error_from_body
+from sync.directory.groups import search_clause
 from sync.directory.transport import MAX_PAGE_SIZE, GraphTransport
 from sync.directory.wire import PURPOSE, USER, USER_FIELDS, USER_PAGE
 from sync.models import DirectoryUser
 
 PERMISSION = "User.Read.All"
+USER_SEARCH_PROPERTIES = ("displayName", "mail", "userPrincipalName")
 
 
 class MailboxPurposes(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +58,19 @@ class UserReads:
         except ValueError:
             raise GraphUnavailable(f"Graph answered /users/$count with {raw[:40]!r}") from None
 
+    async def search_users(self, text: str, *, top: int = 10) -> list[DirectoryUser]:
+        """Users whose display name, mail or user principal name has words starting with `text`'s words
+        (`$search`, which needs ConsistencyLevel: eventual), at most `top`, by display name."""
+        qp = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+            select=USER_FIELDS, top=top, search=search_clause(text, USER_SEARCH_PROPERTIES)
+        )
+        cfg = RequestConfiguration(query_parameters=qp)
+        cfg.headers.add("ConsistencyLevel", "eventual")
+        request = self.transport.client.users.to_get_request_information(cfg)
+        page = USER_PAGE.decode(await self.transport.send(request, PERMISSION))
+        found = [wire.to_directory_user() for wire in page.value]
+        return sorted(found, key=lambda u: ((u.display_name or "").lower(), u.user_principal_name.lower()))
+
     async def get_user(self, id_or_upn: str) -> DirectoryUser | None:
         """One user by object id or user principal name; None when there is no such user."""
         builder = self.transport.client.users.by_user_id(id_or_upn)
@@ -69,16 +85,16 @@ class UserReads:
         return USER.decode(raw).to_directory_user()
 
     async def get_users(self, user_ids: Sequence[str]) -> dict[str, DirectoryUser | None]:
-        """Users by object id, 20 per $batch; a deleted user maps to None."""
+        """Users by object id (or user principal name), 20 per $batch; a deleted user maps to None."""
         select = ",".join(USER_FIELDS)
         items = await self.transport.batch_get(
-            {uid: f"/users/{uid}?$select={select}" for uid in user_ids}, PERMISSION
+            {uid: f"/users/{quote(uid, safe='@')}?$select={select}" for uid in user_ids}, PERMISSION
         )
         found: dict[str, DirectoryUser | None] = {}
         for uid, item in items.items():
             if item.status == 200:
                 found[uid] = USER.decode(item.body).to_directory_user()
-            elif item.status == 404:
+            elif item.status in (400, 404):  # deleted, or (a UPN) never there
                 found[uid] = None
             else:
                 raise error_from_body(item.status, item.body, PERMISSION)

@@ -129,6 +129,7 @@ class WireGroup(msgspec.Struct, rename="camel"):
 class GroupPage(msgspec.Struct):
     value: list[WireGroup]
     next_link: str | None = msgspec.field(name="@odata.nextLink", default=None)
+    count: int | None = msgspec.field(name="@odata.count", default=None)
 
 
 class CountOnly(msgspec.Struct):

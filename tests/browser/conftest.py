@@ -38,7 +38,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 # Fake, but shaped like the multi-tenant app id: the failed run's error then carries the consent link.
 APP_CLIENT_ID = "0d5b7a4e-6a3c-4c07-9f3e-5b1f0c0de001"
 # One tenant per test, built once for the module; the demo Graph serves them all (token per tenant).
-TENANT_NAMES = ("unconsented", "flow", "held", "failure", "narrow", "undo")
+TENANT_NAMES = ("unconsented", "flow", "held", "failure", "narrow", "undo", "choices")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -241,3 +241,27 @@ class Screenshots:
 @pytest.fixture(scope="session")
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Screenshots:
     return Screenshots(tmp_path_factory.mktemp("screenshots"))
+
+
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+AXE_FAILS_ON = ("serious", "critical")
+
+
+def assert_accessible(page: Page, context: str = "body") -> None:
+    """axe-core (npm, pinned in package.json) over what the page shows now: no serious or critical
+    violation. Evaluated through the DevTools protocol, so the page's own CSP stays as strict as it is."""
+    if not AXE.exists():
+        pytest.fail(f"axe-core is missing at {AXE}: run `npm ci`", pytrace=False)
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.evaluate(AXE.read_text(encoding="utf-8"))
+    found = page.evaluate(
+        """async (context) => {
+            const result = await window.axe.run(document.querySelector(context) || document,
+              { resultTypes: ["violations"] });
+            return result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help,
+              nodes: v.nodes.slice(0, 5).map((n) => n.target.join(" ")) }));
+        }""",
+        context,
+    )
+    bad = [v for v in found if v["impact"] in AXE_FAILS_ON]
+    assert not bad, "accessibility (axe-core): " + json.dumps(bad, indent=1)

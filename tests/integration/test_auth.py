@@ -146,6 +146,8 @@ MATRIX: dict[tuple[str, str], tuple[str, int]] = {
     ("run_undo", "POST"): (TENANT_ROUTE, 201),
     ("users_list", "GET"): (TENANT_ROUTE, 200),
     ("user_explain", "GET"): (TENANT_ROUTE, 200),
+    ("excluded_list", "GET"): (TENANT_ROUTE, 200),
+    ("directory_users", "GET"): (TENANT_ROUTE, 200),
     ("audit_list", "GET"): (TENANT_ROUTE, 200),
     ("tenant_changes", "GET"): (TENANT_ROUTE, 200),
     ("tenant_disconnect", "DELETE"): (TENANT_ROUTE, 200),
@@ -166,6 +168,11 @@ BODIES: dict[tuple[str, str], Any] = {
     ("grant_item", "DELETE"): {},
     ("tenant_disconnect", "DELETE"): {},
     ("notifications", "POST"): {"value": []},
+}
+
+QUERIES: dict[str, dict[str, str]] = {
+    "consent_callback": {"state": "not-a-state-this-app-issued"},
+    "directory_users": {"search": "a"},  # a name search needs words
 }
 
 PARTNER_WITH_GRANT = "ad6eb101-5d80-426b-8b7c-005872201ace"
@@ -329,9 +336,7 @@ async def test_the_access_matrix(
                     method,
                     route.path(params),
                     route={k: params[k] for k in route.params},
-                    params={"state": "not-a-state-this-app-issued"}
-                    if route.function == "consent_callback"
-                    else None,
+                    params=QUERIES.get(route.function),
                     body=body,
                     principal=who,
                 )

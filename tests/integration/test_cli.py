@@ -108,3 +108,57 @@ def test_missing_storage_setting_is_a_clear_usage_error(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 2 and "SYNC_STORAGE" in done.stderr
+
+
+def test_the_admin_questions_from_the_command_line(cli, own_tenant: DemoTenant) -> None:
+    tid = own_tenant.tenant_id
+    added = cli(
+        "tenant", "add", tid, "--name", "Test", "--guard-percent", "100", "--guard-min-users", "100000"
+    )
+    assert added.returncode == 0, added.stderr
+    selected = cli("select", tid, "--all")
+    assert (
+        selected.returncode == 0
+        and "run it now" not in selected.stdout
+        and "the worker applies" in selected.stdout
+    )
+    assert cli("refresh", tid).returncode == 0
+    guests = cli("excluded", tid, "--reason", "guest")
+    assert guests.returncode == 0 and "userType is Guest" in guests.stdout
+    as_csv = cli("excluded", tid, "--csv")
+    assert as_csv.stdout.startswith("id,userPrincipalName,displayName")
+    assert cli("refresh", tid, "--dry-run").returncode == 0
+    big = own_tenant.landmarks.big_group_id
+    assert cli("select", tid, big).returncode == 0
+    removing = cli("refresh", tid)
+    assert removing.returncode == 0, removing.stdout + removing.stderr
+    runs = cli("runs", tid).stdout.splitlines()
+    assert (
+        runs[0].split()[:9]
+        == ["run", "status", "reason", "requested", "added", "removed", "restored", "note"][:9]
+    )
+    assert any("succeeded (dry run)" in line for line in runs)
+
+    undone = cli("undo", tid)
+    assert undone.returncode == 0, undone.stderr
+    assert "duration None" not in undone.stdout and "users restored" in undone.stdout
+    assert "members 0" not in undone.stdout and "excluded:" not in undone.stdout
+    back = next(
+        u
+        for u in own_tenant.users.values()
+        if u.id not in own_tenant.transitive_user_ids(big)
+        and u.user_type == "Member"
+        and u.account_enabled
+        and u.assigned_licenses
+        and not u.user_principal_name.lower().startswith("svc-")
+        and u.user_purpose in (None, "user")
+    )
+    why = cli("explain", tid, back.user_principal_name)
+    assert "is NOT synced" in why.stdout and "on the platform now" in why.stdout, why.stdout
+    assert "the next refresh removes them again" in why.stdout
+
+    rules = cli("rules", tid, "--service-accounts", "include")
+    assert rules.returncode == 0, rules.stderr
+    assert "service accounts" in rules.stdout and "included" in rules.stdout and "{" not in rules.stdout
+    ghost = cli("rules", tid, "--user", "ghost@nowhere.example")
+    assert ghost.returncode == 2 and ghost.stderr.count("\n") == 1 and "ghost@nowhere.example" in ghost.stderr

@@ -6,11 +6,13 @@ links, the `$count` byte-order mark and national clouds (docs/graph-contract.md 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
 from devtools.demo_tenant import DemoGraphServer
 from devtools.demo_tenant import Tenant as DemoTenant
+from devtools.demo_tenant.model import Group
 from shared.graph import GraphClients
 from sync.directory import DirectoryReader, PageExpired
 from tests.integration.conftest import AppUnderTest
@@ -120,6 +122,26 @@ async def test_a_mailbox_an_access_policy_hides_is_judged_alone(
     assert result["mailboxPurposeSource"] == "mailboxSettings"
     assert result["counts"]["purposeUnknown"] == 1
     assert set(await roster(app, own_tenant)) == set(expected_roster(own_tenant, groups))  # a person stays
+
+
+async def test_one_hidden_mailbox_alone_to_look_up_is_still_judged_alone(
+    app: AppUnderTest, own_tenant: DemoTenant
+) -> None:
+    """The next run looks up only mailboxes not known to be a person's: here just the hidden one.
+    That one refusal must not read as "the tenant took MailboxSettings.Read back"."""
+    people = sorted(expected_roster(own_tenant, departments(own_tenant)))[:3]
+    team = str(uuid.uuid4())
+    own_tenant.add_group(Group(id=team, display_name="Three people"), people)
+    app.graph.set_mailbox_access_denied(own_tenant.tenant_id, [people[0]])
+    await register(app, own_tenant)
+    await select(app, own_tenant, [team])
+    await app.deliver()
+    for _ in range(2):  # the first full run reads all three; the second only the hidden one (+ a probe)
+        result = await refresh(app, own_tenant)
+        assert result["status"] == "succeeded"
+        assert result["mailboxPurposeSource"] == "mailboxSettings"
+        assert result["counts"]["purposeUnknown"] == 1
+    assert set(await roster(app, own_tenant)) == set(people)
 
 
 async def test_licences_count_only_with_a_working_subscription_and_runs_count_per_sku(

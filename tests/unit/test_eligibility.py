@@ -560,3 +560,77 @@ def test_required_skus_accept_ids_and_part_numbers_and_name_the_bad_one() -> Non
     with pytest.raises(InvalidRules, match="includeExternalMembers"):
         parse_exclusion_rules({"includeExternalMembers": "yes"})
     assert "SPE_E5" in explain_reason(R.UNLICENSED, rules)
+
+
+# ---------------------------------------------------------------------------
+# The "may" exclusions, and the exact rule behind each reason
+# ---------------------------------------------------------------------------
+
+
+def test_service_accounts_and_shared_mailboxes_are_excluded_unless_the_tenant_includes_them() -> None:
+    svc = person(user_principal_name="svc-backup@contoso.com")
+    shared = resource("reception@contoso.com", "Reception")
+    assert classify(svc).reasons == (R.SERVICE_ACCOUNT,)
+    assert classify(shared, purpose="shared").reasons == (R.SHARED_MAILBOX,)
+    keep_both = parse_exclusion_rules({"excludeServiceAccounts": False, "excludeSharedMailboxes": False})
+    assert classify(svc, rules=keep_both).included
+    assert classify(shared, rules=keep_both, purpose="shared").included
+    assert parse_exclusion_rules({}).exclude_service_accounts is True  # on by default
+    with pytest.raises(InvalidRules, match="excludeServiceAccounts and excludeSharedMailboxes must be"):
+        parse_exclusion_rules({"excludeServiceAccounts": "no", "excludeSharedMailboxes": 0})
+
+
+@pytest.mark.parametrize(
+    ("user", "purpose", "rules", "by_group", "reason", "rule"),
+    [
+        (person(user_type="Guest"), "user", NO_RULES, False, R.GUEST, "userType is Guest"),
+        (person(account_enabled=False), "user", NO_RULES, False, R.DISABLED, "accountEnabled is false"),
+        (person(sku_ids=(E3,)), "user", ExclusionRules(required_skus=(E5,)), False, R.UNLICENSED,
+         "requiredSkus: none of SPE_E5"),
+        (resource("room-4@contoso.com"), "room", NO_RULES, False, R.SHARED_MAILBOX,
+         "mailboxSettings.userPurpose is room"),
+        (person(user_principal_name="noreply-billing@contoso.com"), "user", NO_RULES, False,
+         R.SERVICE_ACCOUNT, "built-in service-account pattern 'noreply*'"),
+        (person(), "user", ExclusionRules(upn_patterns=("temp-*", "adele*")), False, R.RULE,
+         "UPN pattern 'adele*'"),
+        (person(), "user", ExclusionRules(excluded_users=("Adele.Vance@contoso.com",)), False, R.RULE,
+         "listed in excludedUsers as 'Adele.Vance@contoso.com'"),
+        (person(), "user", ExclusionRules(exclusion_group_id=GROUP_ID), True, R.RULE,
+         f"member of the exclusion group {GROUP_ID}"),
+    ],
+)  # fmt: skip
+def test_the_exact_rule_behind_each_reason_is_named(
+    user: DirectoryUser,
+    purpose: str,
+    rules: ExclusionRules,
+    by_group: bool,
+    reason: ExclusionReason,
+    rule: str,
+) -> None:
+    from sync.eligibility import matched_rule
+
+    assert reason in classify(user, rules=rules, purpose=purpose, by_group=by_group).reasons
+    named = matched_rule(
+        user,
+        reason,
+        rules=rules,
+        mailbox_purpose=purpose,
+        purpose_source=MailboxPurposeSource.MAILBOX_SETTINGS,
+        excluded_by_group=by_group,
+    )
+    assert named == rule
+
+
+def test_a_rules_400_names_every_bad_value() -> None:
+    with pytest.raises(InvalidRules) as refused:
+        parse_exclusion_rules({"upnPatterns": ["*", "ok-*", " ", "*@*"], "excludedUsers": ["", "x" * 300]})
+    text = str(refused.value)
+    for part in (
+        "upnPatterns[0]",
+        "upnPatterns[2]",
+        "upnPatterns[3]",
+        "excludedUsers[0]",
+        "excludedUsers[1]",
+    ):
+        assert part in text
+    assert "upnPatterns[1]" not in text

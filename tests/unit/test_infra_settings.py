@@ -62,6 +62,7 @@ CONTRACT_TABLES = {
     "grants",
     "consentStates",
     "subscriptions",
+    "excluded",  # issue 15: who the last full run excluded and why
 }
 
 

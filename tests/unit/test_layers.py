@@ -51,6 +51,7 @@ def test_only_runs_changes_a_runs_status() -> None:
 def test_only_apply_writes_or_deletes_roster_rows_and_moves_delta_links() -> None:
     assert writers(r"\broster(_store)?\.(write|delete)\(") == {"sync.apply"}
     assert writers(r"save_delta_state\(") == {"sync.apply", "sync.store"}  # the store defines it
+    assert writers(r"\bexcluded\.replace\(") == {"sync.apply"}  # who the last full run excluded
 
 
 def test_only_safety_decides_whether_a_plan_may_be_applied() -> None:
