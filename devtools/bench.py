@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +91,33 @@ async def _read_with_typed_models(base_url: str, tenant_id: str) -> int:
         await clients.aclose()
 
 
+def _start_profiler(profile: str | None, phase: str) -> subprocess.Popen[bytes] | None:
+    """py-spy attached to this process for one phase: a flame graph (SVG) or collapsed stacks (.txt).
+
+    It samples on-CPU stacks only (idle waits for Graph are left out), so it shows where CPU goes.
+    """
+    if not profile:
+        return None
+    stem, fmt = (
+        (profile[:-4], "raw") if profile.endswith(".txt") else (profile.removesuffix(".svg"), "flamegraph")
+    )
+    output = f"{stem}-{phase}.{'txt' if fmt == 'raw' else 'svg'}"
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(os.getpid()), "--rate", "250", "--format", fmt, "--output", output],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # let it attach before the phase starts
+    return process
+
+
+def _stop_profiler(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        process.wait(timeout=120)
+
+
 async def _refresh_phases(args: argparse.Namespace) -> dict[str, Any]:
     """Full refresh, unchanged full re-run, unchanged incremental run: one tenant, real Azurite."""
     import httpx
@@ -129,11 +157,13 @@ async def _refresh_phases(args: argparse.Namespace) -> dict[str, Any]:
             transactions_before = ctx.roster.transactions
             run = new_run(args.tenant, reason)
             await ctx.store.create_run(run)
+            spy = _start_profiler(args.profile, name)
             cpu0, wall0 = _cpu_seconds(), time.perf_counter()
             done = await execute_refresh(
                 ctx, RefreshMessage(tenant_id=args.tenant, run_id=run.id, reason=reason)
             )
             wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
+            _stop_profiler(spy)
             http_requests = (await control.get("/_demo/requests?inBatch=false&limit=0")).json()["counts"]
             batched = (await control.get("/_demo/requests?inBatch=true&limit=0")).json()["counts"]
             phases[name] = {
@@ -221,7 +251,7 @@ def member_page_lower_bound(tenant: Any, group_ids: list[str]) -> int:
     return sum(max(1, math.ceil(len(tenant.transitive_user_ids(g)) / 999)) for g in group_ids)
 
 
-def bench_refresh(users: int, groups: int, latency: float) -> dict[str, Any]:
+def bench_refresh(users: int, groups: int, latency: float, profile: str | None = None) -> dict[str, Any]:
     """A 60% selection of the big tenant, with latency and throttling, on real Azurite."""
     from devtools.azurite import Azurite
     from devtools.demo_tenant.generator import build_tenant, pick_groups_covering
@@ -246,6 +276,7 @@ def bench_refresh(users: int, groups: int, latency: float) -> dict[str, Any]:
             azurite.connection_string,
             "--groups",
             json.dumps(selected),
+            *(("--profile", os.path.abspath(profile)) if profile else ()),
         )
     return {
         "tenant_users": len(big.users),
@@ -350,11 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     child.add_argument("--root-url")
     child.add_argument("--storage")
     child.add_argument("--groups")
+    child.add_argument("--profile")
     refresh = sub.add_parser("refresh", help="full / unchanged / incremental refresh of a 60k selection")
     refresh.add_argument("--users", type=int, default=100_000)
     refresh.add_argument("--groups", type=int, default=2_000)
     refresh.add_argument("--latency", type=float, default=0.05)
     refresh.add_argument("--json", action="store_true")
+    refresh.add_argument(
+        "--profile",
+        help="py-spy each phase: PATH.svg gives PATH-<phase>.svg flame graphs, PATH.txt collapsed stacks",
+    )
     fleet = sub.add_parser("fleet", help="the nightly timer queueing refreshes for many tenants")
     fleet.add_argument("--tenants", type=int, default=1000)
     fleet.add_argument("--json", action="store_true")
@@ -362,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "child":
         return _child(args)
     if args.what == "refresh":
-        report = bench_refresh(args.users, args.groups, args.latency)
+        report = bench_refresh(args.users, args.groups, args.latency, args.profile)
         print(json.dumps(report, indent=2)) if args.json else _print_refresh(report)
         return 0
     if args.what == "fleet":
