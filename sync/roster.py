@@ -1,7 +1,9 @@
 """The platform's user store: the `users` table, one partition per tenant.
 
 Writes go in entity-group transactions of up to 100 rows (Table Storage's ceiling, one
-partition per transaction), a few in flight at once.
+partition per transaction), a few in flight at once. Bulk writes and the whole-roster read go
+through `sync.table_wire` (the SDK's pipeline without its per-entity serializer); single-row
+look-ups and filtered pages use the SDK as they are.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TransactionOperation, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.settings import Settings
 from shared.storage import USERS_TABLE, plain_datetime, table_client
 from sync.models import RosterStatus, RosterUser
+from sync.table_wire import Delete, Upsert, query_pages, submit_transaction
 from sync.validation import is_object_id
 
 TRANSACTION_SIZE = 100  # Table Storage: at most 100 operations per transaction
@@ -61,6 +64,49 @@ def _moment(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return plain_datetime(value)
     return datetime.fromisoformat(str(value))
+
+
+class _WireRow(msgspec.Struct):
+    """A roster entity as Table Storage's JSON holds it (annotations such as `x@odata.type` ignored)."""
+
+    row_key: str = msgspec.field(name="RowKey")
+    upn: str = ""
+    display_name: str | None = msgspec.field(name="displayName", default=None)
+    mail: str | None = None
+    department: str | None = None
+    job_title: str | None = msgspec.field(name="jobTitle", default=None)
+    groups: str | None = None
+    status: str = "active"
+    added_at: str | None = msgspec.field(name="addedAt", default=None)
+    updated_at: str | None = msgspec.field(name="updatedAt", default=None)
+    removed_at: str | None = msgspec.field(name="removedAt", default=None)
+    removed_by_run: str | None = msgspec.field(name="removedByRun", default=None)
+    purpose_checked_at: str | None = msgspec.field(name="purposeCheckedAt", default=None)
+
+    def to_user(self) -> RosterUser:
+        groups = self.groups
+        return RosterUser(
+            id=self.row_key,
+            user_principal_name=self.upn,
+            display_name=self.display_name,
+            mail=self.mail,
+            department=self.department,
+            job_title=self.job_title,
+            groups=tuple(groups.split(",")) if groups else (),
+            status=RosterStatus(self.status),
+            added_at=_moment(self.added_at),
+            updated_at=_moment(self.updated_at),
+            removed_at=_moment(self.removed_at),
+            removed_by_run=self.removed_by_run,
+            purpose_checked_at=_moment(self.purpose_checked_at),
+        )
+
+
+class _WirePage(msgspec.Struct):
+    value: list[_WireRow]
+
+
+_PAGE = msgspec.json.Decoder(_WirePage)
 
 
 def _from_entity(entity: dict[str, Any]) -> RosterUser:
@@ -107,31 +153,26 @@ class RosterStore:
         flt, params = "PartitionKey eq @pk", {"pk": tenant_id}
         if status is not None:
             flt, params = flt + " and status eq @status", {**params, "status": str(status)}
-        query = self._table.query_entities(flt, parameters=params, select=_FIELDS, results_per_page=1000)
-        return [_from_entity(e) async for e in query]
+        rows: list[RosterUser] = []
+        async for page in query_pages(self._table, flt, params, _FIELDS, 1000):
+            rows.extend(row.to_user() for row in _PAGE.decode(page).value)
+        return rows
 
     async def write(self, tenant_id: str, rows: Iterable[RosterUser]) -> int:
         """Upsert rows in transactions of 100; returns the number of transactions (sync.apply only)."""
-        operations = [
-            (TransactionOperation.UPSERT, _to_entity(tenant_id, row), {"mode": UpdateMode.REPLACE})
-            for row in rows
-        ]
-        return await self._submit(operations)
+        return await self._submit([Upsert(_to_entity(tenant_id, row)) for row in rows])
 
     async def delete(self, tenant_id: str, user_ids: Sequence[str]) -> int:
         """Delete rows (purge) in transactions of 100; returns the transactions (sync.apply only)."""
-        operations: list[Any] = [
-            (TransactionOperation.DELETE, {"PartitionKey": tenant_id, "RowKey": uid}, {}) for uid in user_ids
-        ]
-        return await self._submit(operations)
+        return await self._submit([Delete(tenant_id, uid) for uid in user_ids])
 
-    async def _submit(self, operations: list[Any]) -> int:
+    async def _submit(self, operations: Sequence[Upsert | Delete]) -> int:
         chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
         gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
 
-        async def submit(chunk: list[Any]) -> None:
+        async def submit(chunk: Sequence[Upsert | Delete]) -> None:
             async with gate:
-                await self._table.submit_transaction(chunk)
+                await submit_transaction(self._table, chunk)
 
         await asyncio.gather(*(submit(c) for c in chunks))
         self.transactions += len(chunks)
