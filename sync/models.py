@@ -50,7 +50,7 @@ class GroupPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     next_cursor: str | None = None
 
 
-class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """A user as Entra ID reports them, with just the attributes the eligibility rules need."""
 
     id: str
@@ -101,7 +101,7 @@ class RosterStatus(enum.StrEnum):
     REMOVED = "removed"
 
 
-class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """A user as the platform's roster holds them (one row of the `users` table)."""
 
     id: str  # Entra object id
@@ -119,7 +119,7 @@ class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     purpose_checked_at: datetime | None = None  # when mailboxSettings.userPurpose last said "a person"
 
 
-class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """A user who should be on the platform after this run, with the selected groups they came through."""
 
     id: str

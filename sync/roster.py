@@ -66,7 +66,7 @@ def _moment(value: object) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
-class _WireRow(msgspec.Struct):
+class _WireRow(msgspec.Struct, gc=False):
     """A roster entity as Table Storage's JSON holds it (annotations such as `x@odata.type` ignored)."""
 
     row_key: str = msgspec.field(name="RowKey")

@@ -50,15 +50,15 @@ def group_kind(
     return GroupKind.DISTRIBUTION
 
 
-class WireLicense(msgspec.Struct, rename="camel"):
+class WireLicense(msgspec.Struct, rename="camel", gc=False):
     sku_id: str | None = None
 
 
-class WirePlan(msgspec.Struct, rename="camel"):
+class WirePlan(msgspec.Struct, rename="camel", gc=False):
     capability_status: str | None = None
 
 
-class WireUser(msgspec.Struct, rename="camel"):
+class WireUser(msgspec.Struct, rename="camel", gc=False):
     id: str
     user_principal_name: str = ""
     display_name: str | None = None
@@ -135,11 +135,11 @@ class CountOnly(msgspec.Struct):
     count: int | None = msgspec.field(name="@odata.count", default=None)
 
 
-class MailboxPurpose(msgspec.Struct, rename="camel"):
+class MailboxPurpose(msgspec.Struct, rename="camel", gc=False):
     user_purpose: str | None = None
 
 
-class IdOnly(msgspec.Struct):
+class IdOnly(msgspec.Struct, gc=False):
     id: str
     odata_type: str | None = msgspec.field(name="@odata.type", default=None)
 
@@ -155,7 +155,7 @@ class DeltaPage(msgspec.Struct):
     delta_link: str | None = msgspec.field(name="@odata.deltaLink", default=None)
 
 
-class BatchItem(msgspec.Struct):
+class BatchItem(msgspec.Struct, gc=False):
     id: str
     status: int
     headers: dict[str, str] = {}
@@ -166,7 +166,7 @@ class BatchResponse(msgspec.Struct):
     responses: list[BatchItem]
 
 
-class BatchRequest(msgspec.Struct):
+class BatchRequest(msgspec.Struct, gc=False):
     id: str
     method: str
     url: str
