@@ -9,9 +9,9 @@ look-ups and filtered pages use the SDK as they are.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from azure.core.exceptions import ResourceNotFoundError
@@ -23,6 +23,7 @@ from sync.models import RosterStatus, RosterUser
 from sync.table_wire import Delete, Upsert, query_pages, submit_transaction
 from sync.validation import is_object_id
 
+_T = TypeVar("_T")
 TRANSACTION_SIZE = 100  # Table Storage: at most 100 operations per transaction
 _PARALLEL_TRANSACTIONS = 4
 _FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "jobTitle", "groups", "status",
@@ -55,6 +56,17 @@ def _to_entity(tenant_id: str, user: RosterUser) -> dict[str, Any]:
         # (a run record keeps only a sample of ids). Active rows never carry it.
         entity["removedByRun"] = user.removed_by_run
     return entity
+
+
+def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _moment(value: object) -> datetime | None:
@@ -160,23 +172,54 @@ class RosterStore:
 
     async def write(self, tenant_id: str, rows: Iterable[RosterUser]) -> int:
         """Upsert rows in transactions of 100; returns the number of transactions (sync.apply only)."""
-        return await self._submit([Upsert(_to_entity(tenant_id, row)) for row in rows])
+        return await self._submit(Upsert(_to_entity(tenant_id, row)) for row in rows)
 
     async def delete(self, tenant_id: str, user_ids: Sequence[str]) -> int:
         """Delete rows (purge) in transactions of 100; returns the transactions (sync.apply only)."""
-        return await self._submit([Delete(tenant_id, uid) for uid in user_ids])
+        return await self._submit(Delete(tenant_id, uid) for uid in user_ids)
 
-    async def _submit(self, operations: Sequence[Upsert | Delete]) -> int:
-        chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
-        gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
+    async def _submit(self, operations: Iterable[Upsert | Delete]) -> int:
+        """Send the operations 100 to a transaction, a few transactions in flight.
 
-        async def submit(chunk: Sequence[Upsert | Delete]) -> None:
-            async with gate:
+        Each transaction is encoded only when a slot frees up, so a first load of 100,000 users holds
+        a few hundred entities at a time, not all of them. After a failure no further transaction
+        starts; those in flight finish, then the first error is raised.
+        """
+        slots = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
+        running: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+        sent = 0
+
+        async def submit(chunk: list[Upsert | Delete]) -> None:
+            try:
                 await submit_transaction(self._table, chunk)
+            finally:
+                slots.release()
 
-        await asyncio.gather(*(submit(c) for c in chunks))
-        self.transactions += len(chunks)
-        return len(chunks)
+        def settled(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
+        try:
+            for chunk in _batched(operations, TRANSACTION_SIZE):
+                await slots.acquire()
+                if failures:
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(submit(chunk))
+                running.add(task)
+                task.add_done_callback(settled)
+                sent += 1
+            if running:
+                await asyncio.wait(set(running))
+        finally:
+            for task in running:  # only when this coroutine itself was cancelled
+                task.cancel()
+        if failures:
+            raise failures[0]
+        self.transactions += sent
+        return sent
 
     async def get_user(self, tenant_id: str, id_or_upn: str) -> RosterUser | None:
         """One roster row by object id or by UPN (case-insensitive)."""
