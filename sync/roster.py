@@ -19,7 +19,7 @@ from azure.data.tables.aio import TableClient
 
 from shared.settings import Settings
 from shared.storage import USERS_TABLE, plain_datetime, table_client
-from sync.models import RosterStatus, RosterUser
+from sync.models import RosterStatus, RosterUser, SharedValues
 from sync.table_wire import Delete, Upsert, query_pages, submit_transaction
 from sync.validation import is_object_id
 
@@ -95,23 +95,31 @@ class _WireRow(msgspec.Struct, gc=False):
     removed_by_run: str | None = msgspec.field(name="removedByRun", default=None)
     purpose_checked_at: str | None = msgspec.field(name="purposeCheckedAt", default=None)
 
-    def to_user(self) -> RosterUser:
+    def to_user(self, shared: SharedValues) -> RosterUser:
         groups = self.groups
         return RosterUser(
             id=self.row_key,
             user_principal_name=self.upn,
             display_name=self.display_name,
             mail=self.mail,
-            department=self.department,
-            job_title=self.job_title,
-            groups=tuple(groups.split(",")) if groups else (),
+            department=shared.same(self.department),
+            job_title=shared.same(self.job_title),
+            groups=shared.made("groups", groups, _group_ids) if groups else (),
             status=RosterStatus(self.status),
-            added_at=_moment(self.added_at),
-            updated_at=_moment(self.updated_at),
-            removed_at=_moment(self.removed_at),
-            removed_by_run=self.removed_by_run,
-            purpose_checked_at=_moment(self.purpose_checked_at),
+            added_at=_shared_moment(shared, self.added_at),
+            updated_at=_shared_moment(shared, self.updated_at),
+            removed_at=_shared_moment(shared, self.removed_at),
+            removed_by_run=shared.same(self.removed_by_run),
+            purpose_checked_at=_shared_moment(shared, self.purpose_checked_at),
         )
+
+
+def _group_ids(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
+
+
+def _shared_moment(shared: SharedValues, text: str | None) -> datetime | None:
+    return None if text is None else shared.made("moment", text, _moment)
 
 
 class _WirePage(msgspec.Struct):
@@ -166,8 +174,9 @@ class RosterStore:
         if status is not None:
             flt, params = flt + " and status eq @status", {**params, "status": str(status)}
         rows: list[RosterUser] = []
+        shared = SharedValues()
         async for page in query_pages(self._table, flt, params, _FIELDS, 1000):
-            rows.extend(row.to_user() for row in _PAGE.decode(page).value)
+            rows.extend(row.to_user(shared) for row in _PAGE.decode(page).value)
         return rows
 
     async def write(self, tenant_id: str, rows: Iterable[RosterUser]) -> int:

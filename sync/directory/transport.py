@@ -175,7 +175,9 @@ class GraphTransport:
                 if item.status in _THROTTLED and attempt < self._batch_retry_limit:
                     wait = max(wait, retry_after(item.headers, attempt))
                     continue
-                results[item.id] = item
+                # Kept without its headers and with a copy of its body: a Raw body is a view that would
+                # otherwise hold the whole batch answer in memory until the last batch is in.
+                results[item.id] = BatchItem(id=item.id, status=item.status, body=item.body.copy())
                 pending.pop(item.id, None)
             if not pending:
                 return results

@@ -4,10 +4,13 @@ SDK's typed Kiota models take seconds. Only the fields the app reads are declare
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import msgspec
 
-from sync.models import DirectoryUser, Group, GroupKind
+from sync.models import DirectoryUser, Group, GroupKind, SharedValues
+
+_T = TypeVar("_T")
 
 GROUP_FIELDS = [
     "id",
@@ -50,6 +53,10 @@ def group_kind(
     return GroupKind.DISTRIBUTION
 
 
+def _itself(value: _T) -> _T:
+    return value
+
+
 class WireLicense(msgspec.Struct, rename="camel", gc=False):
     sku_id: str | None = None
 
@@ -82,7 +89,10 @@ class WireUser(msgspec.Struct, rename="camel", gc=False):
             (plan.capability_status or "").lower() in ENABLED_PLAN_STATES for plan in self.assigned_plans
         )
 
-    def to_directory_user(self) -> DirectoryUser:
+    def to_directory_user(self, shared: SharedValues | None = None) -> DirectoryUser:
+        """The user as the rules read them; with `shared`, repeated values are held once per read."""
+        sku_ids = tuple(lic.sku_id.lower() for lic in self.assigned_licenses or () if lic.sku_id)
+        same = shared.same if shared is not None else _itself
         return DirectoryUser(
             id=self.id,
             user_principal_name=self.user_principal_name,
@@ -90,12 +100,12 @@ class WireUser(msgspec.Struct, rename="camel", gc=False):
             given_name=self.given_name,
             surname=self.surname,
             mail=self.mail,
-            department=self.department,
-            job_title=self.job_title,
-            user_type=self.user_type,
+            department=same(self.department),
+            job_title=same(self.job_title),
+            user_type=same(self.user_type),
             account_enabled=self.account_enabled,
             licensed=self.licensed(),
-            sku_ids=tuple(lic.sku_id.lower() for lic in self.assigned_licenses or () if lic.sku_id),
+            sku_ids=same(sku_ids),
         )
 
 
