@@ -74,6 +74,8 @@ class ControlRoutes:
         r.add_put("/_demo/rate-limit", s.set_rate_limit)
         r.add_post("/_demo/rate-limit", s.set_rate_limit)
         r.add_delete("/_demo/rate-limit", s.clear_rate_limit)
+        r.add_put("/_demo/app-rate-limit", s.set_app_rate_limit)
+        r.add_delete("/_demo/app-rate-limit", s.clear_app_rate_limit)
         r.add_put("/_demo/token-lifetime", s.set_token_lifetime)
         r.add_put("/_demo/delta", s.set_delta_policy)
         r.add_put("/_demo/page-tokens", s.set_page_token_policy)
@@ -175,6 +177,17 @@ class ControlRoutes:
 
     async def clear_rate_limit(self, request: web.Request) -> web.Response:
         self._server.clear_rate_limit()
+        return _json({"ok": True})
+
+    async def set_app_rate_limit(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        self._server.set_app_rate_limit(
+            int(body["requests"]), float(body["per_seconds"]), body.get("app_id"), body.get("path_regex")
+        )
+        return _json({"ok": True})
+
+    async def clear_app_rate_limit(self, request: web.Request) -> web.Response:
+        self._server.clear_app_rate_limit()
         return _json({"ok": True})
 
     async def set_token_lifetime(self, request: web.Request) -> web.Response:
