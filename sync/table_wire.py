@@ -15,6 +15,7 @@ the changeset is atomic, so nothing of it was applied, and the SDK raises its ow
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import uuid
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.core.rest import HttpRequest
 from azure.data.tables import TransactionOperation, UpdateMode
 from azure.data.tables._error import (  # the SDK's own error decoding, so errors stay its types
@@ -42,6 +43,7 @@ _JSON = msgspec.json.Encoder()  # UTF-8 JSON; the SDK's json.dumps escapes non-A
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~-]*")
 _STATUS_LINE = re.compile(rb"^HTTP/1\.1 (\d{3})", re.MULTILINE)
 _QUERY_ACCEPT = "application/json;odata=minimalmetadata"
+_UNSENT_RETRIES = 2
 
 
 class Upsert:
@@ -171,7 +173,17 @@ async def submit_transaction(table: TableClient, operations: Sequence[Upsert | D
         },
         content=body,
     )
-    response = await table._client.send_request(request, stream=True)
+    for attempt in range(_UNSENT_RETRIES + 1):
+        try:
+            response = await table._client.send_request(request, stream=True)
+            break
+        except ServiceRequestError:
+            # No answer came (most often a pooled connection the service had just closed). azure-core
+            # retries no POST; these are upserts and unconditional deletes, so sending the transaction
+            # again is safe (a delete that did apply answers 404 then, and the run fails as before).
+            if attempt == _UNSENT_RETRIES:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
     await response.read()
     if response.status_code != 202:  # the whole request was refused: the SDK's decoding, as it raises it
         decoded = _decode_error(response)  # type: ignore[no-untyped-call]
