@@ -6,7 +6,8 @@
 - `refresh`: 50 nested groups covering ~60,000 of 100,000 users, 50 ms per Graph request and
   Graph-like throttling, real Azurite: a full refresh, an unchanged full re-run and an unchanged
   incremental (delta) run, with Graph requests beside the lower bound.
-- `fleet`: the nightly timer queueing one refresh each for 1,000 tenants.
+- `fleet`: 1,000 tenants of realistic sizes, from the nightly timer to the last run finished,
+  through the queue worker of one Functions worker process (devtools/bench_fleet.py).
 - `all` (the default): the three in one run. The demo tenant serves from this process.
 """
 
@@ -25,6 +26,8 @@ import time
 from typing import Any
 
 import msgspec
+
+from devtools.bench_fleet import bench_fleet, fleet_worker, print_fleet
 
 BIG_TENANT = "0b3e54b4-7a71-4a3b-9f2d-100000000000"
 SLICE_TENANT = "0b3e54b4-7a71-4a3b-9f2d-010000000000"
@@ -319,37 +322,6 @@ def _print_refresh(report: dict[str, Any]) -> None:
     print(f"Typed models / sync.directory CPU on the same 10k pages: {report['slice_cpu_ratio']}x")
 
 
-async def bench_fleet(tenants: int) -> dict[str, Any]:
-    """How long the nightly timer takes to queue one refresh per tenant."""
-    import uuid
-
-    from devtools.azurite import Azurite
-    from shared.settings import load_settings
-    from sync.models import Tenant
-    from sync.service import open_service
-
-    with Azurite() as azurite:
-        settings = load_settings({"SYNC_STORAGE": azurite.connection_string}, local_settings=None)
-        async with open_service(settings) as service:
-            gate = asyncio.Semaphore(32)
-
-            async def register(i: int) -> None:
-                async with gate:
-                    tid = str(uuid.UUID(int=i + 1))
-                    await service.ctx.store.put_tenant(Tenant(id=tid, display_name=f"Tenant {i}"))
-
-            await asyncio.gather(*(register(i) for i in range(tenants)))
-            started = time.perf_counter()
-            runs = await service.nightly()
-            elapsed = time.perf_counter() - started
-    return {"tenants": tenants, "queued": len(runs), "seconds": round(elapsed, 2)}
-
-
-def _print_fleet(report: dict[str, Any]) -> None:
-    print(f"Nightly fan-out: {report['queued']:,} refreshes queued for {report['tenants']:,} tenants "
-          f"in {report['seconds']} s")  # fmt: skip
-
-
 def _print_directory(report: dict[str, Any]) -> None:
     full, fast, typed = report["full_read"], report["slice_directory"], report["slice_typed_models"]
     print("Directory read (demo tenant on loopback, no added latency)")
@@ -393,9 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         help="py-spy each phase: PATH.svg gives PATH-<phase>.svg flame graphs, PATH.txt collapsed stacks",
     )
-    fleet = sub.add_parser("fleet", help="the nightly timer queueing refreshes for many tenants")
+    fleet = sub.add_parser("fleet", help="one night of 1,000 tenants through one queue worker")
     fleet.add_argument("--tenants", type=int, default=1000)
+    fleet.add_argument("--latency", type=float, default=0.05)
     fleet.add_argument("--json", action="store_true")
+    worker = sub.add_parser("fleet-worker")
+    worker.add_argument("--storage", required=True)
+    worker.add_argument("--graph", required=True)
+    worker.add_argument("--authority", required=True)
+    worker.add_argument("--tenants", type=int, required=True)
     args = parser.parse_args(argv)
     if args.what == "child":
         return _child(args)
@@ -404,15 +382,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2)) if args.json else _print_refresh(report)
         return 0
     if args.what == "fleet":
-        fleet_report = asyncio.run(bench_fleet(args.tenants))
-        print(json.dumps(fleet_report, indent=2)) if args.json else _print_fleet(fleet_report)
+        fleet_report = bench_fleet(args.tenants, args.latency)
+        print(json.dumps(fleet_report, indent=2)) if args.json else print_fleet(fleet_report)
+        return 0
+    if args.what == "fleet-worker":
+        print(json.dumps(asyncio.run(fleet_worker(args.storage, args.graph, args.authority, args.tenants))))
         return 0
     if args.what in (None, "all"):  # `make bench`: every figure the README quotes, in one run
         _print_directory(bench_directory(100_000, 2_000))
         print()
         _print_refresh(bench_refresh(100_000, 2_000, 0.05))
         print()
-        _print_fleet(asyncio.run(bench_fleet(1000)))
+        print_fleet(bench_fleet(1000, 0.05))
         return 0
     if args.what == "directory":
         report = bench_directory(getattr(args, "users", 100_000), getattr(args, "groups", 2_000))

@@ -233,6 +233,8 @@ class RequestLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: collections.deque[RequestRecord] = collections.deque(maxlen=_LOG_LIMIT)
+        # (in a $batch, status) -> requests, never trimmed: a fleet sends more than the log keeps.
+        self._totals: collections.Counter[tuple[bool, int]] = collections.Counter()
 
     def record(self, call: Call, status: int, query: str, started: float) -> None:
         """Log one served call."""
@@ -249,6 +251,7 @@ class RequestLog:
         )
         with self._lock:
             self._records.append(record)
+            self._totals[(call.in_batch, status)] += 1
 
     def records(
         self, kind: str | None = None, tenant_id: str | None = None, in_batch: bool | None = None
@@ -269,7 +272,13 @@ class RequestLog:
         counted = collections.Counter(record.kind for record in self.records(None, tenant_id, in_batch))
         return dict(sorted(counted.items()))
 
+    def totals(self) -> dict[tuple[bool, int], int]:
+        """Requests served since the last clear by (inside a $batch, status), however many."""
+        with self._lock:
+            return dict(self._totals)
+
     def clear(self) -> None:
         """Forget every record."""
         with self._lock:
             self._records.clear()
+            self._totals.clear()
