@@ -8,7 +8,8 @@
   incremental (delta) run, with Graph requests beside the lower bound.
 - `fleet`: 1,000 tenants of realistic sizes, from the nightly timer to the last run finished,
   through the queue worker of one Functions worker process (devtools/bench_fleet.py).
-- `all` (the default): the three in one run. The demo tenant serves from this process.
+- `cuts`: each cut of issue 17 beside what it replaced, in one process (devtools/bench_cuts.py).
+- `all` (the default): the four in one run. The demo tenant serves from this process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from devtools.bench_cuts import bench_cuts, print_cuts
 from devtools.bench_fleet import bench_fleet, fleet_worker, print_fleet
 
 BIG_TENANT = "0b3e54b4-7a71-4a3b-9f2d-100000000000"
@@ -266,6 +268,7 @@ def bench_refresh(users: int, groups: int, latency: float, profile: str | None =
     small = build_tenant(SLICE_TENANT, "Bench 10k", users=10_000, groups=200, seed=7)
     selected = pick_groups_covering(big, 0.6, 50)
     covered = set().union(*(big.transitive_user_ids(g) for g in selected))
+    load_before = os.getloadavg()[0]
     with Azurite() as azurite, DemoGraphServer([big, small]) as server:
         slice_fast = _measure("directory", server.base_url, SLICE_TENANT)
         slice_typed = _measure("typed", server.base_url, SLICE_TENANT)
@@ -283,7 +286,9 @@ def bench_refresh(users: int, groups: int, latency: float, profile: str | None =
             json.dumps(selected),
             *(("--profile", os.path.abspath(profile)) if profile else ()),
         )
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return {
+        "load_average": load,
         "tenant_users": len(big.users),
         "tenant_groups": len(big.groups),
         "selected_groups": len(selected),
@@ -298,27 +303,61 @@ def bench_refresh(users: int, groups: int, latency: float, profile: str | None =
     }
 
 
+# Issue 17's targets for the 60,000-user selection, printed beside the figures.
+REFRESH_TARGETS = {
+    "full": ("CPU", 8.0),
+    "unchanged_full": ("CPU", 2.0),
+    "unchanged_incremental": ("wall", 5.0),
+}
+PEAK_RSS_TARGET_MB = 200.0
+TABLE_PARTITION_ENTITIES_PER_S = 2_000  # "Scalability and performance targets for Table storage"
+
+
+def _changes(phase: dict[str, Any]) -> int:
+    counts = phase["run_counts"]
+    return int(counts["added"] + counts["updated"] + counts["removed"] + counts["restored"])
+
+
 def _print_refresh(report: dict[str, Any]) -> None:
     phases = report["phases"]
     print(
         f"Refresh: {report['selected_groups']} groups covering {report['selected_users']:,} of "
         f"{report['tenant_users']:,} users; {report['latency_s'] * 1000:.0f} ms per Graph request; "
         f"throttled past {report['directory_budget']['requests']} directory requests per "
-        f"{report['directory_budget']['per_seconds']:.0f} s"
+        f"{report['directory_budget']['per_seconds']:.0f} s per tenant; load average "
+        f"{report.get('load_average', ['?', '?'])[0]} -> {report.get('load_average', ['?', '?'])[1]}"
     )
-    print("| phase | status | wall s | CPU s | Graph requests | member pages (lower bound) | transactions |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| phase | status | wall s | CPU s | target | Graph requests | member pages (target: the lower "
+        "bound) | table transactions (target: ceil(changes/100)) |"
+    )
+    print("|---|---|---:|---:|---|---:|---:|---:|")
     for name in ("full", "unchanged_full", "unchanged_incremental"):
         p = phases[name]
         kinds = p["graph_requests_by_kind"]
         total = sum(v for k, v in kinds.items() if not k.startswith("_"))
         pages = kinds.get("groups.transitiveMembers", 0)
+        bound = report["member_page_lower_bound"] if not p["incremental"] else 0
+        what, limit = REFRESH_TARGETS[name]
+        figure = p["cpu_s"] if what == "CPU" else p["wall_s"]
+        verdict = "met" if figure <= limit else "MISSED"
         print(
-            f"| {name} | {p['status']} | {p['wall_s']} | {p['cpu_s']} | {total} | "
-            f"{pages} ({report['member_page_lower_bound']}) | {p['table_transactions']} |"
+            f"| {name} | {p['status']} | {p['wall_s']} | {p['cpu_s']} | {what} <= {limit:g} s: {verdict} | "
+            f"{total} | {pages} ({bound}) | {p['table_transactions']} ({math.ceil(_changes(p) / 100)}) |"
         )
-    print(f"Peak RSS of the refresh process: {phases['peak_rss_mb']} MB")
+    peak = phases["peak_rss_mb"]
+    print(
+        f"Peak RSS of the refresh process: {peak} MB (target <= {PEAK_RSS_TARGET_MB:g} MB: "
+        f"{'met' if peak <= PEAK_RSS_TARGET_MB else 'MISSED'})"
+    )
     print("Requests by kind, full refresh:", json.dumps(phases["full"]["graph_requests_by_kind"]))
+    written = _changes(phases["full"])
+    print(
+        f"Table partition: the first full run wrote {written:,} entities in "
+        f"{phases['full']['table_transactions']} transactions to one partition (the tenant's); at Azure's "
+        f"{TABLE_PARTITION_ENTITIES_PER_S:,} entities/s per partition that takes at least "
+        f"{written / TABLE_PARTITION_ENTITIES_PER_S:.0f} s there"
+    )
     print(f"Typed models / sync.directory CPU on the same 10k pages: {report['slice_cpu_ratio']}x")
 
 
@@ -369,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     fleet.add_argument("--tenants", type=int, default=1000)
     fleet.add_argument("--latency", type=float, default=0.05)
     fleet.add_argument("--json", action="store_true")
+    sub.add_parser("cuts", help="each cut of issue 17 beside what it replaced, in one process")
     worker = sub.add_parser("fleet-worker")
     worker.add_argument("--storage", required=True)
     worker.add_argument("--graph", required=True)
@@ -385,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         fleet_report = bench_fleet(args.tenants, args.latency)
         print(json.dumps(fleet_report, indent=2)) if args.json else print_fleet(fleet_report)
         return 0
+    if args.what == "cuts":
+        print_cuts(bench_cuts())
+        return 0
     if args.what == "fleet-worker":
         print(json.dumps(asyncio.run(fleet_worker(args.storage, args.graph, args.authority, args.tenants))))
         return 0
@@ -392,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_directory(bench_directory(100_000, 2_000))
         print()
         _print_refresh(bench_refresh(100_000, 2_000, 0.05))
+        print()
+        print_cuts(bench_cuts())
         print()
         print_fleet(bench_fleet(1000, 0.05))
         return 0
