@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+import warnings
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import httpcore
@@ -37,6 +39,21 @@ _ERRORS: tuple[tuple[type[BaseException], type[Exception]], ...] = (
 )
 
 
+class _PoolConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, let go quietly when it is dropped without aclose (as an httpcore pool is):
+    a worker's event loop lives as long as its process, a test's or a CLI command's ends with it."""
+
+    @property
+    def closed(self) -> bool:
+        """Closed, or its event loop is (the session then reports no unclosed connector)."""
+        return self._closed or self._loop.is_closed()
+
+    def __del__(self, _warnings: Any = warnings) -> None:
+        if not self._closed:
+            self._close()  # close the sockets; nothing is left to await
+        super().__del__(_warnings)
+
+
 class AiohttpConnectionPool:
     """httpcore's AsyncConnectionPool interface, served by one aiohttp session (made on first use)."""
 
@@ -47,9 +64,7 @@ class AiohttpConnectionPool:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
-            )
+            connector = _PoolConnector(limit=self._max_connections, keepalive_timeout=self._keepalive_expiry)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # httpx decodes by Content-Encoding, as it does over httpcore
