@@ -33,6 +33,7 @@ from sync.models import (
     Selection,
     Tenant,
 )
+from sync.table_wire import RETRY_IDEMPOTENT
 
 TENANTS_PARTITION = "tenants"
 CURRENT_SELECTION = "current"
@@ -176,6 +177,7 @@ class SyncStore:
                 "lastRunAt": run.finished_at or run.started_at or run.requested_at,
             },
             mode=UpdateMode.MERGE,
+            retry_on_methods=RETRY_IDEMPOTENT,
         )
 
     async def save_delta_state(
@@ -203,7 +205,11 @@ class SyncStore:
             entity["lastFullRefreshAt"] = full_refresh_at
         if active_users is not None:
             entity["activeUsers"] = active_users
-        await self._table(TENANTS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
+        # A MERGE upsert sets the same properties again: safe to retry, which azure-core does not do
+        # for a PATCH whose connection failed (a pooled connection the service had just closed).
+        await self._table(TENANTS_TABLE).upsert_entity(
+            entity, mode=UpdateMode.MERGE, retry_on_methods=RETRY_IDEMPOTENT
+        )
 
     # -- selections --
 

@@ -15,7 +15,6 @@ the changeset is atomic, so nothing of it was applied, and the SDK raises its ow
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 import uuid
@@ -26,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-from azure.core.exceptions import HttpResponseError, ServiceRequestError
+from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.data.tables import TransactionOperation, UpdateMode
 from azure.data.tables._error import (  # the SDK's own error decoding, so errors stay its types
@@ -37,13 +36,15 @@ from azure.data.tables._error import (  # the SDK's own error decoding, so error
 from azure.data.tables._serialize import _parameter_filter_substitution
 from azure.data.tables.aio import TableClient
 
-__all__ = ["Delete", "Upsert", "query_pages", "submit_transaction"]
+__all__ = ["RETRY_IDEMPOTENT", "Delete", "Upsert", "query_pages", "submit_transaction"]
 
 _JSON = msgspec.json.Encoder()  # UTF-8 JSON; the SDK's json.dumps escapes non-ASCII, same document
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~-]*")
 _STATUS_LINE = re.compile(rb"^HTTP/1\.1 (\d{3})", re.MULTILINE)
 _QUERY_ACCEPT = "application/json;odata=minimalmetadata"
-_UNSENT_RETRIES = 2
+# The methods azure-core retries on a failed connection or a 408/429/5xx, and the two it leaves out
+# whose requests here are idempotent: entity-group transactions (POST) and MERGE upserts (PATCH).
+RETRY_IDEMPOTENT = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST", "PATCH"})
 
 
 class Upsert:
@@ -173,17 +174,10 @@ async def submit_transaction(table: TableClient, operations: Sequence[Upsert | D
         },
         content=body,
     )
-    for attempt in range(_UNSENT_RETRIES + 1):
-        try:
-            response = await table._client.send_request(request, stream=True)
-            break
-        except ServiceRequestError:
-            # No answer came (most often a pooled connection the service had just closed). azure-core
-            # retries no POST; these are upserts and unconditional deletes, so sending the transaction
-            # again is safe (a delete that did apply answers 404 then, and the run fails as before).
-            if attempt == _UNSENT_RETRIES:
-                raise
-            await asyncio.sleep(0.2 * (attempt + 1))
+    # azure-core retries no POST; a transaction of upserts and unconditional deletes is safe to send
+    # again when no answer came (most often a pooled connection the service had just closed; a delete
+    # that did apply answers 404 then, and the run fails as before).
+    response = await table._client.send_request(request, stream=True, retry_on_methods=RETRY_IDEMPOTENT)
     await response.read()
     if response.status_code != 202:  # the whole request was refused: the SDK's decoding, as it raises it
         decoded = _decode_error(response)  # type: ignore[no-untyped-call]
