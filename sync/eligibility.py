@@ -476,7 +476,7 @@ def parse_exclusion_rules(obj: object) -> ExclusionRules:
 # ---------------------------------------------------------------------------
 
 
-class Verdict(msgspec.Struct, frozen=True):
+class Verdict(msgspec.Struct, frozen=True, gc=False):
     """Whether a user may be on the platform and, when not, every reason in the fixed order.
 
     `unknown` names the attributes Graph left out: then neither is known, and the user is kept

@@ -14,11 +14,11 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import msgspec
-from azure.data.tables import TransactionOperation, UpdateMode
 
 from shared.storage import EXCLUDED_TABLE, SingleTableStore
 from sync.models import ExcludedUser
 from sync.roster import _moment, submit_transactions, text_page
+from sync.table_wire import Delete, Upsert
 
 _FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "reason", "reasons", "rules", "groups",
            "runId", "seenAt", "sig"]  # fmt: skip
@@ -93,24 +93,14 @@ class ExcludedStore(SingleTableStore):
             "PartitionKey eq @pk", parameters={"pk": tenant_id}, select=["RowKey", "sig"]
         )
         stored = {entity["RowKey"]: entity.get("sig") async for entity in query}
-        operations: list[Any] = []
+        operations: list[Upsert | Delete] = []
         for user in users:
             stamped = msgspec.structs.replace(user, run_id=run_id, seen_at=now)
             if stored.get(user.id) != _signature(stamped):
-                operations.append(
-                    (
-                        TransactionOperation.UPSERT,
-                        _to_entity(tenant_id, stamped),
-                        {"mode": UpdateMode.REPLACE},
-                    )
-                )
+                operations.append(Upsert(_to_entity(tenant_id, stamped)))
         wanted = {user.id for user in users}
-        operations.extend(
-            (TransactionOperation.DELETE, {"PartitionKey": tenant_id, "RowKey": uid}, {})
-            for uid in stored
-            if uid not in wanted
-        )
-        await submit_transactions(self._table, operations)
+        operations.extend(Delete(tenant_id, uid) for uid in stored if uid not in wanted)
+        await submit_transactions(self._table, operations, len(operations))
         return len(operations)
 
     async def list_users(

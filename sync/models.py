@@ -7,8 +7,9 @@ and encodable to JSON without hand-written serializers.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -57,7 +58,38 @@ class GroupPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     total: int | None = None  # every group matching (Graph's @odata.count), when Graph gave it
 
 
-class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+_V = TypeVar("_V", bound=Hashable)
+_M = TypeVar("_M")
+
+
+class SharedValues:
+    """One object per distinct value within one read of many users.
+
+    Departments, job titles, licence lists, group lists and timestamps repeat across thousands of
+    users; holding each once keeps a 100,000-user run's memory down (values are immutable).
+    """
+
+    __slots__ = ("_made", "_same")
+
+    def __init__(self) -> None:
+        self._same: dict[Hashable, Any] = {}
+        self._made: dict[tuple[str, str], Any] = {}
+
+    def same(self, value: _V) -> _V:
+        """The first object this read saw that equals `value` (`value` itself the first time)."""
+        found: _V = self._same.setdefault(value, value)
+        return found
+
+    def made(self, kind: str, raw: str, make: Callable[[str], _M]) -> _M:
+        """`make(raw)`, made once per distinct `raw` of a `kind` (e.g. a timestamp from its text)."""
+        key = (kind, raw)
+        found: _M | None = self._made.get(key)
+        if found is None:
+            found = self._made[key] = make(raw)
+        return found
+
+
+class DirectoryUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """A user as Entra ID reports them, with just the attributes the eligibility rules need."""
 
     id: str
@@ -108,7 +140,7 @@ class RosterStatus(enum.StrEnum):
     REMOVED = "removed"
 
 
-class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """A user as the platform's roster holds them (one row of the `users` table)."""
 
     id: str  # Entra object id
@@ -126,7 +158,7 @@ class RosterUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     purpose_checked_at: datetime | None = None  # when mailboxSettings.userPurpose last said "a person"
 
 
-class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class EligibleUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """A user who should be on the platform after this run, with the selected groups they came through."""
 
     id: str

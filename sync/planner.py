@@ -41,7 +41,7 @@ COMPARED_FIELDS: tuple[str, ...] = (
 )
 
 
-class RosterChange(msgspec.Struct, frozen=True, kw_only=True):
+class RosterChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An active roster user whose attributes or groups differ from the directory's."""
 
     before: RosterUser

@@ -1,25 +1,29 @@
 """The platform's user store: the `users` table, one partition per tenant.
 
 Writes go in entity-group transactions of up to 100 rows (Table Storage's ceiling, one
-partition per transaction), a few in flight at once.
+partition per transaction), a few in flight at once. Bulk writes and the whole-roster read go
+through `sync.table_wire` (the SDK's pipeline without its per-entity serializer); single-row
+look-ups and filtered pages use the SDK as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+import msgspec
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TransactionOperation, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.settings import Settings
 from shared.storage import USERS_TABLE, plain_datetime, table_client
-from sync.models import RosterStatus, RosterUser
+from sync.models import RosterStatus, RosterUser, SharedValues
+from sync.table_wire import Delete, Upsert, query_pages, submit_transaction
 from sync.validation import is_object_id
 
+_T = TypeVar("_T")
 TRANSACTION_SIZE = 100  # Table Storage: at most 100 operations per transaction
 _PARALLEL_TRANSACTIONS = 4
 _FIELDS = ["RowKey", "upn", "displayName", "mail", "department", "jobTitle", "groups", "status",
@@ -54,6 +58,17 @@ def _to_entity(tenant_id: str, user: RosterUser) -> dict[str, Any]:
     return entity
 
 
+def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _moment(value: object) -> datetime | None:
     """A timestamp property: Edm.DateTime, or ISO 8601 text in rows written before that."""
     if value is None:
@@ -61,6 +76,57 @@ def _moment(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return plain_datetime(value)
     return datetime.fromisoformat(str(value))
+
+
+class _WireRow(msgspec.Struct, gc=False):
+    """A roster entity as Table Storage's JSON holds it (annotations such as `x@odata.type` ignored)."""
+
+    row_key: str = msgspec.field(name="RowKey")
+    upn: str = ""
+    display_name: str | None = msgspec.field(name="displayName", default=None)
+    mail: str | None = None
+    department: str | None = None
+    job_title: str | None = msgspec.field(name="jobTitle", default=None)
+    groups: str | None = None
+    status: str = "active"
+    added_at: str | None = msgspec.field(name="addedAt", default=None)
+    updated_at: str | None = msgspec.field(name="updatedAt", default=None)
+    removed_at: str | None = msgspec.field(name="removedAt", default=None)
+    removed_by_run: str | None = msgspec.field(name="removedByRun", default=None)
+    purpose_checked_at: str | None = msgspec.field(name="purposeCheckedAt", default=None)
+
+    def to_user(self, shared: SharedValues) -> RosterUser:
+        groups = self.groups
+        return RosterUser(
+            id=self.row_key,
+            user_principal_name=self.upn,
+            display_name=self.display_name,
+            mail=self.mail,
+            department=shared.same(self.department),
+            job_title=shared.same(self.job_title),
+            groups=shared.made("groups", groups, _group_ids) if groups else (),
+            status=RosterStatus(self.status),
+            added_at=_shared_moment(shared, self.added_at),
+            updated_at=_shared_moment(shared, self.updated_at),
+            removed_at=_shared_moment(shared, self.removed_at),
+            removed_by_run=shared.same(self.removed_by_run),
+            purpose_checked_at=_shared_moment(shared, self.purpose_checked_at),
+        )
+
+
+def _group_ids(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
+
+
+def _shared_moment(shared: SharedValues, text: str | None) -> datetime | None:
+    return None if text is None else shared.made("moment", text, _moment)
+
+
+class _WirePage(msgspec.Struct):
+    value: list[_WireRow]
+
+
+_PAGE = msgspec.json.Decoder(_WirePage)
 
 
 def _from_entity(entity: dict[str, Any]) -> RosterUser:
@@ -92,34 +158,51 @@ class PartialWrite(Exception):
         self.cause = cause
 
 
-async def submit_transactions(table: TableClient, operations: list[Any]) -> int:
-    """Run table operations of one partition in transactions of 100, a few at once; returns how many.
+async def submit_transactions(table: TableClient, operations: Iterable[Upsert | Delete], total: int) -> int:
+    """Run `total` operations of one partition in transactions of 100, a few in flight; returns
+    how many transactions were sent.
 
-    After the first failure no further transaction starts (those in flight finish, so the
-    count of what landed stays exact: a transaction is all or nothing). Raises PartialWrite,
-    naming how many operations landed, when any transaction failed.
+    Each transaction is encoded only when a slot frees up, so a first load of 100,000 users holds a
+    few hundred entities at a time, not all of them. After the first failure no further transaction
+    starts; those in flight finish, so the count of what landed stays exact (a transaction is all
+    or nothing). Raises PartialWrite, naming how many operations landed, when any failed.
     """
-    chunks = [operations[i : i + TRANSACTION_SIZE] for i in range(0, len(operations), TRANSACTION_SIZE)]
-    gate = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
-    landed = 0
+    slots = asyncio.Semaphore(_PARALLEL_TRANSACTIONS)
+    running: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
+    landed = sent = 0
 
-    async def submit(chunk: list[Any]) -> None:
+    async def submit(chunk: list[Upsert | Delete]) -> None:
         nonlocal landed
-        async with gate:
-            if failures:
-                return  # a sibling failed: do not start more writes
-            try:
-                await table.submit_transaction(chunk)
-            except Exception as exc:
-                failures.append(exc)
-                return
+        try:
+            await submit_transaction(table, chunk)
             landed += len(chunk)
+        finally:
+            slots.release()
 
-    await asyncio.gather(*(submit(chunk) for chunk in chunks))
+    def settled(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())  # type: ignore[arg-type]
+
+    try:
+        for chunk in _batched(operations, TRANSACTION_SIZE):
+            await slots.acquire()
+            if failures:
+                slots.release()
+                break  # a sibling failed: start no more writes
+            task = asyncio.ensure_future(submit(chunk))
+            running.add(task)
+            task.add_done_callback(settled)
+            sent += 1
+        if running:
+            await asyncio.wait(set(running))
+    finally:
+        for task in running:  # only when this coroutine itself was cancelled
+            task.cancel()
     if failures:
-        raise PartialWrite(landed, len(operations), failures[0]) from failures[0]
-    return len(chunks)
+        raise PartialWrite(landed, total, failures[0]) from failures[0]
+    return sent
 
 
 class Person(Protocol):
@@ -185,28 +268,24 @@ class RosterStore:
         flt, params = "PartitionKey eq @pk", {"pk": tenant_id}
         if status is not None:
             flt, params = flt + " and status eq @status", {**params, "status": str(status)}
-        query = self._table.query_entities(flt, parameters=params, select=_FIELDS, results_per_page=1000)
-        return [_from_entity(e) async for e in query]
+        rows: list[RosterUser] = []
+        shared = SharedValues()
+        async for page in query_pages(self._table, flt, params, _FIELDS, 1000):
+            rows.extend(row.to_user(shared) for row in _PAGE.decode(page).value)
+        return rows
 
-    async def write(self, tenant_id: str, rows: Iterable[RosterUser]) -> int:
+    async def write(self, tenant_id: str, rows: Sequence[RosterUser]) -> int:
         """Upsert rows in transactions of 100; returns the number of transactions (sync.apply only)."""
-        operations = [
-            (TransactionOperation.UPSERT, _to_entity(tenant_id, row), {"mode": UpdateMode.REPLACE})
-            for row in rows
-        ]
-        return await self._submit(operations)
+        return await self._submit((Upsert(_to_entity(tenant_id, row)) for row in rows), len(rows))
 
     async def delete(self, tenant_id: str, user_ids: Sequence[str]) -> int:
         """Delete rows (purge) in transactions of 100; returns the transactions (sync.apply only)."""
-        operations: list[Any] = [
-            (TransactionOperation.DELETE, {"PartitionKey": tenant_id, "RowKey": uid}, {}) for uid in user_ids
-        ]
-        return await self._submit(operations)
+        return await self._submit((Delete(tenant_id, uid) for uid in user_ids), len(user_ids))
 
-    async def _submit(self, operations: list[Any]) -> int:
-        chunks = await submit_transactions(self._table, operations)
-        self.transactions += chunks
-        return chunks
+    async def _submit(self, operations: Iterable[Upsert | Delete], total: int) -> int:
+        sent = await submit_transactions(self._table, operations, total)
+        self.transactions += sent
+        return sent
 
     async def get_user(self, tenant_id: str, id_or_upn: str) -> RosterUser | None:
         """One roster row by object id or by UPN (case-insensitive)."""

@@ -35,6 +35,7 @@ from sync.models import (
     Selection,
     Tenant,
 )
+from sync.table_wire import RETRY_IDEMPOTENT
 
 TENANTS_PARTITION = "tenants"
 CURRENT_SELECTION = "current"
@@ -214,6 +215,7 @@ class SyncStore:
                 "lastRunAt": run.finished_at or run.started_at or run.requested_at,
             },
             mode=UpdateMode.MERGE,
+            retry_on_methods=RETRY_IDEMPOTENT,
         )
 
     async def save_notify_mode(self, tenant_id: str, mode: NotifyMode, detail: str | None) -> None:
@@ -261,7 +263,11 @@ class SyncStore:
             entity["lastFullRefreshAt"] = full_refresh_at
         if active_users is not None:
             entity["activeUsers"] = active_users
-        await self._table(TENANTS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
+        # A MERGE upsert sets the same properties again: safe to retry, which azure-core does not do
+        # for a PATCH whose connection failed (a pooled connection the service had just closed).
+        await self._table(TENANTS_TABLE).upsert_entity(
+            entity, mode=UpdateMode.MERGE, retry_on_methods=RETRY_IDEMPOTENT
+        )
 
     # -- selections --
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from devtools.demo_tenant.faults import RateLimiter
 from devtools.demo_tenant.model import AssignedLicense, MembershipRefused, Tenant, User
 from devtools.demo_tenant.wire import API_VERSION, GraphError, error_reply
 
@@ -75,6 +76,8 @@ class ControlRoutes:
         r.add_put("/_demo/rate-limit", s.set_rate_limit)
         r.add_post("/_demo/rate-limit", s.set_rate_limit)
         r.add_delete("/_demo/rate-limit", s.clear_rate_limit)
+        r.add_put("/_demo/app-rate-limit", s.set_app_rate_limit)
+        r.add_delete("/_demo/app-rate-limit", s.clear_app_rate_limit)
         r.add_put("/_demo/token-lifetime", s.set_token_lifetime)
         r.add_put("/_demo/delta", s.set_delta_policy)
         r.add_put("/_demo/page-tokens", s.set_page_token_policy)
@@ -180,15 +183,23 @@ class ControlRoutes:
         removed = self._server.remove_fault(int(request.match_info["fault_id"]))
         return _json({"removed": removed}, status=200 if removed else 404)
 
-    async def set_rate_limit(self, request: web.Request) -> web.Response:
+    async def _set_limit(self, request: web.Request, limiter: RateLimiter, only: str) -> web.Response:
         body = await _body(request)
-        self._server.set_rate_limit(
-            int(body["requests"]), float(body["per_seconds"]), body.get("tenant_id"), body.get("path_regex")
-        )
+        limiter.set(int(body["requests"]), float(body["per_seconds"]), body.get(only), body.get("path_regex"))
         return _json({"ok": True})
+
+    async def set_rate_limit(self, request: web.Request) -> web.Response:
+        return await self._set_limit(request, self._server.rate_limiter, "tenant_id")
 
     async def clear_rate_limit(self, request: web.Request) -> web.Response:
         self._server.clear_rate_limit()
+        return _json({"ok": True})
+
+    async def set_app_rate_limit(self, request: web.Request) -> web.Response:
+        return await self._set_limit(request, self._server.app_rate_limiter, "app_id")
+
+    async def clear_app_rate_limit(self, request: web.Request) -> web.Response:
+        self._server.clear_app_rate_limit()
         return _json({"ok": True})
 
     async def set_token_lifetime(self, request: web.Request) -> web.Response:

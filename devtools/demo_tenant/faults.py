@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -158,22 +158,31 @@ class _RateWindow:
 
 
 class RateLimiter:
-    """A per-tenant request budget per window; past it, 429 with Retry-After until the window ends."""
+    """A request budget per window, per tenant (`scope="tenant"`: Graph's per-app-per-tenant limits)
+    or per calling app across every tenant (`scope="app"`: Graph's per-app limits across all tenants,
+    such as the global 130,000 requests per 10 seconds, "Microsoft Graph service-specific throttling
+    limits", https://learn.microsoft.com/graph/throttling-limits). Past the budget: 429 with
+    Retry-After until the window ends. A throttled request does not use the budget.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, scope: Literal["tenant", "app"] = "tenant") -> None:
         self._lock = threading.Lock()
+        self._scope = scope
         self._limit: tuple[int, float, str | None] | None = None
         self._path: re.Pattern[str] | None = None
         self._windows: dict[str, _RateWindow] = {}
+        self.throttled = 0  # requests answered 429 by this limit since it was set
 
     def set(
-        self, requests: int, per_seconds: float, tenant_id: str | None = None, path_regex: str | None = None
+        self, requests: int, per_seconds: float, only: str | None = None, path_regex: str | None = None
     ) -> None:
-        """Allow `requests` calls per `per_seconds` per tenant (or just `tenant_id`), on matching paths."""
+        """Allow `requests` calls per `per_seconds` per tenant or app (or just `only`, a tenant or app
+        id), on matching paths."""
         with self._lock:
-            self._limit = (int(requests), float(per_seconds), tenant_id.lower() if tenant_id else None)
+            self._limit = (int(requests), float(per_seconds), only.lower() if only else None)
             self._path = re.compile(path_regex) if path_regex else None
             self._windows.clear()
+            self.throttled = 0
 
     def clear(self) -> None:
         """No limit."""
@@ -181,28 +190,37 @@ class RateLimiter:
             self._limit = None
             self._windows.clear()
 
+    def _key(self, call: Call) -> str | None:
+        if self._scope == "app":
+            return call.principal.app_id.lower() if call.principal is not None else None
+        return call.tenant.tenant_id.lower() if call.tenant is not None else None
+
     def check(self, call: Call) -> GraphError | None:
         """The 429 for this call when the budget is spent, else None (and the call is counted)."""
         with self._lock:
-            if self._limit is None or call.tenant is None:
+            if self._limit is None:
                 return None
-            allowed, window_seconds, only_tenant = self._limit
-            tenant_id = call.tenant.tenant_id.lower()
-            if only_tenant is not None and only_tenant != tenant_id:
+            key = self._key(call)
+            if key is None:
+                return None
+            allowed, window_seconds, only = self._limit
+            if only is not None and only != key:
                 return None
             if self._path is not None and not self._path.search(call.path):
                 return None
             now = time.monotonic()
-            window = self._windows.get(tenant_id)
+            window = self._windows.get(key)
             if window is None or now - window.started >= window_seconds:
                 window = _RateWindow(started=now)
-                self._windows[tenant_id] = window
+                self._windows[key] = window
             if window.used >= allowed:
                 wait = window.started + window_seconds - now
+                self.throttled += 1
+                whom = "application" if self._scope == "app" else "application and tenant"
                 return GraphError(
                     429,
                     "TooManyRequests",
-                    "Too many requests for this application and tenant; retry later.",
+                    f"Too many requests for this {whom}; retry later.",
                     retry_after=max(1.0, wait),
                 )
             window.used += 1
@@ -229,6 +247,8 @@ class RequestLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: collections.deque[RequestRecord] = collections.deque(maxlen=_LOG_LIMIT)
+        # (in a $batch, status) -> requests, never trimmed: a fleet sends more than the log keeps.
+        self._totals: collections.Counter[tuple[bool, int]] = collections.Counter()
 
     def record(self, call: Call, status: int, query: str, started: float) -> None:
         """Log one served call."""
@@ -245,6 +265,7 @@ class RequestLog:
         )
         with self._lock:
             self._records.append(record)
+            self._totals[(call.in_batch, status)] += 1
 
     def records(
         self, kind: str | None = None, tenant_id: str | None = None, in_batch: bool | None = None
@@ -265,7 +286,13 @@ class RequestLog:
         counted = collections.Counter(record.kind for record in self.records(None, tenant_id, in_batch))
         return dict(sorted(counted.items()))
 
+    def totals(self) -> dict[tuple[bool, int], int]:
+        """Requests served since the last clear by (inside a $batch, status), however many."""
+        with self._lock:
+            return dict(self._totals)
+
     def clear(self) -> None:
         """Forget every record."""
         with self._lock:
             self._records.clear()
+            self._totals.clear()

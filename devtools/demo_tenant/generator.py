@@ -327,7 +327,7 @@ _NESTABLE_KINDS: dict[str, tuple[str, ...]] = {
     "mailEnabledSecurity": ("mailEnabledSecurity", "distribution"),
     "distribution": ("mailEnabledSecurity", "distribution"),
 }
-_MIN_USERS = 50
+_MIN_USERS = 20  # the landmarks (a guest, a shared mailbox, a service account, ...) still fit
 
 
 class DemoTenantSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -115,7 +115,8 @@ class DemoGraphServer:
         self._lock = threading.Lock()
         self._latency = 0.0
         self._faults = Faults()
-        self.rate_limiter = RateLimiter()
+        self.rate_limiter = RateLimiter("tenant")
+        self.app_rate_limiter = RateLimiter("app")
         self.log = RequestLog()
         self.identity = IdentityPlatform(self._tenants)
         self.page_tokens = PageTokens()
@@ -361,6 +362,17 @@ class DemoGraphServer:
         """Remove the rate limit."""
         self.rate_limiter.clear()
 
+    def set_app_rate_limit(
+        self, requests: int, per_seconds: float, app_id: str | None = None, path_regex: str | None = None
+    ) -> None:
+        """Allow `requests` calls per `per_seconds` window per calling app across every tenant (or just
+        `app_id`); then 429 with Retry-After, as Graph's per-app limits across all tenants answer."""
+        self.app_rate_limiter.set(requests, per_seconds, app_id, path_regex)
+
+    def clear_app_rate_limit(self) -> None:
+        """Remove the per-app rate limit."""
+        self.app_rate_limiter.clear()
+
     def request_log(
         self, kind: str | None = None, tenant_id: str | None = None, in_batch: bool | None = None
     ) -> list[RequestRecord]:
@@ -382,6 +394,7 @@ class DemoGraphServer:
         self.subscriptions.reset()
         self.clear_faults()
         self.clear_rate_limit()
+        self.clear_app_rate_limit()
         self.set_latency(0.0)
         self.reset_log()
         self.identity.reset()
@@ -646,7 +659,7 @@ class DemoGraphServer:
             else:
                 kind, handler = self.routes.route(call)
             call.kind = kind
-            throttled = self.rate_limiter.check(call)
+            throttled = self.app_rate_limiter.check(call) or self.rate_limiter.check(call)
             if throttled is not None:
                 raise throttled
             fault = self._faults.match(call)

@@ -26,7 +26,7 @@ from sync.directory.errors import (
 from sync.directory.transport import MAX_BATCH_SIZE, MAX_PAGE_SIZE, GraphTransport
 from sync.directory.users import UserReads
 from sync.directory.wire import ID_PAGE, USER_FIELDS, USER_PAGE
-from sync.models import DirectoryUser, GroupMembers, MemberStrategy
+from sync.models import DirectoryUser, GroupMembers, MemberStrategy, SharedValues
 from sync.validation import is_object_id
 
 PERMISSION = "GroupMember.Read.All"
@@ -79,18 +79,19 @@ class MemberReads(UserReads):
         read to its last page.
         """
         ordered = list(dict.fromkeys(group_ids))
-        per_group = dict(
-            zip(ordered, await asyncio.gather(*map(self._read_transitive_users, ordered)), strict=True)
-        )
+        # One object per user however many selected groups hold them, and per department, title, ...
+        shared = SharedValues()
+        reads = [self._read_transitive_users(gid, shared) for gid in ordered]
+        per_group = dict(zip(ordered, await asyncio.gather(*reads), strict=True))
         return _members(ordered, per_group)
 
-    async def _read_transitive_users(self, group_id: str) -> list[DirectoryUser]:
+    async def _read_transitive_users(self, group_id: str, shared: SharedValues) -> list[DirectoryUser]:
         try:
-            return await self._read_transitive_users_once(group_id)
+            return await self._read_transitive_users_once(group_id, shared)
         except PageExpired:  # a paging link went stale mid-read: read the group again from its first page
-            return await self._read_transitive_users_once(group_id)
+            return await self._read_transitive_users_once(group_id, shared)
 
-    async def _read_transitive_users_once(self, group_id: str) -> list[DirectoryUser]:
+    async def _read_transitive_users_once(self, group_id: str, shared: SharedValues) -> list[DirectoryUser]:
         if not is_object_id(group_id):
             raise GroupNotFound(group_id)
         builder = self.transport.client.groups.by_group_id(group_id).transitive_members.graph_user
@@ -104,7 +105,9 @@ class MemberReads(UserReads):
             async with self.transport.slot:
                 request = builder.to_get_request_information(cfg)
                 async for page in self.transport.pages(request, USER_PAGE, MEMBERS_AND_USERS, eventual=True):
-                    users.extend(wire.to_directory_user() for wire in page.value)
+                    # A user already read through another group is the same object (a different
+                    # answer, the directory changing between pages, is kept as it came).
+                    users.extend(shared.same(wire.to_directory_user(shared)) for wire in page.value)
         except GraphRequestRejected as exc:
             if exc.status == 404:
                 raise GroupNotFound(group_id) from exc

@@ -15,7 +15,7 @@ from sync.directory.errors import GraphRequestRejected, GraphUnavailable, error_
 from sync.directory.groups import search_clause
 from sync.directory.transport import MAX_PAGE_SIZE, GraphTransport
 from sync.directory.wire import PURPOSE, USER, USER_FIELDS, USER_PAGE
-from sync.models import DirectoryUser
+from sync.models import DirectoryUser, SharedValues
 
 PERMISSION = "User.Read.All"
 USER_SEARCH_PROPERTIES = ("displayName", "mail", "userPrincipalName")
@@ -43,8 +43,9 @@ class UserReads:
             RequestConfiguration(query_parameters=qp)
         )
         users: list[DirectoryUser] = []
+        shared = SharedValues()
         async for page in self.transport.pages(request, USER_PAGE, PERMISSION):
-            users.extend(wire.to_directory_user() for wire in page.value)
+            users.extend(wire.to_directory_user(shared) for wire in page.value)
         return users
 
     async def count_tenant_users(self) -> int:

@@ -4,10 +4,13 @@ SDK's typed Kiota models take seconds. Only the fields the app reads are declare
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import msgspec
 
-from sync.models import DirectoryUser, Group, GroupKind
+from sync.models import DirectoryUser, Group, GroupKind, SharedValues
+
+_T = TypeVar("_T")
 
 GROUP_FIELDS = [
     "id",
@@ -50,15 +53,19 @@ def group_kind(
     return GroupKind.DISTRIBUTION
 
 
-class WireLicense(msgspec.Struct, rename="camel"):
+def _itself(value: _T) -> _T:
+    return value
+
+
+class WireLicense(msgspec.Struct, rename="camel", gc=False):
     sku_id: str | None = None
 
 
-class WirePlan(msgspec.Struct, rename="camel"):
+class WirePlan(msgspec.Struct, rename="camel", gc=False):
     capability_status: str | None = None
 
 
-class WireUser(msgspec.Struct, rename="camel"):
+class WireUser(msgspec.Struct, rename="camel", gc=False):
     id: str
     user_principal_name: str = ""
     display_name: str | None = None
@@ -82,7 +89,10 @@ class WireUser(msgspec.Struct, rename="camel"):
             (plan.capability_status or "").lower() in ENABLED_PLAN_STATES for plan in self.assigned_plans
         )
 
-    def to_directory_user(self) -> DirectoryUser:
+    def to_directory_user(self, shared: SharedValues | None = None) -> DirectoryUser:
+        """The user as the rules read them; with `shared`, repeated values are held once per read."""
+        sku_ids = tuple(lic.sku_id.lower() for lic in self.assigned_licenses or () if lic.sku_id)
+        same = shared.same if shared is not None else _itself
         return DirectoryUser(
             id=self.id,
             user_principal_name=self.user_principal_name,
@@ -90,12 +100,12 @@ class WireUser(msgspec.Struct, rename="camel"):
             given_name=self.given_name,
             surname=self.surname,
             mail=self.mail,
-            department=self.department,
-            job_title=self.job_title,
-            user_type=self.user_type,
+            department=same(self.department),
+            job_title=same(self.job_title),
+            user_type=same(self.user_type),
             account_enabled=self.account_enabled,
             licensed=self.licensed(),
-            sku_ids=tuple(lic.sku_id.lower() for lic in self.assigned_licenses or () if lic.sku_id),
+            sku_ids=same(sku_ids),
         )
 
 
@@ -136,11 +146,11 @@ class CountOnly(msgspec.Struct):
     count: int | None = msgspec.field(name="@odata.count", default=None)
 
 
-class MailboxPurpose(msgspec.Struct, rename="camel"):
+class MailboxPurpose(msgspec.Struct, rename="camel", gc=False):
     user_purpose: str | None = None
 
 
-class IdOnly(msgspec.Struct):
+class IdOnly(msgspec.Struct, gc=False):
     id: str
     odata_type: str | None = msgspec.field(name="@odata.type", default=None)
 
@@ -156,7 +166,7 @@ class DeltaPage(msgspec.Struct):
     delta_link: str | None = msgspec.field(name="@odata.deltaLink", default=None)
 
 
-class BatchItem(msgspec.Struct):
+class BatchItem(msgspec.Struct, gc=False):
     id: str
     status: int
     headers: dict[str, str] = {}
@@ -167,7 +177,7 @@ class BatchResponse(msgspec.Struct):
     responses: list[BatchItem]
 
 
-class BatchRequest(msgspec.Struct):
+class BatchRequest(msgspec.Struct, gc=False):
     id: str
     method: str
     url: str

@@ -364,6 +364,27 @@ def test_rate_limit_throttles_past_the_budget(client: httpx.Client, server: Demo
     assert client.get("/groups").status_code == 200
 
 
+def test_app_rate_limit_is_shared_across_tenants(
+    client: httpx.Client, server: DemoGraphServer, contoso: Tenant
+) -> None:
+    """Graph's per-app limits count one app's requests in every tenant (throttling-limits page)."""
+    fabrikam = next(t for t in server.tenants().values() if t.display_name == "Fabrikam")
+    other = {"Authorization": f"Bearer {server.token_for(fabrikam.tenant_id)}"}
+    server.set_rate_limit(100, 60)  # each tenant alone is far from its own budget
+    server.set_app_rate_limit(3, 60)
+    assert client.get("/groups", params={"$top": "1"}).status_code == 200
+    assert client.get("/users", params={"$top": "1"}).status_code == 200
+    assert client.get("/groups", params={"$top": "1"}, headers=other).status_code == 200
+    throttled = client.get("/users", params={"$top": "1"}, headers=other)
+    assert_graph_error(throttled, 429, "TooManyRequests")
+    assert int(throttled.headers["Retry-After"]) >= 1
+    assert_graph_error(client.get("/users", params={"$top": "1"}), 429, "TooManyRequests")
+    batch = client.post("/$batch", json={"requests": [{"id": "1", "method": "GET", "url": "/users?$top=1"}]})
+    assert batch.status_code == 200 and batch.json()["responses"][0]["status"] == 429  # items count too
+    server.clear_app_rate_limit()
+    assert client.get("/users", params={"$top": "1"}, headers=other).status_code == 200
+
+
 # ------------------------------------------------------------------------------------ auth
 
 

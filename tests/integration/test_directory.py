@@ -6,9 +6,11 @@ import time
 
 import pytest
 
+from devtools.azurite import free_port
 from devtools.demo_tenant import DemoGraphServer
 from devtools.demo_tenant import Tenant as DemoTenant
-from shared.graph import GraphClients
+from shared.graph import GraphClients, GraphHttpOptions
+from shared.settings import load_settings
 from sync.directory import (
     DirectoryReader,
     GraphAccessDenied,
@@ -228,3 +230,94 @@ async def test_all_users_plus_member_ids_reads_the_same_members_with_fewer_reque
     assert via_all_users.members_per_group == per_group.members_per_group
     assert all_users_requests < per_group_requests / 4
     assert await reader.count_tenant_users() == len(contoso.users)
+
+
+async def test_a_throttled_batch_request_is_retried_after_retry_after(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    """`$batch` POSTs skip the Kiota adapter but not the SDK's RetryHandler: a whole-batch 429 waits."""
+    graph.add_fault(429, r"^/\$batch$", method="POST", times=1, retry_after=1, in_batch=False)
+    ids = list(contoso.groups)[:5]
+    started = time.monotonic()
+    counts = await reader.count_group_users(ids)
+    assert time.monotonic() - started >= 1.0
+    assert counts == {gid: len(contoso.transitive_user_ids(gid)) for gid in ids}
+    assert [r.status for r in graph.request_log(kind="batch")] == [429, 200]
+
+
+async def test_a_failed_batch_request_raises_the_adapters_typed_error(
+    reader: DirectoryReader, contoso: DemoTenant, graph: DemoGraphServer
+) -> None:
+    graph.add_fault(403, r"^/\$batch$", method="POST", in_batch=False)
+    with pytest.raises(GraphAccessDenied) as denied:
+        await reader.count_group_users(list(contoso.groups)[:3])
+    assert denied.value.status == 403 and "GroupMember.Read.All" in str(denied.value)
+
+
+async def test_graph_timeouts_and_refused_connections_are_unavailable(
+    graph: DemoGraphServer, contoso: DemoTenant
+) -> None:
+    """The aiohttp pool under httpx raises what httpcore raised: the same typed errors and words."""
+    graph.add_fault(200, r"/groups/[^/]+/transitiveMembers", delay=3.0)
+    slow = GraphClients(
+        load_settings(
+            {
+                "SYNC_STORAGE": "UseDevelopmentStorage=true",
+                "GRAPH_AUTH": "demo",
+                "GRAPH_BASE_URL": graph.base_url,
+            },
+            local_settings=None,
+        ),
+        GraphHttpOptions(retry_delay_seconds=0.0, max_retries=0, request_timeout_seconds=0.5),
+    )
+    try:
+        with pytest.raises(GraphUnavailable, match="timed out"):
+            await DirectoryReader(slow.for_tenant(contoso.tenant_id)).read_group_users(
+                [contoso.landmarks.big_group_id]
+            )
+    finally:
+        await slow.aclose()
+    nobody = f"http://127.0.0.1:{free_port()}/v1.0"
+    refused = GraphClients(
+        load_settings(
+            {
+                "SYNC_STORAGE": "UseDevelopmentStorage=true",
+                "GRAPH_AUTH": "demo",
+                "GRAPH_BASE_URL": nobody,
+                "GRAPH_AUTHORITY_HOST": graph.root_url,
+            },
+            local_settings=None,
+        ),
+        GraphHttpOptions(retry_delay_seconds=0.0, max_retries=0),
+    )
+    try:
+        with pytest.raises(GraphUnavailable, match=r"connection failed \(ConnectError\)"):
+            await DirectoryReader(refused.for_tenant(contoso.tenant_id)).count_tenant_users()
+    finally:
+        await refused.aclose()
+
+
+async def test_graph_calls_stay_httpx_dependencies_for_telemetry(
+    reader: DirectoryReader, contoso: DemoTenant
+) -> None:
+    """OpenTelemetry's httpx instrumentation (AppDependencies) still sees every Graph request."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = HTTPXClientInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        await reader.count_tenant_users()
+        await reader.count_group_users(list(contoso.groups)[:2])
+    finally:
+        instrumentor.uninstrument()
+    urls = [
+        str(span.attributes.get("url.full") or span.attributes.get("http.url"))
+        for span in exporter.get_finished_spans()
+    ]
+    assert any(url.endswith("/users/$count") for url in urls) and any(url.endswith("/$batch") for url in urls)

@@ -33,6 +33,7 @@ from azure.data.tables.aio import TableClient
 
 import sync.engine
 import sync.lease
+import sync.roster
 from devtools.azurite import AZURITE_BIN, DEV_ACCOUNT, DEV_KEY, Azurite, _listening, free_port
 from devtools.demo_tenant import DemoGraphServer, build_tenant
 from devtools.demo_tenant import Tenant as DemoTenant
@@ -683,6 +684,15 @@ async def test_azurite_stopped_mid_apply_fails_the_attempt_and_the_redelivery_co
     leaving = set(everyone) - set(target)
     assert len(leaving) > 100
 
+    # Each transaction takes a few milliseconds now: hold each a moment, so the apply's 14 are
+    # still going when Azurite stops (a stop takes longer than the whole apply otherwise).
+    submit = sync.roster.submit_transaction
+
+    async def slow_submit(*args: Any) -> None:
+        await asyncio.sleep(0.25)
+        await submit(*args)
+
+    monkeypatch.setattr(sync.roster, "submit_transaction", slow_submit)
     stopper = asyncio.create_task(_stop_when_apply_starts(stoppable_azurite, stoppable_azurite.log_size()))
     try:
         outcome: Any = await process_refresh_message(body)

@@ -296,6 +296,8 @@ async def test_a_write_that_fails_half_way_says_so_and_can_be_undone(
     who were removed."""
     from azure.data.tables.aio import TableClient
 
+    import sync.roster
+
     tenant = sized_tenant(5000)
     with DemoGraphServer([tenant]) as server:
         monkeypatch.setenv("GRAPH_BASE_URL", server.base_url)
@@ -313,20 +315,20 @@ async def test_a_write_that_fails_half_way_says_so_and_can_be_undone(
             route={"tenantId": tenant.tenant_id},
             body={"displayName": "S", "guardPercent": 100},
         )
-        real_submit = TableClient.submit_transaction
+        real_submit = sync.roster.submit_transaction  # one entity-group transaction on the wire
         calls = 0
 
-        async def flaky_submit(self: TableClient, operations: list, **kwargs: object) -> object:
+        async def flaky_submit(table: TableClient, operations: list, **kwargs: object) -> object:
             nonlocal calls
             calls += 1
             if calls == 3:
                 await asyncio.sleep(0.1)  # the first two land meanwhile
                 raise ConnectionError("storage went away")
-            return await real_submit(self, operations, **kwargs)
+            return await real_submit(table, operations, **kwargs)
 
-        monkeypatch.setattr(TableClient, "submit_transaction", flaky_submit)
+        monkeypatch.setattr(sync.roster, "submit_transaction", flaky_submit)
         failed = await refresh(app, tenant)
-        monkeypatch.setattr(TableClient, "submit_transaction", real_submit)
+        monkeypatch.setattr(sync.roster, "submit_transaction", real_submit)
         assert failed["status"] == "failed" and failed["error"].startswith("partially applied: ")
         assert f"of {len(leaving):,} changes written" in failed["error"]
         assert failed["plannedChanges"] == len(leaving) and 0 < failed["appliedChanges"] < len(leaving)
