@@ -177,13 +177,11 @@ async def submit_transactions(table: TableClient, operations: Iterable[Upsert | 
         try:
             await submit_transaction(table, chunk)
             landed += len(chunk)
+        except Exception as exc:
+            # Recorded before the slot is released: the loop that the release wakes must see it.
+            failures.append(exc)
         finally:
             slots.release()
-
-    def settled(task: asyncio.Task[None]) -> None:
-        running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            failures.append(task.exception())  # type: ignore[arg-type]
 
     try:
         for chunk in _batched(operations, TRANSACTION_SIZE):
@@ -193,7 +191,7 @@ async def submit_transactions(table: TableClient, operations: Iterable[Upsert | 
                 break  # a sibling failed: start no more writes
             task = asyncio.ensure_future(submit(chunk))
             running.add(task)
-            task.add_done_callback(settled)
+            task.add_done_callback(running.discard)
             sent += 1
         if running:
             await asyncio.wait(set(running))
