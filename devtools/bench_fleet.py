@@ -161,17 +161,17 @@ async def fleet_worker(storage: str, graph: str, authority: str, tenants: int) -
 
     import aiohttp
 
+    from devtools.host.config import sample_binding_settings
     from devtools.host.server import DevHost
     from shared.settings import load_settings
     from sync.store import SyncStore
 
     settings = {
+        **sample_binding_settings(),
         "SYNC_STORAGE": storage,
         "GRAPH_AUTH": "demo",
         "GRAPH_BASE_URL": graph,
         "GRAPH_AUTHORITY_HOST": authority,
-        "SYNC_QUEUE": "sync-refresh",
-        "SYNC_SCHEDULE": "0 0 2 * * *",
     }
     host = DevHost(port=0, settings=settings, local_settings=None)
     await host.start()

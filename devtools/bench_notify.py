@@ -95,7 +95,7 @@ async def bench_notify(changes: int = 50, users: int = 10_000, debounce: float =
     from devtools.azurite import Azurite
     from devtools.demo_tenant import DemoGraphServer, build_tenant
     from devtools.host import DevHost
-    from devtools.host.config import parse_timespan
+    from devtools.host.config import parse_timespan, sample_binding_settings
     from shared.settings import reset_settings_cache
 
     host_json = json.loads((Path(__file__).parents[1] / "host.json").read_text())
@@ -105,12 +105,9 @@ async def bench_notify(changes: int = 50, users: int = 10_000, debounce: float =
     rng = random.Random(7)
     with Azurite() as azurite, DemoGraphServer([tenant]) as graph:
         settings = {
+            **sample_binding_settings(),
             "SYNC_STORAGE": azurite.connection_string,
             "AzureWebJobsStorage": azurite.connection_string,
-            "SYNC_QUEUE": "bench-refresh",
-            "NOTIFY_QUEUE": "bench-notify",
-            "SYNC_SCHEDULE": "0 0 2 * * *",
-            "NOTIFY_RENEW_SCHEDULE": "0 30 */6 * * *",
             "GRAPH_AUTH": "demo",
             "GRAPH_BASE_URL": graph.base_url,
             "NOTIFY_DEBOUNCE_SECONDS": str(debounce),

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_ROUTE_PREFIX = "api"
+SAMPLE_SETTINGS = Path(__file__).resolve().parents[2] / "local.settings.sample.json"
+# The app settings the function bindings name as `%NAME%` (sync/jobs.py): Azure, like this host,
+# will not run a function whose expression does not resolve.
+BINDING_SETTINGS = ("SYNC_QUEUE", "NOTIFY_QUEUE", "SYNC_SCHEDULE", "NOTIFY_RENEW_SCHEDULE")
 
 
 class HostError(RuntimeError):
@@ -35,6 +39,13 @@ def resolve_expression(value: str, environ: Mapping[str, str] | None = None) -> 
         return env[name]
 
     return _EXPRESSION.sub(setting, value)
+
+
+def sample_binding_settings() -> dict[str, str]:
+    """The binding settings with local.settings.sample.json's values, for a process that hosts the
+    app without a local.settings.json (the benchmarks)."""
+    values = json.loads(SAMPLE_SETTINGS.read_text(encoding="utf-8"))["Values"]
+    return {name: values[name] for name in BINDING_SETTINGS}
 
 
 def parse_timespan(value: str | float) -> float:

@@ -25,6 +25,7 @@ import azure.functions as func
 import pytest
 
 import function_app
+from devtools.host.config import BINDING_SETTINGS, sample_binding_settings
 from shared import storage, telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,8 +255,12 @@ def test_host_json_setting_references_are_set() -> None:
 
 
 def test_queue_and_schedule_bindings_use_the_settings() -> None:
+    """Every binding expression is a setting the dev host's benchmarks pass, with the sample's value
+    (a setting missing there stops the worker, as Azure would not run the function)."""
     referenced = {name for b in registered_bindings() for name in SETTING_REFERENCE.findall(json.dumps(b))}
     assert {"SYNC_QUEUE", "SYNC_SCHEDULE"} <= referenced
+    assert referenced == set(BINDING_SETTINGS)
+    assert all(sample_binding_settings().values())
 
 
 def test_the_tables_and_queues_the_code_uses_are_provisioned() -> None:
