@@ -146,7 +146,9 @@ async def read_full(
         purpose_unknown=unknown,
         counted=counts,
     )
-    checked = frozenset(mailboxes.purposes) if mailboxes is not None else frozenset()
+    # The probe's row keeps its own weekly re-check date: rewriting it on every run would cost a
+    # table write per run that changes nothing.
+    checked = frozenset(mailboxes.purposes) - {probe} if mailboxes is not None else frozenset()
     groups = [msgspec.structs.replace(g, direct=direct.get(g.id)) for g in classification.groups]
     return msgspec.structs.replace(
         classification, groups=groups, purposes_checked=checked, tenant_count=tenant_count

@@ -117,7 +117,9 @@ async def test_save_queues_a_refresh_and_the_worker_builds_exactly_the_eligible_
     # (checked within the week) for the people already on the platform but one (the probe that
     # tells a hidden mailbox from a permission taken back).
     app.graph.reset_log()
+    etags_before = await roster_etags(app, own_tenant)
     again = await refresh(app, own_tenant)
+    assert await roster_etags(app, own_tenant) == etags_before  # no row rewritten, the probe's included
     not_people = {
         uid
         for gid in groups
@@ -128,6 +130,17 @@ async def test_save_queues_a_refresh_and_the_worker_builds_exactly_the_eligible_
     assert again["status"] == "succeeded"
     assert (again["counts"]["added"], again["counts"]["removed"], again["counts"]["updated"]) == (0, 0, 0)
     assert again["counts"]["unchanged"] == len(expected)
+
+
+async def roster_etags(app: AppUnderTest, tenant: DemoTenant) -> dict[str, str]:
+    """Each roster row's ETag, straight from the table: it changes whenever the row is written."""
+    from shared.storage import USERS_TABLE, table_client
+
+    async with table_client(app.settings, USERS_TABLE) as users:
+        rows = users.query_entities(
+            "PartitionKey eq @t", parameters={"t": tenant.tenant_id}, select=["RowKey"]
+        )
+        return {row["RowKey"]: row.metadata["etag"] async for row in rows}
 
 
 async def test_the_same_message_delivered_twice_runs_once(app: AppUnderTest, own_tenant: DemoTenant) -> None:
