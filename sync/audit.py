@@ -79,18 +79,38 @@ class AuditLog:
             self._service = None
 
     async def append(self, tenant_id: str, records: Iterable[AuditRecord]) -> int:
-        """Append records (in order) to the tenant's trail for their day; returns how many."""
-        by_day: dict[str, list[bytes]] = {}
+        """Append records (in order) to the tenant's trail for their day; returns how many.
+
+        Lines are encoded into one append block at a time (at most 4 MiB), so a first load of
+        100,000 users does not hold every encoded line at once.
+        """
+        created: set[str] = set()
+        block: list[bytes] = []
+        size = written = 0
+        current: str | None = None
+
+        async def flush() -> None:
+            nonlocal block, size
+            if current is None or not block:
+                return
+            blob = self._container().get_blob_client(current)
+            if current not in created:
+                with contextlib.suppress(ResourceExistsError, ResourceModifiedError):  # the day's blob exists
+                    await blob.create_append_blob(if_none_match="*")
+                created.add(current)
+            await blob.append_block(b"".join(block))
+            block, size = [], 0
+
         for record in records:
-            by_day.setdefault(_blob_name(tenant_id, record.at), []).append(_ENCODER.encode(record) + b"\n")
-        written = 0
-        for name, lines in by_day.items():
-            blob = self._container().get_blob_client(name)
-            with contextlib.suppress(ResourceExistsError, ResourceModifiedError):  # the day's blob exists
-                await blob.create_append_blob(if_none_match="*")
-            for block in _blocks(lines):
-                await blob.append_block(block)
-            written += len(lines)
+            name = _blob_name(tenant_id, record.at)
+            line = _ENCODER.encode(record) + b"\n"
+            if name != current or size + len(line) > MAX_BLOCK_BYTES:
+                await flush()
+                current = name
+            block.append(line)
+            size += len(line)
+            written += 1
+        await flush()
         return written
 
     async def read(
@@ -137,17 +157,3 @@ class AuditLog:
                 if len(found) >= limit:
                     return found, found[-1].cursor
         return found, None
-
-
-def _blocks(lines: list[bytes]) -> Iterable[bytes]:
-    """The lines joined into append blocks of at most 4 MiB, never splitting a line."""
-    block: list[bytes] = []
-    size = 0
-    for line in lines:
-        if block and size + len(line) > MAX_BLOCK_BYTES:
-            yield b"".join(block)
-            block, size = [], 0
-        block.append(line)
-        size += len(line)
-    if block:
-        yield b"".join(block)

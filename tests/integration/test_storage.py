@@ -13,9 +13,12 @@ import pytest
 from azure.data.tables import TableTransactionError, TransactionOperation, UpdateMode
 
 from devtools.azurite import Azurite
-from shared.storage import ensure_storage
+from shared.storage import blob_service, ensure_storage
+from sync.audit import AuditLog
 from sync.lease import LeaseLost, TenantLease
 from sync.models import (
+    AuditKind,
+    AuditRecord,
     RosterStatus,
     RosterUser,
     Run,
@@ -288,3 +291,41 @@ async def test_a_refused_roster_transaction_raises_the_sdks_typed_error(
     assert isinstance(refused, TableTransactionError)
     assert refused.index == 1 and refused.error_code == "ResourceNotFound"
     assert [r.id for r in await roster.read_roster(tenant_id)] == [_user(1).id]
+
+
+async def test_a_large_audit_append_is_sent_in_blocks_and_reads_back_whole_in_order(azurite: Azurite) -> None:
+    """A first load's records (more than one 4 MiB append block) land complete, in order, each day's
+    in its own blob, and the cursor of one page goes on where it stopped."""
+    settings = storage_settings(azurite)
+    await ensure_storage(settings)
+    audit = AuditLog(settings)
+    tenant_id = str(uuid.uuid4())
+    day_one, day_two = datetime(2026, 12, 2, 23, 59, tzinfo=UTC), datetime(2026, 12, 3, 0, 1, tzinfo=UTC)
+    records = [
+        AuditRecord(
+            at=day_one if i < 15_000 else day_two,
+            kind=AuditKind.ADDED,
+            run_id="run-1",
+            user_id=str(uuid.UUID(int=i)),
+            user_principal_name=f"user{i}@contoso.example",
+            reason="x" * 300,  # ~15,000 lines of ~450 bytes: more than one block of 4 MiB
+            by="timer",
+        )
+        for i in range(15_010)
+    ]
+    try:
+        assert await audit.append(tenant_id, records) == len(records)
+        container = blob_service(settings).get_container_client(settings.audit_container)
+        async with container:
+            names = sorted([b.name async for b in container.list_blobs(name_starts_with=f"{tenant_id}/")])
+            assert names == [f"{tenant_id}/2026/12/02.jsonl", f"{tenant_id}/2026/12/03.jsonl"]
+            first_day = await container.get_blob_client(names[0]).get_blob_properties()
+            assert first_day.append_blob_committed_block_count >= 2
+        now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+        read, cursor = await audit.read(tenant_id, limit=20_000, now=now)
+        assert [r.user_id for r in read] == [r.user_id for r in records] and cursor is None
+        page, cursor = await audit.read(tenant_id, limit=14_995, now=now)
+        rest, _ = await audit.read(tenant_id, after=cursor, limit=100, now=now)
+        assert [r.user_id for r in page + rest] == [r.user_id for r in records]
+    finally:
+        await audit.aclose()
