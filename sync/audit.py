@@ -7,8 +7,9 @@ or anyone else; appending stays allowed. The app never updates or deletes a reco
 records younger than the retention. Roster changes are written before the roster rows, so a write
 that fails half-way is still on record.
 
-A record's position (its day and line) is its cursor: readers page forward in order, which the
-roster change feed (issue "within a minute") builds on.
+A record's position (its day, its line and the byte where the next line starts) is its cursor:
+readers page forward in order, which the roster change feed builds on, and a reader that follows
+the feed downloads only what was appended after its cursor, not the whole day again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 import msgspec
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from shared.settings import Settings
@@ -44,20 +50,24 @@ def _blob_name(tenant_id: str, day: datetime) -> str:
     return f"{tenant_id}/{day:%Y/%m/%d}.jsonl"
 
 
-def _cursor(blob: str, line: int) -> str:
-    return base64.urlsafe_b64encode(f"{blob}#{line}".encode()).decode().rstrip("=")
+def _cursor(blob: str, line: int, next_offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{blob}#{line}#{next_offset}".encode()).decode().rstrip("=")
 
 
-def _parse_cursor(tenant_id: str, cursor: str) -> tuple[str, int]:
+def _parse_cursor(tenant_id: str, cursor: str) -> tuple[str, int, int | None]:
+    """(blob, line, byte offset of the next line); cursors issued before the offset have none."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        blob, _, line = text.rpartition("#")
-        number = int(line)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        blob, *numbers = text.split("#")
+        number = int(numbers[0])
+        offset = int(numbers[1]) if len(numbers) == 2 else None
+        if len(numbers) > 2 or (offset is not None and offset < 0):
+            raise ValueError(text)
+    except (binascii.Error, UnicodeDecodeError, ValueError, IndexError):
         raise InvalidAuditCursor("the cursor is not one this API issued") from None
     if not blob.startswith(f"{tenant_id}/") or number < 0:
         raise InvalidAuditCursor("the cursor is not one this API issued")
-    return blob, number
+    return blob, number, offset
 
 
 class AuditLog:
@@ -128,7 +138,7 @@ class AuditLog:
         (None on the last page). Each record carries its own cursor, so a follower of the trail
         asks again after the last record it saw. Records older than AUDIT_RETENTION_DAYS are not read.
         """
-        start_blob, start_line = _parse_cursor(tenant_id, after) if after else ("", -1)
+        start_blob, start_line, start_offset = _parse_cursor(tenant_id, after) if after else ("", -1, None)
         oldest = _blob_name(tenant_id, now - timedelta(days=self._settings.audit_retention_days))
         names = sorted([b.name async for b in self._container().list_blobs(name_starts_with=f"{tenant_id}/")])
         found: list[AuditRecord] = []
@@ -136,12 +146,17 @@ class AuditLog:
         for name in names:
             if name < oldest or name < start_blob:
                 continue
-            try:
-                data = await (await self._container().get_blob_client(name).download_blob()).readall()
-            except ResourceNotFoundError:
+            # Within the cursor's own blob, only what was appended after it.
+            resume = name == start_blob and start_offset is not None
+            offset, number = (start_offset or 0, start_line + 1) if resume else (0, 0)
+            data = await self._download(name, offset)
+            if data is None:
                 continue
-            for number, line in enumerate(data.splitlines()):
-                if (name, number) <= (start_blob, start_line) or not line.strip():
+            lines = data.split(b"\n")
+            lines.pop()  # after the last newline: nothing (a block is appended whole)
+            for line in lines:
+                here, offset, number = number, offset + len(line) + 1, number + 1
+                if (name, here) <= (start_blob, start_line) or not line.strip():
                     continue
                 record = _DECODER.decode(line)
                 if run and record.run_id != run:
@@ -153,7 +168,19 @@ class AuditLog:
                     continue
                 if kinds and record.kind not in kinds:
                     continue
-                found.append(msgspec.structs.replace(record, cursor=_cursor(name, number)))
+                found.append(msgspec.structs.replace(record, cursor=_cursor(name, here, offset)))
                 if len(found) >= limit:
                     return found, found[-1].cursor
         return found, None
+
+    async def _download(self, name: str, offset: int) -> bytes | None:
+        """The blob from `offset` on; b"" when nothing follows it, None when the blob is gone."""
+        blob = self._container().get_blob_client(name)
+        try:
+            return await (await blob.download_blob(offset=offset or None)).readall()
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as exc:
+            if exc.status_code == 416:  # the offset is the blob's end: nothing appended since
+                return b""
+            raise

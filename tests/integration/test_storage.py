@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import uuid
@@ -14,7 +15,7 @@ from azure.data.tables import TableTransactionError, TransactionOperation, Updat
 
 from devtools.azurite import Azurite
 from shared.storage import blob_service, ensure_storage
-from sync.audit import AuditLog
+from sync.audit import AuditLog, InvalidAuditCursor
 from sync.lease import LeaseLost, TenantLease
 from sync.models import (
     AuditKind,
@@ -327,5 +328,47 @@ async def test_a_large_audit_append_is_sent_in_blocks_and_reads_back_whole_in_or
         page, cursor = await audit.read(tenant_id, limit=14_995, now=now)
         rest, _ = await audit.read(tenant_id, after=cursor, limit=100, now=now)
         assert [r.user_id for r in page + rest] == [r.user_id for r in records]
+    finally:
+        await audit.aclose()
+
+
+async def test_a_follower_of_the_trail_gets_exactly_what_was_appended_after_its_cursor(
+    azurite: Azurite,
+) -> None:
+    """Reading on from a cursor at the blob's end answers nothing (not an error); what is appended
+    later comes next, once; a cursor issued before cursors carried a byte offset still works."""
+    settings = storage_settings(azurite)
+    await ensure_storage(settings)
+    audit = AuditLog(settings)
+    tenant_id = str(uuid.uuid4())
+    at, now = datetime(2026, 12, 3, 9, tzinfo=UTC), datetime(2026, 12, 3, 12, tzinfo=UTC)
+
+    def added(*numbers: int) -> list[AuditRecord]:
+        return [
+            AuditRecord(at=at, kind=AuditKind.ADDED, run_id="r", user_id=f"u{n}", reason="é" * n)
+            for n in numbers
+        ]
+
+    try:
+        await audit.append(tenant_id, added(1, 2, 3))
+        first, _ = await audit.read(tenant_id, now=now)
+        assert [r.user_id for r in first] == ["u1", "u2", "u3"]
+        end = first[-1].cursor
+        assert await audit.read(tenant_id, after=end, now=now) == ([], None)
+        await audit.append(tenant_id, added(4, 5))
+        later, _ = await audit.read(tenant_id, after=end, now=now)
+        assert [r.user_id for r in later] == ["u4", "u5"]
+        assert (await audit.read(tenant_id, after=later[-1].cursor, now=now))[0] == []
+        middle, _ = await audit.read(tenant_id, after=first[0].cursor, now=now)
+        assert [r.user_id for r in middle] == ["u2", "u3", "u4", "u5"]
+        older = base64.urlsafe_b64encode(f"{tenant_id}/2026/12/03.jsonl#1".encode()).decode().rstrip("=")
+        assert [r.user_id for r in (await audit.read(tenant_id, after=older, now=now))[0]] == [
+            "u3",
+            "u4",
+            "u5",
+        ]
+        for bad in (f"{tenant_id}/2026/12/03.jsonl#1#-5", f"{tenant_id}/2026/12/03.jsonl#1#2#3"):
+            with pytest.raises(InvalidAuditCursor):
+                await audit.read(tenant_id, after=base64.urlsafe_b64encode(bad.encode()).decode(), now=now)
     finally:
         await audit.aclose()
