@@ -448,7 +448,9 @@ async def test_explain_says_why_a_user_is_not_synced(app: AppUnderTest, own_tena
     )
     await app.deliver()
     members = set(own_tenant.transitive_user_ids(group))
-    outsider = next(uid for uid in own_tenant.users if uid not in members and uid not in lm.ineligible_ids)
+    # Someone synced under mode all (by the by-hand oracle: not a lapsed licence or an external
+    # member either, whom the landmarks' ineligible set leaves out) and outside the new selection.
+    outsider = next(uid for uid in expected_roster(own_tenant, None) if uid not in members)
     body = await explain(app, own_tenant, outsider)
     assert body["included"] is False and body["reasons"][0]["code"] == "notInSelectedGroups"
     assert body["rosterStatus"] == "removed"  # synced under mode all, removed by the new selection
