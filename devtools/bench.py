@@ -121,9 +121,17 @@ def _start_profiler(profile: str | None, phase: str) -> subprocess.Popen[bytes] 
 
 
 def _stop_profiler(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None:
-        process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        process.wait(timeout=120)
+    if process is None:
+        return
+    process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    process.wait(timeout=120)
+    spy, output = str(process.args[0]), str(process.args[-1])  # type: ignore[index]
+    if output.endswith(".svg") and os.path.exists(output):
+        # The flame graph's title is py-spy's command line: keep this machine's paths out of docs/.
+        with open(output, encoding="utf-8") as svg:
+            text = svg.read()
+        with open(output, "w", encoding="utf-8") as svg:
+            svg.write(text.replace(spy, "py-spy").replace(output, os.path.basename(output)))
 
 
 async def _refresh_phases(args: argparse.Namespace) -> dict[str, Any]:
