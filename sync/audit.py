@@ -181,6 +181,9 @@ class AuditLog:
         except ResourceNotFoundError:
             return None
         except HttpResponseError as exc:
-            if exc.status_code == 416:  # the offset is the blob's end: nothing appended since
+            # A range starting at or past the blob's end answers 416 ("Specifying the range header
+            # for Blob service operations", learn.microsoft.com/rest/api/storageservices): nothing
+            # was appended since the cursor.
+            if exc.status_code == 416:
                 return b""
             raise
